@@ -1,0 +1,179 @@
+"""NVIDIA AIConfigurator perf database: systems/data/<gpu>/<family>/<framework>/<version>/<table>_perf.parquet.
+
+Latencies there are milliseconds (the DeepEP tables: microseconds, as their column names say). A version folder
+holding only `reuse.yaml` borrows another version's table: it is recorded as a source with no rows, so the
+borrowed measurements are never counted twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+from ..warehouse.batch import ROW_COLUMN, IngestError, SourceBatch, build_table
+from .devices import canonical_device
+
+MS_TO_US = 1000.0
+_DTYPE_ALIASES = {"half": "float16", "float": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def tree_position(path: Path) -> dict[str, str] | None:
+    """device/family/framework/version from a path inside systems/data/, or None if it is not in one."""
+    parts = path.parts
+    if "data" not in parts:
+        return None
+    i = len(parts) - 1 - parts[::-1].index("data")
+    rest = parts[i + 1 :]
+    if len(rest) != 5:
+        return None
+    return {"device": rest[0], "family": rest[1], "framework": rest[2], "version": rest[3]}
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else None
+        raise IngestError(path, where, f"invalid YAML: {e}") from e
+
+
+def parse_reuse(path: Path, batch: SourceBatch) -> SourceBatch:
+    doc = _read_yaml(path)
+    entries = doc.get("reuse")
+    if not isinstance(entries, list) or not entries:
+        raise IngestError(path, None, "reuse.yaml has no `reuse:` list")
+    batch.note = {"position": tree_position(path), "borrows": entries}
+    return batch
+
+
+def _dtype(values: pa.ChunkedArray) -> pa.Array:
+    """Lower-cased dtype names with the usual aliases folded (half -> float16)."""
+    enc = values.combine_chunks().dictionary_encode()
+    names = [_DTYPE_ALIASES.get(str(v).lower(), str(v).lower()) for v in enc.dictionary.to_pylist()]
+    return pa.array(names, pa.string()).take(enc.indices)
+
+
+def _require(path: Path, table: pa.Table, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise IngestError(path, None, f"missing column(s) {missing}; found {table.column_names}")
+
+
+def _ms_to_us(table: pa.Table, column: str = "latency") -> pa.Array:
+    return pc.multiply(table[column].cast(pa.float64()), MS_TO_US)
+
+
+def _first(table: pa.Table, column: str) -> str | None:
+    return str(table[column][0]) if column in table.column_names and table.num_rows else None
+
+
+def parse_perf_table(path: Path, batch: SourceBatch) -> SourceBatch:
+    try:
+        t = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for damaged files
+        raise IngestError(path, None, f"not a readable Parquet file: {e}") from e
+    pos = tree_position(path) or {}
+    table = path.name.removesuffix(".parquet")
+    meta_file = path.parent / "collection_meta.yaml"
+    batch.note = {"table": table, "position": pos or None}
+    if meta_file.exists():
+        batch.note["collection_meta"] = _read_yaml(meta_file)
+
+    n = t.num_rows
+    raw_device = _first(t, "device") or pos.get("device")
+    common = {
+        ROW_COLUMN: np.arange(1, n + 1),
+        "device": canonical_device(pos.get("device") or raw_device),
+        "device_name": raw_device,
+        "framework": pos.get("framework") or _first(t, "framework"),
+        "framework_version": pos.get("version") or _first(t, "version"),
+        "op_name": t["op_name"] if "op_name" in t.column_names else None,
+        "kernel_source": t["kernel_source"] if "kernel_source" in t.column_names else None,
+    }
+
+    if table == "gemm_perf":
+        _require(path, t, ["m", "n", "k", "gemm_dtype", "latency"])
+        cols = {
+            "op_family": "gemm",
+            "dtype": _dtype(t["gemm_dtype"]),
+            "m": t["m"],
+            "n": t["n"],
+            "k": t["k"],
+            "latency_us": _ms_to_us(t),
+        }
+    elif table in ("context_attention_perf", "generation_attention_perf"):
+        need = ["batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim", "step", "latency"]
+        _require(path, t, [*need, "attn_dtype"])
+        prefill = table.startswith("context")
+        cols = {
+            "op_family": "attention_prefill" if prefill else "attention_decode",
+            "dtype": _dtype(t["attn_dtype"]),
+            "kv_cache_dtype": _dtype(t["kv_cache_dtype"]) if "kv_cache_dtype" in t.column_names else None,
+            "batch_size": t["batch_size"],
+            "seq_len": t["isl"],
+            "num_heads": t["num_heads"],
+            "num_kv_heads": t["num_key_value_heads"],
+            "head_dim": t["head_dim"],
+            # for decode, `step` is the KV length; prefill attends over its own isl tokens
+            "kv_len": t["isl"] if prefill else t["step"],
+            "window_size": t["window_size"] if "window_size" in t.column_names else None,
+            "latency_us": _ms_to_us(t),
+        }
+    elif table in ("nccl_perf", "custom_allreduce_perf"):
+        dtype_col = "nccl_dtype" if table == "nccl_perf" else "allreduce_dtype"
+        _require(path, t, ["op_name", "num_gpus", "message_size", "latency", dtype_col])
+        kernel = t["kernel_source"].cast(pa.string())
+        for extra in ("backend", "implementation"):
+            if extra in t.column_names:
+                kernel = pc.binary_join_element_wise(kernel, t[extra].cast(pa.string()), ":")
+        cols = {
+            "op_family": t["op_name"],
+            "kernel_source": kernel,
+            "dtype": _dtype(t[dtype_col]),
+            "num_gpus": t["num_gpus"],
+            "message_bytes": t["message_size"],
+            "latency_us": _ms_to_us(t),
+        }
+        if table == "nccl_perf" and "framework" not in pos:
+            common["framework"] = "nccl"
+    elif table in ("wideep_deepep_ll_perf", "wideep_deepep_normal_perf"):
+        return _parse_deepep(path, t, table, common, batch)
+    else:
+        raise IngestError(path, None, f"unknown AIConfigurator table {table!r}")
+    batch.tables["kernel_samples"] = build_table("kernel_samples", {**common, **cols}, n)
+    return batch
+
+
+def _parse_deepep(path: Path, t: pa.Table, table: str, common: dict, batch: SourceBatch) -> SourceBatch:
+    """DeepEP MoE dispatch/combine: one input row gives a moe_dispatch and a moe_combine sample (in us)."""
+    _require(path, t, ["hidden_size", "num_token", "num_topk", "num_experts"])
+    df = t.to_pandas()
+    if table.endswith("ll_perf"):
+        _require(path, t, ["dispatch_avg_t_us", "combine_avg_t_us"])
+        dispatch = df["dispatch_avg_t_us"].to_numpy(dtype=float)
+        combine = df["combine_avg_t_us"].to_numpy(dtype=float)
+    else:
+        _require(path, t, ["dispatch_transmit_us", "dispatch_notify_us", "combine_transmit_us", "combine_notify_us"])
+        dispatch = (df["dispatch_transmit_us"] + df["dispatch_notify_us"]).to_numpy(dtype=float)
+        combine = (df["combine_transmit_us"] + df["combine_notify_us"]).to_numpy(dtype=float)
+    n = len(df)
+    twice = {
+        k: pa.concat_arrays([v.combine_chunks()] * 2) if isinstance(v, pa.ChunkedArray) else v
+        for k, v in common.items()
+    }
+    twice[ROW_COLUMN] = np.concatenate([common[ROW_COLUMN]] * 2)
+    twice.update(
+        op_family=np.array(["moe_dispatch"] * n + ["moe_combine"] * n, dtype=object),
+        m=np.tile(df["num_token"].to_numpy(), 2),
+        hidden_size=np.tile(df["hidden_size"].to_numpy(), 2),
+        top_k=np.tile(df["num_topk"].to_numpy(), 2),
+        num_experts=np.tile(df["num_experts"].to_numpy(), 2),
+        latency_us=np.concatenate([dispatch, combine]),
+    )
+    batch.tables["kernel_samples"] = build_table("kernel_samples", twice, 2 * n)
+    return batch

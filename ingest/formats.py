@@ -1,0 +1,140 @@
+"""The ingest formats: detection from content, their parsers, and the companion files that shape their rows."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from ..warehouse.batch import IngestError, SourceBatch
+from . import aiconfigurator, kineto, request_logs, servegen, vidur
+
+HEAD_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    parse: Callable[[Path, SourceBatch], SourceBatch]
+    describe: str
+    companions: Callable[[Path], list[Path]] = lambda path: []
+
+
+def _ragpulse_tables(path: Path) -> list[Path]:
+    return [path.parent / t for _, t, _, _ in request_logs.RAGPULSE_PARTS if (path.parent / t).exists()]
+
+
+def _collection_meta(path: Path) -> list[Path]:
+    meta = path.parent / "collection_meta.yaml"
+    return [meta] if meta.exists() else []
+
+
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("aiconfigurator", aiconfigurator.parse_perf_table, "AIConfigurator *_perf.parquet", _collection_meta),
+        Format("aiconfigurator-reuse", aiconfigurator.parse_reuse, "AIConfigurator reuse.yaml (borrowed table)"),
+        Format("vidur-mlp", vidur.parse_mlp, "Vidur mlp.csv"),
+        Format("vidur-attention", vidur.parse_attention, "Vidur attention CSV"),
+        Format("vidur-network", vidur.parse_network, "Vidur all_reduce.csv / send_recv.csv"),
+        Format("kineto", kineto.parse_trace, "PyTorch profiler / Kineto Chrome-trace JSON (.json, .json.gz)"),
+        Format("azure", request_logs.parse_azure, "Azure LLM inference trace CSV (2023, 2024)"),
+        Format("burstgpt", request_logs.parse_burstgpt, "BurstGPT CSV"),
+        Format("mooncake", request_logs.parse_mooncake, "Mooncake JSONL (hash_ids)"),
+        Format("ragpulse", request_logs.parse_ragpulse, "RAGPulse trace JSONL + part length tables", _ragpulse_tables),
+        Format(
+            "servegen",
+            servegen.parse_servegen,
+            "ServeGen chunk-<i>-trace.csv + chunk-<i>-dataset.json",
+            lambda p: [servegen.dataset_path(p)] if servegen.dataset_path(p).exists() else [],
+        ),
+    )
+}
+
+# Files read as part of another source, or not data: skipped quietly when walking a folder.
+_COMPANION_NAMES = {"collection_meta.yaml"} | {t for _, t, _, _ in request_logs.RAGPULSE_PARTS}
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        head = f.read(HEAD_BYTES)
+    if head[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(path, "rb") as g:
+                head = g.read(HEAD_BYTES)
+        except (OSError, EOFError):
+            return head
+    return head
+
+
+def detect(path: Path) -> str | None:
+    """The format of a file from its content, or None if it is none of ours."""
+    head = _head(path)
+    if head.startswith(b"PAR1"):
+        return "aiconfigurator"
+    text = head.decode("utf-8", errors="replace")
+    stripped = text.lstrip()
+    if not stripped:
+        return None
+    if stripped.startswith("{"):
+        if '"traceEvents"' in text or ('"deviceProperties"' in text and '"schemaVersion"' in text):
+            return "kineto"
+        first = stripped.split("\n", 1)[0]
+        try:
+            rec = orjson.loads(first)
+        except orjson.JSONDecodeError:
+            return None
+        if isinstance(rec, dict) and "input_length" in rec and "timestamp" in rec:
+            return "ragpulse" if isinstance(rec.get("hash_ids"), dict) else "mooncake"
+        return None
+    first_line = stripped.split("\n", 1)[0].strip()
+    header = [c.strip() for c in first_line.split(",")]
+    if all(c in header for c in request_logs.AZURE_COLUMNS):
+        return "azure"
+    if all(c in header for c in request_logs.BURSTGPT_COLUMNS):
+        return "burstgpt"
+    if any(c.startswith("time_stats.") for c in header):
+        if "num_tokens" in header:
+            return "vidur-mlp"
+        if "is_prefill" in header:
+            return "vidur-attention"
+        if "collective" in header:
+            return "vidur-network"
+    if len(header) == 6 and path.name.endswith("-trace.csv") and servegen.dataset_path(path).exists():
+        return "servegen"
+    if "reuse:" in text and path.suffix in (".yaml", ".yml"):
+        return "aiconfigurator-reuse"
+    return None
+
+
+def expand(paths: list[Path], forced: str | None = None) -> tuple[list[tuple[Path, str]], list[Path]]:
+    """(file, format) for every ingestible file under the paths, in a stable order, plus the files skipped.
+    A file named explicitly must be ingestible; files found in a folder that are not are skipped."""
+    if forced is not None and forced not in FORMATS:
+        raise ValueError(f"unknown format {forced!r}; known: {', '.join(FORMATS)}")
+    chosen: list[tuple[Path, str]] = []
+    skipped: list[Path] = []
+    for root in paths:
+        if not root.exists():
+            raise IngestError(root, None, "no such file or directory")
+        if root.is_file():
+            fmt = forced or detect(root)
+            if fmt is None:
+                if root.stat().st_size == 0:
+                    raise IngestError(root, "offset 0", "empty file")
+                raise IngestError(root, None, f"not a recognised format (pass --format; known: {', '.join(FORMATS)})")
+            chosen.append((root, fmt))
+            continue
+        for f in sorted(p for p in root.rglob("*") if p.is_file()):
+            if f.name in _COMPANION_NAMES or f.name.endswith("-dataset.json") or f.stat().st_size == 0:
+                skipped.append(f)
+                continue
+            fmt = forced or detect(f)
+            if fmt is None:
+                skipped.append(f)
+            else:
+                chosen.append((f, fmt))
+    return chosen, skipped

@@ -1,0 +1,217 @@
+"""Vidur profiling CSVs (times in milliseconds, as `time_stats.<op>.{min,max,mean,median,std}`).
+
+- compute/<device>/<org>/<model>/mlp.csv: one layer's non-attention ops; each op column becomes a row.
+- compute/<device>/<org>/<model>/attention*.csv: attention prefill / decode times.
+- network/<device>_dgx/{all_reduce,send_recv}.csv: collective times by message `size` in bytes.
+Vidur profiles in fp16."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..warehouse.batch import ROW_COLUMN, IngestError, SourceBatch, build_table
+from .devices import canonical_device
+
+MS_TO_US = 1000.0
+VIDUR_DTYPE = "float16"
+
+MLP_OPS = (
+    "emb",
+    "input_layernorm",
+    "attn_pre_proj",
+    "attn_rope",
+    "attn_post_proj",
+    "post_attention_layernorm",
+    "mlp_up_proj",
+    "mlp_act",
+    "mlp_down_proj",
+    "add",
+)
+_MLP_FAMILY = {
+    "emb": "embedding",
+    "input_layernorm": "norm",
+    "post_attention_layernorm": "norm",
+    "attn_rope": "elementwise",
+    "mlp_act": "elementwise",
+    "add": "elementwise",
+    "attn_pre_proj": "gemm",
+    "attn_post_proj": "gemm",
+    "mlp_up_proj": "gemm",
+    "mlp_down_proj": "gemm",
+}
+
+
+def _stats_us(df: pd.DataFrame, op: str) -> dict[str, np.ndarray]:
+    """latency_us (the median) and the repetition stats of one op, converted from ms."""
+    p = f"time_stats.{op}."
+    return {
+        "latency_us": df[p + "median"].to_numpy(dtype=float) * MS_TO_US,
+        "latency_min_us": df[p + "min"].to_numpy(dtype=float) * MS_TO_US,
+        "latency_max_us": df[p + "max"].to_numpy(dtype=float) * MS_TO_US,
+        "latency_mean_us": df[p + "mean"].to_numpy(dtype=float) * MS_TO_US,
+        "latency_std_us": df[p + "std"].to_numpy(dtype=float) * MS_TO_US,
+    }
+
+
+def _require(path: Path, df: pd.DataFrame, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise IngestError(path, "header", f"missing column(s) {missing}")
+
+
+def _model_and_device(path: Path) -> tuple[str | None, str]:
+    """compute/<device>/<org>/<model>/file.csv -> ("org/model", device)."""
+    parts = path.parts
+    if "compute" in parts:
+        i = len(parts) - 1 - parts[::-1].index("compute")
+        rest = parts[i + 1 : -1]
+        if len(rest) == 3:
+            return f"{rest[1]}/{rest[2]}", rest[0]
+    raise IngestError(path, None, "cannot tell the device and model: expected compute/<device>/<org>/<model>/")
+
+
+def _read(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except pd.errors.ParserError as e:
+        raise IngestError(path, None, f"malformed CSV: {e}") from e
+    except pd.errors.EmptyDataError as e:
+        raise IngestError(path, None, "empty file") from e
+
+
+def _int(df: pd.DataFrame, column: str) -> np.ndarray:
+    return pd.to_numeric(df[column], errors="coerce").to_numpy()
+
+
+def parse_mlp(path: Path, batch: SourceBatch) -> SourceBatch:
+    df = _read(path)
+    shape_cols = ["n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size", "use_gated_mlp"]
+    _require(path, df, [*shape_cols, "num_tokens", "num_tensor_parallel_workers"])
+    ops = [op for op in MLP_OPS if f"time_stats.{op}.median" in df.columns]
+    if not ops:
+        raise IngestError(path, "header", "no time_stats.<op>.median columns")
+    model, device = _model_and_device(path)
+    n = len(df)
+    tp = _int(df, "num_tensor_parallel_workers")
+    tokens = _int(df, "num_tokens")
+    embd = _int(df, "n_embd")
+    heads = _int(df, "n_head")
+    head_dim = embd // heads
+    ffn = _int(df, "n_expanded_embd")
+    gated = df["use_gated_mlp"].astype(str).str.lower().eq("true").to_numpy()
+    shapes = {
+        "attn_pre_proj": (embd, (heads + 2 * _int(df, "n_kv_head")) * head_dim // tp),
+        "attn_post_proj": (heads * head_dim // tp, embd),
+        "mlp_up_proj": (embd, ffn * np.where(gated, 2, 1) // tp),
+        "mlp_down_proj": (ffn // tp, embd),
+    }
+    pieces = []
+    for op in ops:
+        k, width = shapes.get(op, (np.full(n, np.nan), ffn // tp if op == "mlp_act" else embd))
+        pieces.append(
+            {
+                ROW_COLUMN: np.arange(2, n + 2),  # CSV line numbers (line 1 is the header)
+                "op_family": np.full(n, _MLP_FAMILY[op], dtype=object),
+                "op_name": np.full(n, op, dtype=object),
+                "m": tokens,
+                "n": width,
+                "k": k,
+                "tp_size": tp,
+                **_stats_us(df, op),
+            }
+        )
+    merged = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
+    total = n * len(ops)
+    merged.update(
+        device=[canonical_device(device)] * total,
+        device_name=[device] * total,
+        framework=["vidur"] * total,
+        kernel_source=["pytorch"] * total,
+        dtype=[VIDUR_DTYPE] * total,
+        model=[model] * total,
+    )
+    batch.note = {"model": model, "ops": ops}
+    batch.tables["kernel_samples"] = build_table("kernel_samples", merged, total)
+    return batch
+
+
+def parse_attention(path: Path, batch: SourceBatch) -> SourceBatch:
+    df = _read(path)
+    need = [
+        "n_embd",
+        "n_q_head",
+        "n_kv_head",
+        "num_tensor_parallel_workers",
+        "batch_size",
+        "prefill_chunk_size",
+        "kv_cache_size",
+        "is_prefill",
+    ]
+    _require(path, df, need)
+    model, device = _model_and_device(path)
+    prefill = df["is_prefill"].astype(str).str.lower().eq("true").to_numpy()
+    tp = _int(df, "num_tensor_parallel_workers")
+    heads = _int(df, "n_q_head")
+    n = len(df)
+    stats = {}
+    for phase, mask in (("prefill", prefill), ("decode", ~prefill)):
+        _require(path, df, [f"time_stats.attn_{phase}.median"])
+        for key, values in _stats_us(df, f"attn_{phase}").items():
+            stats.setdefault(key, np.full(n, np.nan))[mask] = values[mask]
+    backend = (
+        df["attention_backend"].astype(str).str.split(".").str[-1].str.lower()
+        if ("attention_backend" in df.columns)
+        else None
+    )
+    cols = {
+        ROW_COLUMN: np.arange(2, n + 2),
+        "device": [canonical_device(device)] * n,
+        "device_name": [device] * n,
+        "framework": ["vidur"] * n,
+        "kernel_source": backend.to_numpy(dtype=object) if backend is not None else None,
+        "dtype": [VIDUR_DTYPE] * n,
+        "model": [model] * n,
+        "op_family": np.where(prefill, "attention_prefill", "attention_decode").astype(object),
+        "op_name": np.where(prefill, "attn_prefill", "attn_decode").astype(object),
+        "tp_size": tp,
+        "batch_size": _int(df, "batch_size"),
+        "seq_len": np.where(prefill, _int(df, "prefill_chunk_size"), 1),
+        "kv_len": _int(df, "kv_cache_size"),
+        "num_heads": heads // tp,
+        "num_kv_heads": _int(df, "n_kv_head") // tp,
+        "head_dim": _int(df, "n_embd") // heads,
+        **stats,
+    }
+    batch.note = {"model": model}
+    batch.tables["kernel_samples"] = build_table("kernel_samples", {k: v for k, v in cols.items() if v is not None}, n)
+    return batch
+
+
+def parse_network(path: Path, batch: SourceBatch) -> SourceBatch:
+    df = _read(path)
+    _require(path, df, ["collective", "num_workers", "size", "devices_per_node"])
+    collectives = df["collective"].astype(str).unique()
+    if len(collectives) != 1 or f"time_stats.{collectives[0]}.median" not in df.columns:
+        raise IngestError(path, "header", f"expected one collective with time_stats columns, got {collectives}")
+    op = collectives[0]
+    device = path.parent.name
+    n = len(df)
+    cols = {
+        ROW_COLUMN: np.arange(2, n + 2),
+        "device": [canonical_device(device)] * n,
+        "device_name": [device] * n,
+        "framework": ["vidur"] * n,
+        "kernel_source": ["nccl"] * n,
+        "dtype": [VIDUR_DTYPE] * n,
+        "op_family": [op] * n,
+        "op_name": [op] * n,
+        "message_bytes": _int(df, "size"),
+        "num_gpus": _int(df, "num_workers"),
+        "devices_per_node": _int(df, "devices_per_node"),
+        **_stats_us(df, op),
+    }
+    batch.tables["kernel_samples"] = build_table("kernel_samples", cols, n)
+    return batch

@@ -1,0 +1,162 @@
+"""The `hermes-sim` command. Results go to stdout; diagnostics go through logging to stderr."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import duckdb
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from .. import __version__
+from ..warehouse.batch import IngestError
+from ..warehouse.store import ENV_VAR, Warehouse
+
+log = logging.getLogger("hermes_sim")
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+
+app = typer.Typer(
+    help="hermes-sim: trace-replay and calibration pipeline for multi-stage LLM inference.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+warehouse_app = typer.Typer(help="Inspect the warehouse.", no_args_is_help=True)
+app.add_typer(warehouse_app, name="warehouse")
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+WarehouseOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--warehouse",
+        "-w",
+        envvar=ENV_VAR,
+        help=f"Warehouse directory (default: ./.hermes, or ${ENV_VAR}).",
+        show_default=False,
+    ),
+]
+
+
+@app.callback()
+def main(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More diagnostics (-vv: debug).")] = 0,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(__version__)
+        raise typer.Exit()
+    level = logging.WARNING - 10 * min(verbose, 2) if verbose else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_time=False, show_path=False)],
+        force=True,
+    )
+    for noisy in ("great_expectations", "distributed", "asyncio", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Known failures become one line on stderr and exit status 2; nothing half-written stays behind."""
+    try:
+        yield
+    except (IngestError, FileNotFoundError, ValueError, PermissionError, duckdb.Error) as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        raise typer.Exit(2) from e
+
+
+def _print_table(title: str, columns: list[str], rows: list[tuple]) -> None:
+    table = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*("" if v is None else str(v) for v in r))
+    out.print(table)
+
+
+def _plain_table(columns: list[str], rows: list[tuple]) -> str:
+    cells = [columns] + [["NULL" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to ingest.", show_default=False)],
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", "-f", help="Force a format instead of detecting it from the content."),
+    ] = None,
+    warehouse: WarehouseOpt = None,
+    log_name: Annotated[str | None, typer.Option(help="Name request logs this (default: from the file).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for logs generated from distributions (ServeGen).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Ingest profiling traces, perf databases and request logs into the warehouse, all or nothing."""
+    from ..ingest.runner import ingest as run_ingest
+
+    with _errors(), Warehouse(warehouse) as wh:
+        report = run_ingest(wh, paths, fmt, {"log_name": log_name, "seed": seed}, progress=not quiet)
+        for b in report.committed:
+            log.info(
+                "%s: %s, %d rows%s",
+                b.path,
+                b.format,
+                b.rows_accepted,
+                f", {len(b.quarantine)} quarantined" if b.quarantine else "",
+            )
+        out.print(
+            f"ingested {len(report.committed)} file(s): {report.rows_accepted} rows accepted, "
+            f"{report.rows_quarantined} quarantined; {len(report.already)} already in the warehouse "
+            f"(no-op); {len(report.skipped)} skipped; warehouse {wh.root}"
+        )
+
+
+@warehouse_app.command("summary")
+def warehouse_summary(
+    warehouse: WarehouseOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Rows per table, device, op family and request log."""
+    from ..warehouse.summary import summarize
+
+    with _errors(), Warehouse(warehouse, read_only=True) as wh:
+        sections = summarize(wh)
+    if as_json:
+        doc = {title: [dict(zip(cols, row, strict=True)) for row in rows] for title, (cols, rows) in sections.items()}
+        sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+        return
+    for title, (cols, rows) in sections.items():
+        _print_table(title, cols, rows)
+        out.print()
+
+
+@warehouse_app.command("sql")
+def warehouse_sql(
+    query: Annotated[str, typer.Argument(help="A SQL query over the warehouse tables and views.")],
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Run a read-only SQL query and print the result as a plain table."""
+    with _errors(), Warehouse(warehouse, read_only=True) as wh:
+        cols, rows = wh.query(query)
+    sys.stdout.write(_plain_table(cols, rows) + "\n")
+
+
+@app.command("run")
+def run_main_job(warehouse: WarehouseOpt = None) -> None:
+    """The main job on the embedded defaults: ingest the bundled real samples, then print the summary."""
+    ingest([SAMPLES], None, warehouse, None, 0, quiet=False)
+    warehouse_summary(warehouse, as_json=False)

@@ -1,0 +1,94 @@
+"""What an ingest hands to the warehouse: one parsed source file, not yet validated or committed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .schema import DATA_TABLES
+
+ROW_COLUMN = "_row"  # 1-based row (line, event) number in the source file; dropped before writing
+
+
+class IngestError(Exception):
+    """A source that cannot be ingested at all. Names the file, the position and what is wrong."""
+
+    def __init__(self, path: str | Path, position: str | None, message: str):
+        self.path = str(path)
+        self.position = position
+        self.message = message
+        where = f"{self.path}: {position}" if position else self.path
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass
+class QuarantinedRow:
+    table_name: str
+    row_number: int
+    reason: str
+    record: str | None = None
+
+
+@dataclass
+class SourceBatch:
+    """One source file parsed into warehouse tables (each with a `_row` column)."""
+
+    path: str
+    sha256: str
+    format: str
+    size_bytes: int
+    params: dict = field(default_factory=dict)
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+    quarantine: list[QuarantinedRow] = field(default_factory=list)
+    note: dict = field(default_factory=dict)
+
+    @property
+    def source_id(self) -> str:
+        """Stable id: the content hash, plus the format and parameters that shaped the rows."""
+        key = f"{self.sha256}|{self.format}|{json.dumps(self.params, sort_keys=True)}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    @property
+    def rows_accepted(self) -> int:
+        return sum(t.num_rows for t in self.tables.values())
+
+
+def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_table(table_name: str, columns: dict, num_rows: int) -> pa.Table:
+    """An Arrow table with the table's full schema. A column may be an array (numpy, Arrow, list), a scalar
+    repeated on every row, or absent / None (all null). `_row` must be given."""
+    schema = DATA_TABLES[table_name]
+    unknown = set(columns) - set(schema.names) - {ROW_COLUMN}
+    if unknown:
+        raise ValueError(f"{table_name}: unknown columns {sorted(unknown)}")
+    fields = [*schema, pa.field(ROW_COLUMN, pa.int64())]
+    return pa.Table.from_arrays(
+        [_column(columns.get(f.name), f.type, num_rows) for f in fields], schema=pa.schema(fields)
+    )
+
+
+def _column(values, type_: pa.DataType, num_rows: int) -> pa.Array:
+    if values is None:
+        return pa.nulls(num_rows, type=type_)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        return values.cast(type_)
+    if isinstance(values, str | int | float | np.generic):
+        return pa.array([values], type=type_).take(pa.array(np.zeros(num_rows, dtype=np.int64)))
+    if pa.types.is_integer(type_) and isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        missing = ~np.isfinite(values)  # NaN marks a missing value in float-typed counts
+        return pa.array(np.where(missing, 0, values).astype(np.int64), type=type_, mask=missing)
+    return pa.array(values, type=type_, from_pandas=True)

@@ -1,0 +1,226 @@
+"""The warehouse: an embedded DuckDB catalog plus Parquet files that its views read.
+
+Layout under the warehouse directory:
+    catalog.duckdb                                   sources, quarantine, parts (+ views over the Parquet)
+    tables/<table>/source=<id>/device=<dev>/part-0.parquet
+    staging/                                         files being written by an ingest not yet committed
+
+A commit writes every Parquet file to staging first, then in one DuckDB transaction records the sources,
+quarantined rows and parts and moves the files into place. Views list only committed parts, so a failure at
+any point leaves the warehouse as it was (stray files of an interrupted commit are swept on the next open).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .. import __version__
+from .batch import ROW_COLUMN, SourceBatch
+from .schema import CATALOG_DDL, DATA_TABLES
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "HERMES_WAREHOUSE"
+DEFAULT_DIR = ".hermes"
+CATALOG_FILE = "catalog.duckdb"
+
+
+def default_location() -> Path:
+    return Path(os.environ.get(ENV_VAR) or DEFAULT_DIR)
+
+
+def _slug(value: str | None) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", value or "unknown")
+
+
+@dataclass
+class CommitReport:
+    committed: list[SourceBatch]
+    skipped: list[tuple[SourceBatch, str]]  # (batch, source_id it duplicates)
+
+
+class Warehouse:
+    def __init__(self, root: Path | str | None = None, read_only: bool = False):
+        self.root = Path(root) if root is not None else default_location()
+        self.read_only = read_only
+        catalog = self.root / CATALOG_FILE
+        if read_only and not catalog.exists():
+            raise FileNotFoundError(
+                f"no warehouse at {self.root} (run `hermes-sim ingest` first, or pass --warehouse / ${ENV_VAR})"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.con = duckdb.connect(str(catalog), read_only=read_only)
+        if not read_only:
+            self.con.execute(CATALOG_DDL)
+            self._sweep_uncommitted()
+        self._create_views(temporary=read_only)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Warehouse:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- reading -------------------------------------------------------------------------------
+    def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
+        cur = self.con.execute(sql, params or [])
+        columns = [d[0] for d in cur.description] if cur.description else []
+        return columns, cur.fetchall()
+
+    def arrow(self, sql: str, params: list | None = None) -> pa.Table:
+        return self.con.execute(sql, params or []).fetch_arrow_table()
+
+    def source_by_sha(self, sha256: str) -> str | None:
+        rows = self.con.execute("SELECT source_id FROM sources WHERE sha256 = ?", [sha256]).fetchall()
+        return rows[0][0] if rows else None
+
+    def has_source(self, source_id: str) -> bool:
+        return bool(self.con.execute("SELECT 1 FROM sources WHERE source_id = ?", [source_id]).fetchall())
+
+    # ---- views ---------------------------------------------------------------------------------
+    def _create_views(self, temporary: bool) -> None:
+        kind = "TEMP VIEW" if temporary else "VIEW"
+        for name, schema in DATA_TABLES.items():
+            files = [
+                str((self.root / rel).resolve())
+                for (rel,) in self.con.execute(
+                    "SELECT relpath FROM parts WHERE table_name = ? ORDER BY relpath", [name]
+                ).fetchall()
+            ]
+            if files:
+                listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                body = f"SELECT * FROM read_parquet([{listing}])"
+            else:
+                cols = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema)
+                body = f"SELECT {cols} WHERE false"
+            self.con.execute(f"CREATE OR REPLACE {kind} {name} AS {body}")
+
+    # ---- writing -------------------------------------------------------------------------------
+    def commit(self, batches: list[SourceBatch]) -> CommitReport:
+        """Commit every batch, or none of them."""
+        if self.read_only:
+            raise PermissionError("warehouse opened read-only")
+        fresh: list[SourceBatch] = []
+        skipped: list[tuple[SourceBatch, str]] = []
+        seen: set[str] = set()
+        for b in batches:
+            if self.has_source(b.source_id) or b.source_id in seen:
+                skipped.append((b, b.source_id))
+            else:
+                seen.add(b.source_id)
+                fresh.append(b)
+        if not fresh:
+            return CommitReport([], skipped)
+
+        staging = self.root / "staging" / uuid.uuid4().hex
+        moved: list[Path] = []
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        try:
+            parts = [p for b in fresh for p in self._stage(b, staging)]
+            self.con.execute("BEGIN TRANSACTION")
+            for b in fresh:
+                self.con.execute(
+                    "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        b.source_id,
+                        b.path,
+                        b.sha256,
+                        b.format,
+                        json.dumps(b.params, sort_keys=True),
+                        b.rows_accepted,
+                        len(b.quarantine),
+                        b.size_bytes,
+                        json.dumps(b.note, sort_keys=True) if b.note else None,
+                        now,
+                        __version__,
+                    ],
+                )
+                if b.quarantine:
+                    self.con.executemany(
+                        "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?)",
+                        [[b.source_id, b.path, q.table_name, q.row_number, q.reason, q.record] for q in b.quarantine],
+                    )
+            if parts:
+                self.con.executemany("INSERT INTO parts VALUES (?, ?, ?, ?, ?)", [p[:5] for p in parts])
+            for *_, staged in parts:
+                target = self.root / staged.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, target)
+                moved.append(target)
+            self._create_views(temporary=False)
+            self.con.execute("COMMIT")
+        except BaseException:
+            # DDL and DML are transactional in DuckDB: the views come back with the rows. (Fails harmlessly
+            # when the error came before BEGIN.)
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("ROLLBACK")
+            for path in moved:
+                path.unlink(missing_ok=True)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return CommitReport(fresh, skipped)
+
+    def _stage(self, batch: SourceBatch, staging: Path) -> list[tuple]:
+        """Write a batch's tables to staging, one file per (table, device). Returns parts rows."""
+        parts = []
+        for name, table in batch.tables.items():
+            if table.num_rows == 0:
+                continue
+            table = table.drop_columns([ROW_COLUMN])
+            sid = pa.array([batch.source_id] * table.num_rows, pa.string())
+            table = table.set_column(table.schema.get_field_index("source_id"), "source_id", sid)
+            table = table.cast(DATA_TABLES[name])
+            devices = (
+                sorted(d for d in pc.unique(table["device"]).to_pylist()) if "device" in table.column_names else [None]
+            )
+            for device in devices:
+                piece = table if device is None else table.filter(pc.equal(table["device"], device))
+                rel = Path("tables") / name / f"source={batch.source_id}"
+                if device is not None:
+                    rel = rel / f"device={_slug(device)}"
+                rel = rel / "part-0.parquet"
+                staged = staging / rel
+                staged.parent.mkdir(parents=True, exist_ok=True)
+                pq.write_table(piece, staged, compression="zstd")
+                parts.append((name, batch.source_id, device, rel.as_posix(), piece.num_rows, staged))
+        return parts
+
+    def _sweep_uncommitted(self) -> None:
+        """Remove files an interrupted commit left behind: anything under tables/ not in `parts`."""
+        shutil.rmtree(self.root / "staging", ignore_errors=True)
+        tables = self.root / "tables"
+        if not tables.exists():
+            return
+        known = {rel for (rel,) in self.con.execute("SELECT relpath FROM parts").fetchall()}
+        for f in tables.rglob("*.parquet"):
+            if f.relative_to(self.root).as_posix() not in known:
+                log.warning("removing uncommitted file %s", f)
+                f.unlink()
+
+
+def _duck_type(t: pa.DataType) -> str:
+    if pa.types.is_list(t):
+        return _duck_type(t.value_type) + "[]"
+    return {
+        pa.string(): "VARCHAR",
+        pa.int64(): "BIGINT",
+        pa.float64(): "DOUBLE",
+    }[t]
