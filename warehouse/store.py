@@ -85,7 +85,7 @@ class Warehouse:
         return columns, cur.fetchall()
 
     def arrow(self, sql: str, params: list | None = None) -> pa.Table:
-        return self.con.execute(sql, params or []).fetch_arrow_table()
+        return self.con.sql(sql, params=params or None).to_arrow_table()
 
     def source_by_sha(self, sha256: str) -> str | None:
         rows = self.con.execute("SELECT source_id FROM sources WHERE sha256 = ?", [sha256]).fetchall()
