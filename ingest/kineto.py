@@ -123,12 +123,12 @@ class _TextStream:
                 self.pos = end
                 return obj
             except json.JSONDecodeError as e:
-                near_end = e.pos >= len(self.buf) - 262144 or e.msg.startswith("Unterminated string")
-                if near_end and self._more():
+                if not self.eof and (e.pos >= len(self.buf) - 262144 or e.msg.startswith("Unterminated string")):
+                    self._more()  # the value may run past the buffer: read on and try again
                     continue
-                where = f"offset {self.base + e.pos}"
-                what = "truncated JSON" if self.eof and near_end else f"malformed JSON: {e.msg}"
-                raise IngestError(self.path, where, what) from None
+                at_end = e.pos >= len(self.buf.rstrip()) - 1 or e.msg.startswith("Unterminated string")
+                what = "truncated JSON" if self.eof and at_end else f"malformed JSON: {e.msg}"
+                raise IngestError(self.path, f"offset {self.base + e.pos}", what) from None
 
 
 def _open_text(path: Path) -> io.TextIOBase:

@@ -28,7 +28,7 @@ RAGPULSE_PARTS = (
 
 def _tokens(values: pd.Series) -> np.ndarray:
     """Token counts as floats with NaN where a value is missing, not a number, or not a whole number."""
-    x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    x = np.array(pd.to_numeric(values, errors="coerce"), dtype=float)
     x[np.isfinite(x) & (x != np.round(x))] = np.nan
     x[~np.isfinite(x)] = np.nan
     return x
@@ -46,6 +46,8 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
         raise IngestError(path, "line 1", "empty file") from e
     except pd.errors.ParserError as e:
         raise IngestError(path, None, f"malformed CSV: {e}") from e
+    except UnicodeDecodeError as e:
+        raise IngestError(path, f"offset {e.start}", "not UTF-8 text (is this the right --format?)") from e
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise IngestError(path, "line 1", f"missing column(s) {missing}; header is {list(df.columns)}")

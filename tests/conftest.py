@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from hermes_sim.ingest.runner import ingest
 from hermes_sim.warehouse.store import Warehouse
 

@@ -10,7 +10,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from conftest import SAMPLES, shared_path
-
 from hermes_sim.ingest.formats import detect
 from hermes_sim.ingest.runner import ingest
 from hermes_sim.warehouse.store import Warehouse
@@ -150,7 +149,9 @@ def _x_events(path: Path) -> list[dict]:
     return [e for e in doc["traceEvents"] if e.get("ph") == "X" and e.get("cat") in kept]
 
 
-@pytest.mark.parametrize("name", ["amd_trace__mi250_minitoy_train_ROCm6_2_kineto.json.gz", "triton_example__triton_example.json.gz"])
+@pytest.mark.parametrize(
+    "name", ["amd_trace__mi250_minitoy_train_ROCm6_2_kineto.json.gz", "triton_example__triton_example.json.gz"]
+)
 def test_kineto_sample_round_trip(wh: Warehouse, name: str):
     path = SAMPLES / "hardware/kineto" / name
     ingest(wh, [path], progress=False)
@@ -183,16 +184,14 @@ def test_kineto_a100_trace_links_kernels_to_cpu_ops(tmp_path: Path):
     with Warehouse(tmp_path / "wh") as w:
         ingest(w, [path], progress=False)
         assert one(w, "SELECT count(*) FROM trace_events") == len(events)
-        total, linked = w.query(
-            "SELECT count(*), count(cpu_op) FROM trace_events WHERE kind = 'kernel'"
-        )[1][0]
+        total, linked = w.query("SELECT count(*), count(cpu_op) FROM trace_events WHERE kind = 'kernel'")[1][0]
         assert total == sum(e["cat"] == "kernel" for e in events)
         assert linked / total > 0.99  # older traces: by time containment on the launching thread
         fams = dict(w.query("SELECT op_family, count(*) FROM trace_events WHERE kind = 'kernel' GROUP BY ALL")[1])
         assert fams["gemm"] > 0 and fams["collective"] > 0 and fams["elementwise"] > 0
-        mm = w.query(
-            "SELECT input_dims FROM trace_events WHERE cpu_op = 'aten::mm' AND op_family = 'gemm' LIMIT 1"
-        )[1][0][0]
+        mm = w.query("SELECT input_dims FROM trace_events WHERE cpu_op = 'aten::mm' AND op_family = 'gemm' LIMIT 1")[1][
+            0
+        ][0]
         assert len(mm) == 2 and len(mm[0]) == 2  # two 2-D operands
 
 
@@ -208,7 +207,9 @@ def test_kineto_layouts_give_identical_rows(tmp_path: Path):
         p = tmp_path / f"{name}.json"
         p.write_text(json.dumps(doc, indent=indent))
         variants[name] = p
-    tables = {k: parse_trace(p, SourceBatch(str(p), "x", "kineto", 0)).tables["trace_events"] for k, p in variants.items()}
+    tables = {
+        k: parse_trace(p, SourceBatch(str(p), "x", "kineto", 0)).tables["trace_events"] for k, p in variants.items()
+    }
     assert tables["compact"].equals(tables["pretty"]) and tables["indent1"].equals(tables["pretty"])
 
 
@@ -299,9 +300,8 @@ def test_servegen_is_seeded_and_follows_the_rates(tmp_path: Path):
 def test_weibull_shape_matches_cv():
     import math
 
-    from scipy.special import gamma
-
     from hermes_sim.ingest.servegen import weibull_shape_for_cv
+    from scipy.special import gamma
 
     for cv in (0.3, 1.0, 2.5):
         k = weibull_shape_for_cv(cv)

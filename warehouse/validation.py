@@ -42,7 +42,9 @@ class ColumnCheck:
     type_list: tuple[str, ...] | None = None
 
 
-_INT = ("int64", "Int64")
+# pandas turns an integer column with missing values into float64; the row checks then flag those rows.
+# (great-expectations 1.x counts pd.NA as a wrong type, so the nullable Int64 dtype is no way out.)
+_INT = ("int64", "float64")
 _FLOAT = ("float64", "Float64")
 _STR = None
 
@@ -118,18 +120,20 @@ def _gx():
     return gx, gxe, ctx
 
 
-def _expectation(gxe, check: RowCheck | ColumnCheck):
+def _expectation(gxe, check: RowCheck | ColumnCheck, index: int):
+    meta = {"check": index}  # results do not come back in suite order: this maps them to their check
     if isinstance(check, ColumnCheck):
         if check.type_list is None:
-            return gxe.ExpectColumnToExist(column=check.column)
-        return gxe.ExpectColumnValuesToBeInTypeList(column=check.column, type_list=list(check.type_list))
+            return gxe.ExpectColumnToExist(column=check.column, meta=meta)
+        return gxe.ExpectColumnValuesToBeInTypeList(column=check.column, type_list=list(check.type_list), meta=meta)
     if check.kind == "not_null":
-        return gxe.ExpectColumnValuesToNotBeNull(column=check.column)
+        return gxe.ExpectColumnValuesToNotBeNull(column=check.column, meta=meta)
     return gxe.ExpectColumnValuesToBeBetween(
         column=check.column,
         min_value=check.min_value,
         max_value=check.max_value,
         strict_min=check.strict_min,
+        meta=meta,
     )
 
 
@@ -138,8 +142,8 @@ def _validation(table_name: str):
     gx, gxe, ctx = _gx()
     column_checks, row_checks = SUITES[table_name]
     suite = gx.ExpectationSuite(name=f"{table_name}_suite")
-    for check in (*column_checks, *row_checks):
-        suite.add_expectation(_expectation(gxe, check))
+    for index, check in enumerate((*column_checks, *row_checks)):
+        suite.add_expectation(_expectation(gxe, check, index))
     suite = ctx.suites.add(suite)
     asset = ctx.data_sources.add_pandas(f"{table_name}_source").add_dataframe_asset(table_name)
     batch_def = asset.add_batch_definition_whole_dataframe(f"{table_name}_batch")
@@ -174,9 +178,10 @@ def validate(table_name: str, batches: list[SourceBatch]) -> None:
     column_checks, row_checks = SUITES[table_name]
     checks = [*column_checks, *row_checks]
     bad_reason: dict[int, str] = {}
-    for check, res in zip(checks, result.results, strict=True):
+    for res in sorted(result.results, key=lambda r: r.expectation_config.meta["check"]):
         if res.success:
             continue
+        check = checks[res.expectation_config.meta["check"]]
         if isinstance(check, ColumnCheck):
             observed = res.result.get("observed_value", "no such column")
             raise IngestError(

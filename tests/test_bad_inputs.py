@@ -1,0 +1,178 @@
+"""Bad input gets a clear error or quarantined rows, and loses nothing already in the warehouse."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import SAMPLES, counts, files_under
+from hermes_sim.ingest.runner import ingest
+from hermes_sim.warehouse.batch import IngestError
+from hermes_sim.warehouse.store import Warehouse
+
+AMD_TRACE = SAMPLES / "hardware/kineto/amd_trace__mi250_minitoy_train_ROCm6_2_kineto.json.gz"
+A100_GEMM = SAMPLES / "hardware/aiconfigurator/systems/data/a100_sxm/gemm/vllm/0.14.0/gemm_perf.parquet"
+
+
+@pytest.fixture
+def seeded(wh: Warehouse) -> Warehouse:
+    """A warehouse with prior data that every bad ingest must leave intact."""
+    ingest(wh, [SAMPLES / "requests/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"], progress=False)
+    return wh
+
+
+def assert_untouched(w: Warehouse, before: dict, files: set) -> None:
+    assert counts(w) == before
+    assert files_under(w.root) == files
+
+
+def expect_error(w: Warehouse, path: Path, match: str, fmt: str | None = None, names: Path | None = None) -> None:
+    before, files = counts(w), files_under(w.root)
+    with pytest.raises(IngestError, match=match) as info:
+        ingest(w, [path], fmt=fmt, progress=False)
+    assert str(names or path) in str(info.value)
+    assert_untouched(w, before, files)
+
+
+# ---- structurally broken files: a clear error naming file and position --------------------------------------
+def test_truncated_trace_json(seeded: Warehouse, tmp_path: Path):
+    text = gzip.open(AMD_TRACE).read().decode()
+    bad = tmp_path / "truncated.json"
+    bad.write_text(text[: len(text) // 2])
+    expect_error(seeded, bad, r"offset \d+: truncated JSON")
+
+
+def test_truncated_gzip_stream(seeded: Warehouse, tmp_path: Path):
+    data = AMD_TRACE.read_bytes()
+    bad = tmp_path / "truncated.json.gz"
+    bad.write_bytes(data[: len(data) - 200])
+    expect_error(seeded, bad, r"offset \d+: (unreadable data|truncated JSON)", fmt="kineto")
+
+
+def test_malformed_trace_json_names_the_offset(seeded: Warehouse, tmp_path: Path):
+    text = gzip.open(AMD_TRACE).read().decode()
+    cut = text.index('"cat": "kernel"')
+    bad = tmp_path / "malformed.json"
+    bad.write_text(text[:cut] + '"cat": kernel"' + text[cut + len('"cat": "kernel"') :])
+    before, files = counts(seeded), files_under(seeded.root)
+    with pytest.raises(IngestError, match=r"malformed.json: offset (\d+): malformed JSON") as info:
+        ingest(seeded, [bad], progress=False)
+    offset = int(info.value.position.split()[1])
+    assert abs(offset - cut) < 50  # points at the damage
+    assert_untouched(seeded, before, files)
+
+
+def test_missing_columns(seeded: Warehouse, tmp_path: Path):
+    bad = tmp_path / "azure.csv"
+    bad.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n")
+    expect_error(seeded, bad.with_name("x.csv"), "no such file")  # and a missing path is an error too
+    bad.write_text("TIMESTAMP,ContextTokens\n2023-11-16 18:15:46.6805900,374\n")
+    expect_error(seeded, bad, r"line 1: missing column\(s\) \['GeneratedTokens'\]", fmt="azure")
+
+
+def test_missing_parquet_columns(seeded: Warehouse, tmp_path: Path):
+    table = pq.read_table(A100_GEMM).drop_columns(["k"])
+    bad = tmp_path / "gemm_perf.parquet"
+    pq.write_table(table, bad)
+    expect_error(seeded, bad, r"missing column\(s\) \['k'\]")
+
+
+def test_wrong_format_file(seeded: Warehouse, tmp_path: Path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("this is not a trace\n")
+    expect_error(seeded, bad, "not a recognised format")
+    # forcing a format onto the wrong file fails at its first line
+    expect_error(seeded, SAMPLES / "requests/azure_llm_2023/AzureLLMInferenceTrace_conv.csv", "line 1", fmt="mooncake")
+    expect_error(seeded, A100_GEMM, "offset 19: not UTF-8 text", fmt="azure")
+
+
+def test_empty_file(seeded: Warehouse, tmp_path: Path):
+    bad = tmp_path / "empty.jsonl"
+    bad.write_text("")
+    expect_error(seeded, bad, "empty file")
+    expect_error(seeded, bad, "empty file", fmt="mooncake")
+    expect_error(seeded, bad, "empty file", fmt="kineto")
+
+
+def test_servegen_pdf_is_parsed_safely(seeded: Warehouse, tmp_path: Path):
+    folder = tmp_path / "deepseek-r1"
+    folder.mkdir()
+    (folder / "chunk-0-trace.csv").write_text("0,0.5,1.0,Gamma,1,1\n")
+    evil = "__import__('os').system('echo pwned')"
+    (folder / "chunk-0-dataset.json").write_text(
+        json.dumps({"0": {"input_tokens": evil, "output_tokens": "{1: 1.0}", "reason_ratio": "{0.5: 1.0}"}})
+    )
+    expect_error(
+        seeded,
+        folder / "chunk-0-trace.csv",
+        "window 0, input_tokens: PDF is not a literal dict",
+        "servegen",
+        names=folder / "chunk-0-dataset.json",
+    )
+
+
+# ---- bad rows: quarantined with the reason, the rest accepted --------------------------------------------
+def test_negative_and_nan_latencies_are_quarantined(seeded: Warehouse, tmp_path: Path):
+    table = pq.read_table(A100_GEMM).slice(0, 10)
+    latency = table["latency"].to_numpy().copy()
+    latency[2], latency[5], latency[7] = -0.5, np.nan, 0.0
+    bad = tmp_path / "gemm_perf.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("latency"), "latency", pa.array(latency)), bad)
+    report = ingest(seeded, [bad], progress=False)
+    assert report.rows_accepted == 7 and report.rows_quarantined == 3
+    rows = dict(seeded.query("SELECT row_number, reason FROM quarantine ORDER BY row_number")[1])
+    assert rows == {3: "latency_us must be > 0", 6: "latency_us is missing or NaN", 8: "latency_us must be > 0"}
+    assert seeded.query("SELECT min(latency_us) > 0 FROM kernel_samples")[1][0][0]
+
+
+def test_non_monotone_timestamps_are_quarantined(seeded: Warehouse, tmp_path: Path):
+    bad = tmp_path / "azure.csv"
+    bad.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.0000000,100,10\n"
+        "2023-11-16 18:15:47.0000000,200,20\n"
+        "2023-11-16 18:15:45.0000000,300,30\n"  # earlier than the line before
+        "2023-11-16 18:15:48.0000000,400,40\n"
+    )
+    report = ingest(seeded, [bad], progress=False)
+    assert (report.rows_accepted, report.rows_quarantined) == (3, 1)
+    q = seeded.query("SELECT path, row_number, reason, record FROM quarantine")[1]
+    assert q[0][:3] == (str(bad), 4, "arrival time goes back (earlier than the previous request)")
+    assert '"input_tokens": 300' in q[0][3]
+
+
+def test_unparseable_values_are_quarantined_with_line_numbers(seeded: Warehouse, tmp_path: Path):
+    bad = tmp_path / "azure.csv"
+    bad.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.0000000,100,10\n"
+        "not a time,200,20\n"
+        "2023-11-16 18:15:48.0000000,-5,30\n"
+        "2023-11-16 18:15:49.0000000,7.5,30\n"
+        "2023-11-16 18:15:50.0000000,400,\n"
+    )
+    report = ingest(seeded, [bad], progress=False)
+    assert (report.rows_accepted, report.rows_quarantined) == (1, 4)
+    reasons = dict(seeded.query("SELECT row_number, reason FROM quarantine")[1])
+    assert reasons == {
+        3: "arrival time is missing or unparseable",
+        4: "input_tokens must be >= 0",
+        5: "input_tokens is missing or not an integer",
+        6: "output_tokens is missing or not an integer",
+    }
+
+
+def test_malformed_jsonl_line_is_quarantined(seeded: Warehouse, tmp_path: Path):
+    lines = (SAMPLES / "requests/mooncake/conversation_trace.jsonl").read_text().splitlines()[:5]
+    lines[2] = lines[2][:20]  # cut mid-record
+    bad = tmp_path / "mooncake.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    report = ingest(seeded, [bad], progress=False)
+    assert (report.rows_accepted, report.rows_quarantined) == (4, 1)
+    row, reason = seeded.query("SELECT row_number, reason FROM quarantine")[1][0]
+    assert row == 3 and reason.startswith("malformed JSON line")
