@@ -41,7 +41,7 @@ def expect_error(w: Warehouse, path: Path, match: str, fmt: str | None = None, n
 
 # ---- structurally broken files: a clear error naming file and position --------------------------------------
 def test_truncated_trace_json(seeded: Warehouse, tmp_path: Path):
-    text = gzip.open(AMD_TRACE).read().decode()
+    text = gzip.decompress(AMD_TRACE.read_bytes()).decode()
     bad = tmp_path / "truncated.json"
     bad.write_text(text[: len(text) // 2])
     expect_error(seeded, bad, r"offset \d+: truncated JSON")
@@ -55,7 +55,7 @@ def test_truncated_gzip_stream(seeded: Warehouse, tmp_path: Path):
 
 
 def test_malformed_trace_json_names_the_offset(seeded: Warehouse, tmp_path: Path):
-    text = gzip.open(AMD_TRACE).read().decode()
+    text = gzip.decompress(AMD_TRACE.read_bytes()).decode()
     cut = text.index('"cat": "kernel"')
     bad = tmp_path / "malformed.json"
     bad.write_text(text[:cut] + '"cat": kernel"' + text[cut + len('"cat": "kernel"') :])

@@ -77,7 +77,7 @@ def test_borrowed_tables_are_recorded_and_not_counted(sample_warehouse: Path):
     with Warehouse(sample_warehouse, read_only=True) as w:
         rows = w.query("SELECT path, rows_accepted, note FROM sources WHERE format = 'aiconfigurator-reuse'")[1]
         assert rows, "reuse.yaml folders must be recorded"
-        for path, accepted, note in rows:
+        for _path, accepted, note in rows:
             assert accepted == 0
             assert json.loads(note)["borrows"][0]["from_version"]
         # vLLM 0.22.0 borrows 0.14.0's GEMM table: no kernel sample claims version 0.22.0
@@ -112,7 +112,8 @@ def test_vidur_mlp_one_row_per_op_with_gemm_shapes(wh: Warehouse):
     got = dict(
         (r[0], r[1:])
         for r in wh.query(
-            "SELECT op_name, m, n, k, latency_us FROM kernel_samples WHERE m = ? AND tp_size = ? AND op_family = 'gemm'",
+            "SELECT op_name, m, n, k, latency_us FROM kernel_samples"
+            " WHERE m = ? AND tp_size = ? AND op_family = 'gemm'",
             [tokens, tp],
         )[1]
     )
@@ -145,7 +146,7 @@ def test_vidur_attention_and_network(tmp_path: Path):
 def _x_events(path: Path) -> list[dict]:
     kept = {"kernel", "cpu_op", "cuda_runtime", "cuda_driver", "gpu_memcpy", "gpu_memset", "user_annotation"}
     kept |= {"gpu_user_annotation", "operator"}
-    doc = json.load(gzip.open(path))
+    doc = json.loads(gzip.decompress(path.read_bytes()))
     return [e for e in doc["traceEvents"] if e.get("ph") == "X" and e.get("cat") in kept]
 
 
@@ -201,7 +202,7 @@ def test_kineto_layouts_give_identical_rows(tmp_path: Path):
     from hermes_sim.warehouse.batch import SourceBatch
 
     src = SAMPLES / "hardware/kineto/amd_trace__mi250_minitoy_train_ROCm6_2_kineto.json.gz"
-    doc = json.load(gzip.open(src))
+    doc = json.loads(gzip.decompress(src.read_bytes()))
     variants = {"pretty": src}
     for name, indent in (("compact", None), ("indent1", 1)):
         p = tmp_path / f"{name}.json"

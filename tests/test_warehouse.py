@@ -49,7 +49,7 @@ def test_failed_ingest_leaves_the_warehouse_as_it_was(wh: Warehouse, tmp_path: P
     before, files_before = counts(wh), files_under(wh.root)
     bad = tmp_path / "broken.jsonl"
     bad.write_text('{"timestamp": 0, "input_length": 5\n')  # a mooncake line cut short
-    with pytest.raises(IngestError, match="broken.jsonl: not a recognised format"):
+    with pytest.raises(IngestError, match=r"broken\.jsonl: not a recognised format"):
         ingest(wh, [MOONCAKE, bad], progress=False)  # the good file must not land either
     assert counts(wh) == before and files_under(wh.root) == files_before
     # and the warehouse still works: the good file can be ingested now
