@@ -18,7 +18,7 @@ from rich.table import Table
 
 from .. import __version__
 from ..warehouse.batch import IngestError
-from ..warehouse.store import ENV_VAR, Warehouse
+from ..warehouse.store import ENV_VAR, Warehouse, default_location
 
 log = logging.getLogger("hermes_sim")
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -160,3 +160,68 @@ def run_main_job(warehouse: WarehouseOpt = None) -> None:
     """The main job on the embedded defaults: ingest the bundled real samples, then print the summary."""
     ingest([SAMPLES], None, warehouse, None, 0, quiet=False)
     warehouse_summary(warehouse, as_json=False)
+
+
+calibrate_app = typer.Typer(help="Fit cost models per device and report their fidelity.")
+app.add_typer(calibrate_app, name="calibrate")
+
+
+@calibrate_app.callback(invoke_without_command=True)
+def calibrate(
+    ctx: typer.Context,
+    device: Annotated[str | None, typer.Option("--device", "-d", help="Device id from the catalog.")] = None,
+    family: Annotated[str | None, typer.Option("--family", help="Only this op family.")] = None,
+    split: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--split",
+            help="Evaluation split(s): random, shape_block, extrapolation, cross_framework, "
+            "cross_source (default: all).",
+        ),
+    ] = None,
+    warehouse: WarehouseOpt = None,
+    forest: Annotated[bool, typer.Option(help="Score the random-forest baseline (needs scikit-learn).")] = True,
+    metrics: Annotated[Path | None, typer.Option(help="Also write the held-out metrics JSON here (DVC).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the splits and cross-validation.")] = 0,
+) -> None:
+    """Fit one cost model per (op family, dtype, framework) of a device and score it on held-out data."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if device is None:
+        err.print("error: --device is required (or use `hermes-sim calibrate report`)")
+        raise typer.Exit(2)
+    from ..calibrate.pipeline import calibrate_device
+
+    with _errors():
+        result = calibrate_device(
+            warehouse or default_location(),
+            device,
+            family=family,
+            splits=tuple(split) if split else None,
+            random_forest=forest,
+            metrics_path=metrics,
+            seed=seed,
+        )
+    out.print(result.summary)
+
+
+@calibrate_app.command("report")
+def calibrate_report(
+    device: Annotated[str | None, typer.Option("--device", "-d", help="Only this device.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="markdown or json.")] = "markdown",
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Held-out error of roofline, calibrated and random-forest models, per device, family and split."""
+    from ..calibrate.report import load_rows, markdown
+
+    if fmt not in ("markdown", "json"):
+        err.print(f"error: --format must be markdown or json, not {fmt!r}")
+        raise typer.Exit(2)
+    rows = load_rows(warehouse or default_location(), device)
+    if not rows:
+        err.print("error: no calibration report yet; run `hermes-sim calibrate --device D` first")
+        raise typer.Exit(2)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
+    else:
+        sys.stdout.write(markdown(rows))

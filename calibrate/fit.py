@@ -1,0 +1,290 @@
+"""Calibrated cost models: statsmodels OLS on log latency over roofline terms and shape, one per
+(device, op family, dtype, framework).
+
+The regression is log(latency_us / roofline_us) = b . x: the log inefficiency over the speed of light, with
+x = [1, compute share of the roofline and its square, launch floors log1p(tau / roofline_us), wave quantization (GEMM),
+kernel indicators, and a polynomial in the standardized log shape dims, clipped to the range seen in fitting].
+Floors vanish and the clipped polynomial stops moving beyond the fitted shapes, so far outside the data a
+prediction becomes the roofline times the last efficiency seen: it extrapolates like physics, not like a
+polynomial. The degree (the form) is chosen by grouped cross-validation on the training rows, holding out
+whole shapes, never by in-sample fit. Coefficients keep their 95% confidence intervals."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+
+from .catalog import Device
+from .roofline import COLLECTIVES, DECODE, ELEMENTWISE, GEMM, MOE_COMM, PREFILL, roofline
+
+log = logging.getLogger(__name__)
+
+MIN_SAMPLES = 30
+DEGREES = (0, 1, 2, 3, 4, 5)  # 0 = roofline terms only
+MAX_FEATURES = 160
+FLOOR_US = (2.0, 8.0, 32.0, 128.0)  # launch / latency floors: log1p(roofline / tau) bends the curve there
+CATEGORICAL = ("kernel_source", "kv_cache_dtype")  # offsets and slopes per kernel when a table mixes them
+CV_FOLDS = 4
+CV_MAX_ROWS = 20000
+TILE = 128  # GEMM output tile edge for wave quantization
+
+# Size dims enter as a full polynomial of the form's degree; config dims (head layout, window, GPU count)
+# enter linearly and through their products with the size polynomial up to degree 2.
+SIZE_DIMS: dict[str, tuple[str, ...]] = {
+    GEMM: ("m", "n", "k"),
+    PREFILL: ("batch_size", "seq_len", "kv_len"),
+    DECODE: ("batch_size", "kv_len"),
+    **{f: ("message_bytes",) for f in COLLECTIVES},
+    **{f: ("m", "hidden_size") for f in MOE_COMM},
+    **{f: ("m", "n") for f in ELEMENTWISE},
+}
+CONFIG_DIMS: dict[str, tuple[str, ...]] = {
+    PREFILL: ("num_heads", "num_kv_heads", "head_dim", "window_size"),
+    DECODE: ("num_heads", "num_kv_heads", "head_dim", "window_size"),
+    **{f: ("num_gpus", "devices_per_node") for f in COLLECTIVES},
+    **{f: ("top_k", "num_experts") for f in MOE_COMM},
+}
+CONFIG_INTERACTION_DEGREE = 2
+# The dims whose distinct values define a "shape block" for grouped splits.
+BLOCK_DIMS: dict[str, tuple[str, ...]] = {
+    GEMM: ("n", "k"),
+    PREFILL: ("seq_len",),
+    DECODE: ("kv_len",),
+    **{f: ("message_bytes",) for f in COLLECTIVES},
+    **{f: ("m",) for f in MOE_COMM},
+    **{f: ("m",) for f in ELEMENTWISE},
+}
+
+
+class TooFewSamples(ValueError):
+    pass
+
+
+@dataclass
+class Form:
+    """The feature recipe of a fitted model: which log dims, their standardization, the polynomial degree."""
+
+    family: str
+    degree: int
+    dims: list[str]  # size dims, then config dims
+    center: list[float]
+    scale: list[float]
+    n_size: int = 0  # how many of `dims` are size dims
+    lo: list[float] = field(default_factory=list)  # standardized range seen in fitting, per dim
+    hi: list[float] = field(default_factory=list)
+    compute_units: int = 0
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    col_lo: list[float] = field(default_factory=list)  # each design column's range in fitting
+    col_hi: list[float] = field(default_factory=list)
+    y_lo: float = -np.inf  # the lowest log inefficiency seen in fitting
+    envelope_log_roof: list[float] = field(default_factory=list)  # upper envelope of the log inefficiency:
+    envelope_y: list[float] = field(default_factory=list)  # the most seen at this roofline size or larger
+
+    def bounded(self, X: np.ndarray) -> np.ndarray:
+        """Columns clipped to their fitted range: unseen corners of the shape space cannot blow up."""
+        return np.clip(X, self.col_lo, self.col_hi) if self.col_lo else X
+
+    def learn_ranges(self, X: np.ndarray, y: np.ndarray, log_roof: np.ndarray) -> None:
+        self.col_lo, self.col_hi = X.min(axis=0).tolist(), X.max(axis=0).tolist()
+        self.y_lo = float(y.min())
+        edges = np.unique(np.quantile(log_roof, np.linspace(0, 0.95, 20)))
+        self.envelope_log_roof = edges.tolist()
+        self.envelope_y = [float(y[log_roof >= e].max()) for e in edges]
+
+    def clip_inefficiency(self, pred: np.ndarray, log_roof: np.ndarray) -> np.ndarray:
+        """Larger work is never predicted less efficient than the fitted shapes of its size or larger were."""
+        if not self.envelope_y:
+            return pred
+        i = np.clip(np.searchsorted(self.envelope_log_roof, log_roof, side="right") - 1, 0, len(self.envelope_y) - 1)
+        return np.clip(pred, self.y_lo, np.asarray(self.envelope_y)[i])
+
+    def design(self, df: pd.DataFrame, terms: pd.DataFrame) -> np.ndarray:
+        cols = [np.ones(len(df))]
+        roof = np.maximum(terms["roofline_us"].to_numpy(), 1e-6)
+        compute, memory = terms["compute_us"].to_numpy(), terms["memory_us"].to_numpy()
+        share = compute / np.maximum(compute + memory, 1e-12)  # bounded: 0 memory-bound .. 1 compute-bound
+        cols.extend((share, share**2))
+        cols.extend(np.log1p(tau / roof) for tau in FLOOR_US)
+        if self.family == GEMM and self.compute_units > 1:
+            cols.append(np.log(_wave_efficiency(df, self.compute_units)))
+        for column, values in self.categories.items():
+            got = df[column].astype(str).to_numpy() if column in df.columns else np.full(len(df), "")
+            for value in values[1:]:  # the first value is the baseline
+                hit = (got == value).astype(float)
+                cols.extend((hit, hit * np.log1p(FLOOR_US[1] / roof)))
+        if self.degree:
+            z = [
+                np.clip((_log_dim(df, d) - c) / s, lo, hi)
+                for d, c, s, lo, hi in zip(self.dims, self.center, self.scale, self.lo, self.hi, strict=True)
+            ]
+            size, config = z[: self.n_size], z[self.n_size :]
+            poly = [
+                np.prod([size[i] for i in combo], axis=0)
+                for deg in range(1, self.degree + 1)
+                for combo in itertools.combinations_with_replacement(range(len(size)), deg)
+            ]
+            cols.extend(poly)
+            low = poly[: _n_low(len(size), min(self.degree, CONFIG_INTERACTION_DEGREE))]
+            for c in config:
+                cols.append(c)
+                cols.extend(c * p for p in low)
+        return np.column_stack(cols)
+
+    def n_features(self) -> int:
+        base = 3 + len(FLOOR_US) + (self.family == GEMM and self.compute_units > 1)
+        base += sum(2 * (len(v) - 1) for v in self.categories.values())
+        if not self.degree:
+            return base
+        k, c = self.n_size, len(self.dims) - self.n_size
+        poly = sum(_n_monomials(k, d) for d in range(1, self.degree + 1))
+        return base + poly + c * (1 + _n_low(k, min(self.degree, CONFIG_INTERACTION_DEGREE)))
+
+
+def _n_low(k: int, degree: int) -> int:
+    return sum(_n_monomials(k, d) for d in range(1, degree + 1))
+
+
+def _n_monomials(k: int, degree: int) -> int:
+    from math import comb
+
+    return comb(k + degree - 1, degree)
+
+
+def _log_dim(df: pd.DataFrame, dim: str) -> np.ndarray:
+    x = pd.to_numeric(df[dim], errors="coerce").to_numpy(dtype=float) if dim in df.columns else np.zeros(len(df))
+    return np.log1p(np.nan_to_num(np.maximum(x, 0.0)))
+
+
+def _wave_efficiency(df: pd.DataFrame, units: int) -> np.ndarray:
+    """Useful share of the last wave: tiles / (waves * units) with 128x128 output tiles."""
+    m = pd.to_numeric(df["m"], errors="coerce").to_numpy(dtype=float)
+    n = pd.to_numeric(df["n"], errors="coerce").to_numpy(dtype=float)
+    tiles = np.ceil(np.maximum(m, 1) / TILE) * np.ceil(np.maximum(n, 1) / TILE)
+    waves = np.ceil(tiles / units)
+    return np.clip(tiles / (waves * units), 1e-3, 1.0)
+
+
+def make_form(family: str, df: pd.DataFrame, degree: int, device: Device) -> Form:
+    def varying(names: tuple[str, ...]) -> list[str]:
+        return [d for d in names if d in df.columns and df[d].nunique(dropna=True) > 1]
+
+    size, config = varying(SIZE_DIMS.get(family, ())), varying(CONFIG_DIMS.get(family, ()))
+    dims = size + config
+    logs = [_log_dim(df, d) for d in dims]
+    center = [float(np.mean(x)) for x in logs]
+    scale = [float(np.std(x)) or 1.0 for x in logs]
+    z = [(x - c) / s for x, c, s in zip(logs, center, scale, strict=True)]
+    categories = {
+        c: sorted(df[c].dropna().astype(str).unique())
+        for c in CATEGORICAL
+        if c in df.columns and df[c].nunique(dropna=True) > 1
+    }
+    return Form(
+        family=family,
+        degree=degree,
+        dims=dims,
+        center=center,
+        scale=scale,
+        n_size=len(size),
+        lo=[float(v.min()) for v in z],
+        hi=[float(v.max()) for v in z],
+        compute_units=device.compute_units if device.kind == "gpu" else 0,
+        categories=categories,
+    )
+
+
+@dataclass
+class Fitted:
+    form: Form
+    coef: np.ndarray
+    conf_int: np.ndarray
+    r2: float
+    n: int
+    cv: dict = field(default_factory=dict)
+
+    def predict(self, df: pd.DataFrame, device: Device, terms: pd.DataFrame | None = None) -> np.ndarray:
+        terms = roofline(df, device) if terms is None else terms
+        roof = terms["roofline_us"].to_numpy()
+        raw = self.form.bounded(self.form.design(df, terms)) @ self.coef
+        return roof * np.exp(self.form.clip_inefficiency(raw, np.log(np.maximum(roof, 1e-6))))
+
+
+def _ols(X: np.ndarray, y: np.ndarray):
+    return sm.OLS(y, X).fit()
+
+
+def shape_groups(df: pd.DataFrame, family: str) -> np.ndarray:
+    """A group id per row: rows sharing the block dims' values are one shape block."""
+    dims = [d for d in BLOCK_DIMS.get(family, ()) if d in df.columns]
+    if not dims:
+        return np.arange(len(df))
+    return pd.util.hash_pandas_object(df[dims].astype(float), index=False).to_numpy()
+
+
+def ape(pred: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    return np.abs(pred - measured) / measured
+
+
+def _cv_ape(df: pd.DataFrame, terms: pd.DataFrame, y: np.ndarray, form: Form, seed: int) -> float:
+    """Mean absolute percentage error over folds that hold out whole shape blocks."""
+    rng = np.random.default_rng(seed)
+    idx = np.arange(len(df))
+    if len(idx) > CV_MAX_ROWS:
+        idx = np.sort(rng.choice(idx, CV_MAX_ROWS, replace=False))
+    groups = shape_groups(df.iloc[idx], form.family)
+    uniq = np.unique(groups)
+    if len(uniq) < CV_FOLDS:
+        groups, uniq = idx, idx
+    fold_of = dict(zip(uniq, rng.permutation(len(uniq)) % CV_FOLDS, strict=True))
+    folds = np.array([fold_of[g] for g in groups])
+    X = form.design(df.iloc[idx], terms.iloc[idx])
+    log_roof = np.log(np.maximum(terms["roofline_us"].to_numpy()[idx], 1e-6))
+    errs = []
+    for f in range(CV_FOLDS):
+        train, test = folds != f, folds == f
+        if train.sum() <= X.shape[1] or not test.any():
+            continue
+        beta = np.linalg.lstsq(X[train], y[idx][train], rcond=None)[0]
+        form.learn_ranges(X[train], y[idx][train], log_roof[train])
+        pred = form.clip_inefficiency(form.bounded(X[test]) @ beta, log_roof[test])
+        errs.append(np.abs(np.expm1(pred - y[idx][test])))  # = |pred - measured| / measured
+    return float(np.mean(np.concatenate(errs))) if errs else float("inf")
+
+
+def fit_group(df: pd.DataFrame, family: str, device: Device, seed: int = 0) -> Fitted:
+    """Fit one (device, family, dtype, framework) group; the form is chosen by grouped CV."""
+    df = df[np.isfinite(df["latency_us"]) & (df["latency_us"] > 0)]
+    if len(df) < MIN_SAMPLES:
+        raise TooFewSamples(f"{family} on {device.id}: {len(df)} samples < {MIN_SAMPLES}")
+    terms = roofline(df, device)
+    if not np.isfinite(terms["roofline_us"]).all() or (terms["roofline_us"] <= 0).any():
+        raise TooFewSamples(f"{family} on {device.id}: shapes missing for the roofline")
+    y = np.log(df["latency_us"].to_numpy() / terms["roofline_us"].to_numpy())
+    scores: dict[int, float] = {}
+    for degree in DEGREES:
+        form = make_form(family, df, degree, device)
+        if degree and not form.n_size:
+            continue
+        if form.n_features() > MAX_FEATURES or len(df) < max(MIN_SAMPLES, 3 * form.n_features()):
+            continue
+        scores[degree] = _cv_ape(df, terms, y, form, seed)
+    if not scores:
+        raise TooFewSamples(f"{family} on {device.id}: {len(df)} samples fit no form")
+    best = min(scores, key=lambda d: (scores[d], d))
+    form = make_form(family, df, best, device)
+    X = form.design(df, terms)
+    form.learn_ranges(X, y, np.log(np.maximum(terms["roofline_us"].to_numpy(), 1e-6)))
+    res = _ols(X, y)
+    return Fitted(
+        form=form,
+        coef=np.asarray(res.params),
+        conf_int=np.asarray(res.conf_int(0.05)),
+        r2=float(res.rsquared),
+        n=len(df),
+        cv={f"degree_{d}": round(s, 5) for d, s in scores.items()},
+    )

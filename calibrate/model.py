@@ -1,0 +1,103 @@
+"""Predicting op times on a device, with the tier each prediction came from.
+
+Tiers, best first:
+- measured-calibrated: a fitted model of this device, family and dtype (float16 and bfloat16 share one);
+- transferred: the device has no model for the family, so the nearest calibrated device's efficiency
+  (its prediction over its roofline, on the same ops) scales this device's roofline;
+- roofline: nothing calibrated anywhere for the family: the plain speed-of-light time.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .artifacts import MODELS_DIR, fitted_from_entry, load
+from .catalog import Device, device, devices
+from .fit import Fitted
+from .roofline import roofline
+
+log = logging.getLogger(__name__)
+
+CALIBRATED, TRANSFERRED, ROOFLINE = "measured-calibrated", "transferred", "roofline"
+FRAMEWORK_PREFERENCE = ("vllm", "sglang", "trtllm", "nccl", "vidur", "hermes-profile")
+_DTYPE_TWINS = {"float16": "bfloat16", "bfloat16": "float16", "fp8_block": "fp8", "fp8": "fp8_block"}
+
+
+class CostModel:
+    def __init__(self, device_name: str, warehouse_root: Path, framework: str | None = None):
+        self.device: Device = device(device_name)
+        self.root = Path(warehouse_root)
+        self.framework = framework
+        self.models = self._index(load(self.root, device_name))
+        self._donors: dict[str, tuple[Device, dict] | None] = {}
+
+    @staticmethod
+    def _index(doc: dict | None) -> dict[tuple[str, str], list[tuple[str, Fitted]]]:
+        out: dict[tuple[str, str], list[tuple[str, Fitted]]] = {}
+        for e in (doc or {}).get("models", []):
+            out.setdefault((e["family"], e["dtype"]), []).append((e["framework"], fitted_from_entry(e)))
+        return out
+
+    def _pick(self, models: dict, family: str, dtype: str) -> Fitted | None:
+        candidates = models.get((family, dtype)) or models.get((family, _DTYPE_TWINS.get(dtype, ""))) or []
+        if not candidates:
+            same_family = [v for (f, _), v in models.items() if f == family]
+            candidates = [c for group in same_family for c in group]  # any dtype: efficiency, not absolute
+        if not candidates:
+            return None
+        order = ((self.framework,) if self.framework else ()) + FRAMEWORK_PREFERENCE
+        return min(candidates, key=lambda c: order.index(c[0]) if c[0] in order else len(order))[1]
+
+    def _donor(self, family: str) -> tuple[Device, dict] | None:
+        """The nearest device with a fitted model for the family: same class, then vendor, then any."""
+        if family in self._donors:
+            return self._donors[family]
+        found = None
+        ranked = []
+        for path in sorted((self.root / MODELS_DIR).glob("*.json")):
+            name = path.stem
+            if name == self.device.id or name not in devices():
+                continue
+            other = device(name)
+            idx = self._index(load(self.root, name))
+            if any(f == family for f, _ in idx):
+                rank = (
+                    other.device_class != self.device.device_class,
+                    other.vendor != self.device.vendor,
+                    other.kind != self.device.kind,
+                    abs(np.log(other.flops("bfloat16") / self.device.flops("bfloat16"))),
+                )
+                ranked.append((rank, name, other, idx))
+        if ranked:
+            _, _, other, idx = min(ranked, key=lambda r: r[:2])
+            found = (other, idx)
+        self._donors[family] = found
+        return found
+
+    def predict(self, ops: pd.DataFrame) -> pd.DataFrame:
+        """latency_us, roofline_us and tier for every op row (kernel_samples columns + op_family, dtype)."""
+        terms = roofline(ops, self.device)
+        latency = terms["roofline_us"].to_numpy().copy()
+        tier = np.full(len(ops), ROOFLINE, dtype=object)
+        for (family, dtype), idx in ops.groupby(["op_family", "dtype"], sort=False).groups.items():
+            rows = ops.loc[idx]
+            fitted = self._pick(self.models, family, dtype)
+            pos = ops.index.get_indexer(idx)
+            if fitted is not None:
+                latency[pos] = fitted.predict(rows, self.device, terms.loc[idx])
+                tier[pos] = CALIBRATED
+                continue
+            donor = self._donor(family)
+            if donor is None:
+                continue
+            other, models = donor
+            donor_fit = self._pick(models, family, dtype)
+            donor_terms = roofline(rows, other)
+            efficiency = donor_fit.predict(rows, other, donor_terms) / donor_terms["roofline_us"].to_numpy()
+            latency[pos] = terms.loc[idx, "roofline_us"].to_numpy() * efficiency
+            tier[pos] = TRANSFERRED
+        return pd.DataFrame({"latency_us": latency, "roofline_us": terms["roofline_us"], "tier": tier}, index=ops.index)

@@ -1,0 +1,128 @@
+"""A model's forward pass as operators, for one batch composition, under tensor / pipeline parallelism.
+
+The result is a DataFrame in the `kernel_samples` column vocabulary plus `name` and `count` (how many times the
+op runs in the pass on one device), so `roofline()` and the calibrated cost models price it row by row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .catalog import ModelConfig
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One iteration's work: prefill chunks as (new tokens, tokens already cached) and decode KV lengths."""
+
+    prefill: tuple[tuple[int, int], ...] = ()
+    decode: tuple[int, ...] = ()
+
+    @property
+    def tokens(self) -> int:
+        return sum(q for q, _ in self.prefill) + len(self.decode)
+
+    @property
+    def sequences(self) -> int:
+        return len(self.prefill) + len(self.decode)
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    tp: int = 1
+    pp: int = 1
+    dtype: str = "bfloat16"
+    kv_cache_dtype: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def layer_ops(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism()) -> pd.DataFrame:
+    """The ops one device runs for `batch` through its pipeline stage (layers / pp), plus the LM head on the
+    last stage. Counts are per pass."""
+    tp, T = par.tp, batch.tokens
+    if model.heads % tp or (model.kv_heads % tp and tp % model.kv_heads):
+        raise ValueError(f"{model.id}: {model.heads} heads / {model.kv_heads} KV heads do not split over TP={tp}")
+    layers = -(-model.layers // par.pp)
+    h = model.heads // tp
+    hk = max(model.kv_heads // tp, 1)
+    d = model.head_dim
+    rows: list[dict] = []
+
+    def add(name: str, family: str, count: float = layers, **shape) -> None:
+        rows.append({"name": name, "op_family": family, "count": count, "dtype": par.dtype, **shape})
+
+    if T == 0:
+        return pd.DataFrame(rows)
+    add("qkv_proj", "gemm", m=T, n=(h + 2 * hk) * d, k=model.hidden)
+    kv_dtype = par.kv_cache_dtype or par.dtype
+    causal = model.kind == "decoder"
+    for q, cached in batch.prefill:
+        kv = cached + q if causal else q
+        add(
+            "attention_prefill",
+            "attention_prefill",
+            batch_size=1,
+            seq_len=q,
+            kv_len=kv,
+            num_heads=h,
+            num_kv_heads=hk,
+            head_dim=d,
+            kv_cache_dtype=kv_dtype,
+        )
+    if batch.decode:
+        add(
+            "attention_decode",
+            "attention_decode",
+            batch_size=len(batch.decode),
+            kv_len=float(np.mean(batch.decode)),
+            num_heads=h,
+            num_kv_heads=hk,
+            head_dim=d,
+            kv_cache_dtype=kv_dtype,
+        )
+    add("o_proj", "gemm", m=T, n=model.hidden, k=h * d)
+    up = (2 if model.gated_mlp else 1) * model.ffn // tp
+    if model.experts > 1:
+        add("router", "gemm", m=T, n=model.experts, k=model.hidden)
+        # tokens spread evenly over experts: each expert GEMM sees T * top_k / experts rows
+        per_expert = max(T * model.top_k / model.experts, 1.0)
+        add("expert_up", "gemm", count=layers * model.experts, m=per_expert, n=up, k=model.hidden)
+        add("expert_down", "gemm", count=layers * model.experts, m=per_expert, n=model.hidden, k=model.ffn // tp)
+    else:
+        add("mlp_up", "gemm", m=T, n=up, k=model.hidden)
+        add("mlp_down", "gemm", m=T, n=model.hidden, k=model.ffn // tp)
+    add("norms", "norm", count=2 * layers, m=T, n=model.hidden)
+    add("activation", "elementwise", m=T, n=model.ffn // tp)
+    if tp > 1:
+        add("tp_all_reduce", "all_reduce", count=2 * layers, message_bytes=T * model.hidden * 2, num_gpus=tp)
+    if par.pp > 1:
+        add("pp_send_recv", "send_recv", count=1, message_bytes=T * model.hidden * 2, num_gpus=2)
+    if model.kind == "decoder":
+        logits = batch.sequences  # one next-token distribution per sequence
+        add("lm_head", "gemm", count=1, m=logits, n=model.vocab // tp, k=model.hidden)
+    return pd.DataFrame(rows)
+
+
+def catalog_gemm_shapes(models: list[ModelConfig], tps: tuple[int, ...] = (1, 2, 4, 8)) -> set[tuple[int, int]]:
+    """(n, k) of every dense GEMM the catalog's models run at these TP degrees."""
+    shapes = set()
+    for mdl in models:
+        for tp in tps:
+            if mdl.heads % tp:
+                continue
+            ops = layer_ops(mdl, Batch(decode=(1,)), Parallelism(tp=tp))
+            g = ops[ops.op_family == "gemm"]
+            shapes |= {(int(n), int(k)) for n, k in zip(g.n, g.k, strict=True)}
+    return shapes
+
+
+def catalog_head_configs(models: list[ModelConfig], tps: tuple[int, ...] = (1, 2, 4, 8)) -> set[tuple[int, int, int]]:
+    """(heads, kv_heads, head_dim) per device of every catalog model at these TP degrees."""
+    out = set()
+    for mdl in models:
+        for tp in tps:
+            if mdl.heads % tp == 0:
+                out.add((mdl.heads // tp, max(mdl.kv_heads // tp, 1), mdl.head_dim))
+    return out

@@ -1,0 +1,81 @@
+"""`hermes-sim calibrate --device D`: fit, save the artifacts, evaluate, write the report and plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..warehouse.store import Warehouse
+from . import artifacts
+from .catalog import device as catalog_device
+from .evaluate import evaluate_device
+from .report import markdown, plot, reports_dir, save_rows
+from .splits import SPLITS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CalibrationResult:
+    models_path: Path
+    report_path: Path
+    fit_seconds: float
+    rows: list[dict]
+    fitted: int
+    skipped: int
+
+    @property
+    def summary(self) -> str:
+        return (
+            f"fitted {self.fitted} model(s), {self.skipped} group(s) left to the next tier, in "
+            f"{self.fit_seconds:.1f} s -> {self.models_path}\n" + markdown(self.rows)
+        )
+
+
+def metrics(rows: list[dict]) -> dict:
+    """DVC metrics: median / p90 held-out error per family, split and model, on the catalog shapes."""
+    out: dict = {}
+    for r in rows:
+        if r["subset"] != "catalog":
+            continue
+        key = f"{r['family']}.{r['dtype']}.{r['framework']}"
+        out.setdefault(key, {}).setdefault(r["split"], {})[r["model"]] = {
+            "median_ape": r["median_ape"],
+            "p90_ape": r["p90_ape"],
+            "n": r["n"],
+        }
+    return out
+
+
+def calibrate_device(
+    warehouse_root: Path,
+    device_name: str,
+    family: str | None = None,
+    splits: tuple[str, ...] | None = None,
+    random_forest: bool = True,
+    metrics_path: Path | None = None,
+    seed: int = 0,
+) -> CalibrationResult:
+    dev = catalog_device(device_name)
+    for s in splits or ():
+        if s not in SPLITS:
+            raise ValueError(f"unknown split {s!r}; known: {', '.join(SPLITS)}")
+    with Warehouse(warehouse_root, read_only=True) as wh:
+        t0 = time.perf_counter()
+        doc = artifacts.fit_device(wh, dev, family, seed)
+        fit_seconds = time.perf_counter() - t0
+        if not doc["models"] and not doc["skipped"]:
+            raise ValueError(f"no kernel samples for device {device_name!r} in {warehouse_root}")
+        path = artifacts.save(doc, warehouse_root)
+        plots: dict = {}
+        rows = evaluate_device(wh, dev, splits or SPLITS, family, seed, random_forest, plots)
+    report_path = save_rows(rows, warehouse_root, device_name)
+    plot(plots, reports_dir(warehouse_root) / device_name, device_name)
+    if metrics_path:
+        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_path).write_text(json.dumps(metrics(rows), indent=1, sort_keys=True))
+    log.info("fitted %d models for %s in %.1f s", len(doc["models"]), device_name, fit_seconds)
+    return CalibrationResult(path, report_path, fit_seconds, rows, len(doc["models"]), len(doc["skipped"]))

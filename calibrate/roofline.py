@@ -1,0 +1,128 @@
+"""Roofline terms of operators: FLOPs, bytes moved, and the speed-of-light times they imply on a device.
+
+Everything is vectorized over a DataFrame whose columns follow `kernel_samples` (m, n, k, batch_size,
+seq_len, kv_len, num_heads, num_kv_heads, head_dim, window_size, message_bytes, num_gpus, devices_per_node,
+hidden_size, top_k, dtype), so measured samples and a model's decomposed ops go through the same code.
+
+Times are microseconds: compute_us = flops / peak, memory_us = bytes / bandwidth (for collectives: the
+algorithm's bus bytes over the link, plus the link latency per step), roofline_us = max of the two."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .catalog import DTYPE_BYTES, Device
+
+GEMM = "gemm"
+PREFILL = "attention_prefill"
+DECODE = "attention_decode"
+COLLECTIVES = {"all_reduce", "all_gather", "reduce_scatter", "alltoall", "send_recv"}
+MOE_COMM = {"moe_dispatch", "moe_combine"}
+ELEMENTWISE = {"elementwise", "norm", "embedding"}
+FAMILIES = (GEMM, PREFILL, DECODE, *sorted(COLLECTIVES), *sorted(MOE_COMM), *sorted(ELEMENTWISE))
+
+
+def _col(df: pd.DataFrame, name: str, default: float = np.nan) -> np.ndarray:
+    if name not in df.columns:
+        return np.full(len(df), default, dtype=float)
+    return pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float)
+
+
+def dtype_bytes(dtypes: pd.Series | np.ndarray) -> np.ndarray:
+    return np.array([DTYPE_BYTES.get(str(d), 2.0) for d in dtypes], dtype=float)
+
+
+def _peak(device: Device, dtypes) -> np.ndarray:
+    cache: dict[str, float] = {}
+    return np.array([cache.setdefault(str(d), device.flops(str(d))) for d in dtypes], dtype=float)
+
+
+def gemm_terms(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    m, n, k = _col(df, "m"), _col(df, "n"), _col(df, "k")
+    in_b = dtype_bytes(df["dtype"])
+    out_b = np.maximum(in_b, 2.0)  # fp8 / int8 GEMMs write 16-bit results
+    return 2 * m * n * k, (m * k + k * n) * in_b + m * n * out_b
+
+
+def attention_terms(df: pd.DataFrame, prefill: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Causal attention over `kv_len` keys; a prefill chunk of `seq_len` queries follows kv_len - seq_len
+    cached tokens. A sliding window (`window_size` > 0) caps the keys each query sees."""
+    b = _col(df, "batch_size", 1)
+    h, hk, d = _col(df, "num_heads"), _col(df, "num_kv_heads"), _col(df, "head_dim")
+    L = _col(df, "kv_len")
+    q = _col(df, "seq_len", 1) if prefill else np.ones(len(df))
+    w = np.nan_to_num(_col(df, "window_size", 0))
+    prior = np.maximum(L - q, 0)
+    keys_per_query = prior + (q + 1) / 2 if prefill else L
+    keys_per_query = np.where(w > 0, np.minimum(keys_per_query, w), keys_per_query)
+    keys_read = np.where(w > 0, np.minimum(L, w + q), L)
+    a_b = dtype_bytes(df["dtype"])
+    kv_b = dtype_bytes(df["kv_cache_dtype"]) if "kv_cache_dtype" in df.columns else a_b
+    kv_b = np.where(np.isnan(kv_b), a_b, kv_b)
+    flops = 4 * b * h * d * q * keys_per_query
+    bytes_ = 2 * b * q * h * d * a_b + 2 * b * keys_read * hk * d * kv_b
+    return flops, bytes_
+
+
+def collective_bus_bytes(family: np.ndarray, size: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes each device sends over its link, sequential steps) for ring algorithms of NCCL-tests' sizes."""
+    n = np.maximum(n, 1)
+    frac = (n - 1) / n
+    bus = np.select(
+        [family == "all_reduce", family == "send_recv"],
+        [2 * frac * size, size],
+        frac * size,  # all_gather, reduce_scatter, alltoall
+    )
+    steps = np.select([family == "all_reduce", family == "send_recv"], [2 * (n - 1), np.ones_like(n)], n - 1)
+    return bus, steps
+
+
+def roofline(df: pd.DataFrame, device: Device) -> pd.DataFrame:
+    """flops, bytes, compute_us, memory_us and roofline_us for every row (`op_family` says which formula)."""
+    fam = df["op_family"].astype(str).to_numpy()
+    flops = np.zeros(len(df))
+    bytes_ = np.zeros(len(df))
+    comm_us = np.zeros(len(df))
+
+    is_gemm = fam == GEMM
+    if is_gemm.any():
+        flops[is_gemm], bytes_[is_gemm] = gemm_terms(df[is_gemm])
+    for family, prefill in ((PREFILL, True), (DECODE, False)):
+        mask = fam == family
+        if mask.any():
+            flops[mask], bytes_[mask] = attention_terms(df[mask], prefill)
+    ew = np.isin(fam, list(ELEMENTWISE))
+    if ew.any():
+        sub = df[ew]
+        elems = _col(sub, "m") * np.nan_to_num(_col(sub, "n", 1), nan=1.0)
+        flops[ew] = elems
+        bytes_[ew] = 2 * elems * dtype_bytes(sub["dtype"])
+    coll = np.isin(fam, list(COLLECTIVES | MOE_COMM))
+    if coll.any():
+        sub = df[coll]
+        size = _col(sub, "message_bytes")
+        moe = np.isin(fam[coll], list(MOE_COMM))
+        size = np.where(moe, _col(sub, "m") * _col(sub, "hidden_size") * _col(sub, "top_k") * 2.0, size)
+        n = np.nan_to_num(_col(sub, "num_gpus", 8), nan=8.0)
+        per_node = np.nan_to_num(_col(sub, "devices_per_node", 8), nan=8.0)
+        bus, steps = collective_bus_bytes(np.where(moe, "alltoall", fam[coll]), size, n)
+        fast, slow = device.scale_up_link(), device.interconnects.get("network", device.scale_up_link())
+        inter = n > per_node
+        bw = np.where(inter, slow.bandwidth, fast.bandwidth)
+        lat = np.where(inter, slow.latency_s, fast.latency_s)
+        bytes_[coll] = bus
+        comm_us[coll] = (bus / bw + steps * lat) * 1e6
+
+    compute_us = flops / _peak(device, df["dtype"]) * 1e6
+    memory_us = np.where(coll, comm_us, bytes_ / device.memory_bandwidth * 1e6)
+    return pd.DataFrame(
+        {
+            "flops": flops,
+            "bytes": bytes_,
+            "compute_us": compute_us,
+            "memory_us": memory_us,
+            "roofline_us": np.maximum(compute_us, memory_us),
+        },
+        index=df.index,
+    )
