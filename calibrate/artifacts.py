@@ -18,7 +18,7 @@ from packaging.version import InvalidVersion, Version
 
 from .. import __version__
 from ..warehouse.store import Warehouse
-from .catalog import Device
+from .catalog import LOCAL_CPU, Device
 from .fit import Fitted, Form, TooFewSamples, ape, fit_group
 from .splits import split_masks
 
@@ -39,9 +39,44 @@ def _version_key(v: str | None):
         return (0, str(v))
 
 
+def profile_samples(wh: Warehouse, family: str | None = None) -> pd.DataFrame:
+    """Kernel samples of this machine from `hermes-sim profile cpu` traces in the warehouse."""
+    from .profile_cpu import OPS, TRACE_NAME
+
+    rows = wh.arrow(
+        "SELECT t.source_id, s.sha256, t.name, t.input_dims, t.dur_us AS latency_us FROM trace_events t "
+        "JOIN sources s USING (source_id) WHERE s.format = 'kineto' AND t.kind = 'cpu_op' "
+        "AND json_extract_string(s.note, '$.trace_name') = ?",
+        [TRACE_NAME],
+    ).to_pandas()
+    if rows.empty:
+        return rows
+    rows["op_family"] = rows["name"].map(OPS)
+    rows = rows[rows["op_family"].notna() & (rows["latency_us"] > 0)].copy()
+    dims = rows["input_dims"]
+    first = dims.map(lambda d: d[0])
+    rows["m"] = first.map(lambda d: d[0])
+    rows["k"] = np.where(rows["op_family"] == "elementwise", np.nan, first.map(lambda d: d[-1]))
+    second = dims.map(lambda d: d[1])
+    rows["n"] = np.where(
+        rows["op_family"] == "gemm",
+        second.map(lambda d: d[-1]),
+        np.where(rows["op_family"] == "vector_search", second.map(lambda d: d[0]), 1),
+    )
+    rows = rows.assign(
+        device=LOCAL_CPU, dtype="float32", framework="hermes-profile", framework_version=None, kernel_source="numpy"
+    )
+    if family:
+        rows = rows[rows["op_family"] == family]
+    return rows.drop(columns=["input_dims", "name"]).reset_index(drop=True)
+
+
 def device_samples(wh: Warehouse, device: str, family: str | None = None) -> pd.DataFrame:
     """The device's kernel samples, newest measured version of each (family, framework) only: versions
-    measure the same shapes again, and mixing them would count one shape several times."""
+    measure the same shapes again, and mixing them would count one shape several times. The local CPU's
+    samples come from its profile traces."""
+    if device == LOCAL_CPU:
+        return profile_samples(wh, family)
     where, params = "device = ?", [device]
     if family:
         where += " AND op_family = ?"
@@ -101,24 +136,31 @@ def fit_device(wh: Warehouse, device: Device, family: str | None = None, seed: i
     for key, group in df.groupby(list(GROUP_KEYS), sort=True, dropna=False):
         group = group.reset_index(drop=True)
         try:
-            train, test = split_masks(group, key[0], "shape_block", seed)
-            holdout = {}
-            if train.sum() and test.sum():
-                trial = fit_group(group[train], key[0], device, seed)
-                err = ape(trial.predict(group[test], device), group.loc[test, "latency_us"].to_numpy())
-                holdout = {
-                    "split": "shape_block",
-                    "n": int(test.sum()),
-                    "median_ape": round(float(np.median(err)), 5),
-                    "p90_ape": round(float(np.percentile(err, 90)), 5),
-                }
             fitted = fit_group(group, key[0], device, seed)
         except TooFewSamples as e:
             log.warning("%s %s %s: %s; predictions fall back to the next tier", *key, e)
             doc["skipped"].append(dict(zip(GROUP_KEYS, key, strict=True)) | {"n": len(group), "reason": str(e)})
             continue
-        doc["models"].append(_entry(key, group, fitted, holdout))
+        doc["models"].append(_entry(key, group, fitted, _holdout(group, key[0], device, seed)))
     return doc
+
+
+def _holdout(group: pd.DataFrame, family: str, device: Device, seed: int) -> dict:
+    """The model's error on a shape-block hold-out (fitted without those shapes); empty if too small."""
+    train, test = split_masks(group, family, "shape_block", seed)
+    if not train.sum() or not test.sum():
+        return {}
+    try:
+        trial = fit_group(group[train], family, device, seed)
+    except TooFewSamples as e:
+        return {"split": "shape_block", "note": str(e)}
+    err = ape(trial.predict(group[test], device), group.loc[test, "latency_us"].to_numpy())
+    return {
+        "split": "shape_block",
+        "n": int(test.sum()),
+        "median_ape": round(float(np.median(err)), 5),
+        "p90_ape": round(float(np.percentile(err, 90)), 5),
+    }
 
 
 def save(doc: dict, warehouse_root: Path) -> Path:

@@ -23,11 +23,12 @@ from .splits import SPLITS, split_masks, work_size
 log = logging.getLogger(__name__)
 
 RF_MAX_TRAIN = 40000
-MAIN_FAMILIES = (GEMM, PREFILL, DECODE, "all_reduce")
+MAIN_FAMILIES = (GEMM, PREFILL, DECODE, "all_reduce", "vector_search", "elementwise")
 CROSS_FRAMEWORK_TRAIN = "vllm"
 
 
-def catalog_mask(df: pd.DataFrame, family: str) -> np.ndarray:
+def catalog_mask(df: pd.DataFrame, family: str) -> np.ndarray | None:
+    """Rows whose shapes the catalog's models run; None where the family has no catalog shapes."""
     if family == GEMM:
         shapes = catalog_gemm_shapes(list(models().values()))
         return np.array([(int(n), int(k)) in shapes for n, k in zip(df["n"], df["k"], strict=True)])
@@ -35,7 +36,9 @@ def catalog_mask(df: pd.DataFrame, family: str) -> np.ndarray:
         heads = catalog_head_configs(list(models().values()))
         cfg = zip(df["num_heads"], df["num_kv_heads"], df["head_dim"], strict=True)
         return np.array([(int(h), int(k), int(d)) in heads for h, k, d in cfg])
-    return np.ones(len(df), dtype=bool)
+    if family == "all_reduce":  # tensor-parallel all-reduces of activations span the measured sizes
+        return np.ones(len(df), dtype=bool)
+    return None
 
 
 def _rf_predict(train: pd.DataFrame, test: pd.DataFrame, family: str, device: Device, seed: int) -> np.ndarray | None:
@@ -58,7 +61,10 @@ def _rf_predict(train: pd.DataFrame, test: pd.DataFrame, family: str, device: De
 def _rows(key: dict, split: str, test: pd.DataFrame, preds: dict[str, np.ndarray | None]) -> list[dict]:
     out = []
     measured = test["latency_us"].to_numpy()
-    subsets = {"all": np.ones(len(test), dtype=bool), "catalog": catalog_mask(test, key["family"])}
+    subsets = {"all": np.ones(len(test), dtype=bool)}
+    catalog = catalog_mask(test, key["family"])
+    if catalog is not None:
+        subsets["catalog"] = catalog
     for model_name, pred in preds.items():
         if pred is None:
             continue

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,7 @@ import pandas as pd
 import statsmodels.api as sm
 
 from .catalog import Device
-from .roofline import COLLECTIVES, DECODE, ELEMENTWISE, GEMM, MOE_COMM, PREFILL, roofline
+from .roofline import COLLECTIVES, DECODE, ELEMENTWISE, GEMM, MOE_COMM, PREFILL, VECTOR_SEARCH, roofline
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ TILE = 128  # GEMM output tile edge for wave quantization
 # enter linearly and through their products with the size polynomial up to degree 2.
 SIZE_DIMS: dict[str, tuple[str, ...]] = {
     GEMM: ("m", "n", "k"),
+    VECTOR_SEARCH: ("m", "n", "k"),
     PREFILL: ("batch_size", "seq_len", "kv_len"),
     DECODE: ("batch_size", "kv_len"),
     **{f: ("message_bytes",) for f in COLLECTIVES},
@@ -53,6 +55,7 @@ CONFIG_INTERACTION_DEGREE = 2
 # The dims whose distinct values define a "shape block" for grouped splits.
 BLOCK_DIMS: dict[str, tuple[str, ...]] = {
     GEMM: ("n", "k"),
+    VECTOR_SEARCH: ("n",),
     PREFILL: ("seq_len",),
     DECODE: ("kv_len",),
     **{f: ("message_bytes",) for f in COLLECTIVES},
@@ -215,7 +218,9 @@ class Fitted:
 
 
 def _ols(X: np.ndarray, y: np.ndarray):
-    return sm.OLS(y, X).fit()
+    with warnings.catch_warnings():  # collinear polynomial terms are expected; pinv handles them
+        warnings.simplefilter("ignore")
+        return sm.OLS(y, X).fit()
 
 
 def shape_groups(df: pd.DataFrame, family: str) -> np.ndarray:

@@ -15,12 +15,13 @@ import pandas as pd
 from .catalog import DTYPE_BYTES, Device
 
 GEMM = "gemm"
+VECTOR_SEARCH = "vector_search"  # brute-force similarity scan: a (queries x dim) by (dim x index) GEMM
 PREFILL = "attention_prefill"
 DECODE = "attention_decode"
 COLLECTIVES = {"all_reduce", "all_gather", "reduce_scatter", "alltoall", "send_recv"}
 MOE_COMM = {"moe_dispatch", "moe_combine"}
 ELEMENTWISE = {"elementwise", "norm", "embedding"}
-FAMILIES = (GEMM, PREFILL, DECODE, *sorted(COLLECTIVES), *sorted(MOE_COMM), *sorted(ELEMENTWISE))
+FAMILIES = (GEMM, VECTOR_SEARCH, PREFILL, DECODE, *sorted(COLLECTIVES), *sorted(MOE_COMM), *sorted(ELEMENTWISE))
 
 
 def _col(df: pd.DataFrame, name: str, default: float = np.nan) -> np.ndarray:
@@ -85,7 +86,7 @@ def roofline(df: pd.DataFrame, device: Device) -> pd.DataFrame:
     bytes_ = np.zeros(len(df))
     comm_us = np.zeros(len(df))
 
-    is_gemm = fam == GEMM
+    is_gemm = (fam == GEMM) | (fam == VECTOR_SEARCH)
     if is_gemm.any():
         flops[is_gemm], bytes_[is_gemm] = gemm_terms(df[is_gemm])
     for family, prefill in ((PREFILL, True), (DECODE, False)):

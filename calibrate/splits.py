@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .fit import BLOCK_DIMS
-from .roofline import COLLECTIVES, DECODE, GEMM, PREFILL
+from .roofline import COLLECTIVES, DECODE, GEMM, PREFILL, VECTOR_SEARCH
 
 SPLITS = ("random", "shape_block", "extrapolation", "cross_framework", "cross_source")
 HOLDOUT_SHARE = 0.2
@@ -24,7 +24,7 @@ def work_size(df: pd.DataFrame, family: str) -> np.ndarray:
     def col(c: str) -> np.ndarray:
         return pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float) if c in df else np.ones(len(df))
 
-    if family == GEMM:
+    if family in (GEMM, VECTOR_SEARCH):
         return col("m") * col("n") * col("k")
     if family == PREFILL:
         return col("batch_size") * col("seq_len") * col("kv_len")

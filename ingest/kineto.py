@@ -296,6 +296,7 @@ def parse_trace(path: Path, batch: SourceBatch) -> SourceBatch:
     props = header.get("deviceProperties") or []
     batch.note = {
         "schema_version": header.get("schemaVersion"),
+        "trace_name": header.get("traceName"),
         "devices": sorted({d.get("name") for d in props if isinstance(d, dict) and d.get("name")}),
         "trace_start_us": pc.min(table["ts"]).as_py() if table.num_rows else None,
         "events": sink.seen,
@@ -430,8 +431,13 @@ def _finish(raw: pa.Table, header: dict) -> pa.Table:
     take = pa.array(np.where(linked, source_row, 0))
     mask = pa.array(~linked)
 
+    own = pa.array(kind == "cpu_op")
+
     def launched(column: pa.Array) -> pa.Array:
-        return pc.if_else(mask, pa.nulls(n, column.type), column.take(take)) if n else column
+        """CPU ops keep their own value; GPU events take their launching op's; others get null."""
+        if not n:
+            return column
+        return pc.if_else(own, column, pc.if_else(mask, pa.nulls(n, column.type), column.take(take)))
 
     ts = raw["ts"].to_numpy(zero_copy_only=False).astype(float)
     start = np.nanmin(ts) if n and np.isfinite(ts).any() else 0.0
@@ -449,7 +455,9 @@ def _finish(raw: pa.Table, header: dict) -> pa.Table:
         "dur_us": raw["dur"],
         "correlation": args.field("correlation"),
         "external_id": args.field("External id"),
-        "cpu_op": launched(raw["name"].combine_chunks()),
+        "cpu_op": pc.if_else(own, pa.nulls(n, pa.string()), launched(raw["name"].combine_chunks()))
+        if n
+        else raw["name"].combine_chunks(),
         "input_dims": launched(args.field("Input Dims")),
         "input_types": launched(args.field("Input type")),
         "grid": args.field("grid"),

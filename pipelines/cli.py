@@ -155,11 +155,27 @@ def warehouse_sql(
     sys.stdout.write(_plain_table(cols, rows) + "\n")
 
 
+MAIN_JOB_DEVICES = ("h100_sxm", "a100_sxm")
+
+
 @app.command("run")
 def run_main_job(warehouse: WarehouseOpt = None) -> None:
-    """The main job on the embedded defaults: ingest the bundled real samples, then print the summary."""
+    """The main job on the embedded defaults: ingest the bundled real samples, calibrate the H100 and A100
+    cost models on them, and print the warehouse summary and the held-out fidelity."""
+    from ..calibrate.pipeline import calibrate_device
+    from ..calibrate.report import markdown
+
     ingest([SAMPLES], None, warehouse, None, 0, quiet=False)
     warehouse_summary(warehouse, as_json=False)
+    rows = []
+    with _errors():
+        for device in MAIN_JOB_DEVICES:
+            result = calibrate_device(
+                warehouse or default_location(), device, splits=("shape_block",), random_forest=False
+            )
+            log.info("%s: %d models in %.1f s", device, result.fitted, result.fit_seconds)
+            rows += [r for r in result.rows if r["subset"] == "catalog"]
+    sys.stdout.write(markdown(rows))
 
 
 calibrate_app = typer.Typer(help="Fit cost models per device and report their fidelity.")
@@ -225,3 +241,25 @@ def calibrate_report(
         sys.stdout.write(json.dumps(rows, indent=1) + "\n")
     else:
         sys.stdout.write(markdown(rows))
+
+
+profile_app = typer.Typer(help="Measure local hardware.", no_args_is_help=True)
+app.add_typer(profile_app, name="profile")
+
+
+@profile_app.command("cpu")
+def profile_cpu(
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the Chrome-trace JSON.")] = Path(
+        "hermes_cpu_profile.json"
+    ),
+    grid: Annotated[str, typer.Option(help="Shape grid: small (CI, ~10 s) or full.")] = "small",
+    repeats: Annotated[int, typer.Option(help="Timed repetitions per shape.")] = 5,
+) -> None:
+    """Time GEMMs (numpy BLAS), memory streaming and brute-force vector search on this machine; write them
+    as a PyTorch-profiler Chrome trace for `hermes-sim ingest` and `hermes-sim calibrate --device local_cpu`."""
+    from ..calibrate import profile_cpu as prof
+
+    with _errors():
+        doc = prof.profile(grid, repeats)
+        path = prof.write(doc, out_path)
+    out.print(f"wrote {len(doc['traceEvents'])} events to {path}")

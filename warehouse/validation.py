@@ -116,6 +116,7 @@ def _gx():
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     ctx = gx.get_context(mode="ephemeral")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     return gx, gxe, ctx
 

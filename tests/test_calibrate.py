@@ -1,0 +1,266 @@
+"""Calibration on real measurements: catalogs, op FLOPs, roofline, fitted models, tiers, report, CPU loop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SAMPLES
+from hermes_sim.calibrate import artifacts, catalog
+from hermes_sim.calibrate.evaluate import evaluate_device
+from hermes_sim.calibrate.fit import TooFewSamples, ape, fit_group
+from hermes_sim.calibrate.model import CALIBRATED, ROOFLINE, TRANSFERRED, CostModel
+from hermes_sim.calibrate.ops import Batch, Parallelism, layer_ops
+from hermes_sim.calibrate.pipeline import calibrate_device
+from hermes_sim.calibrate.roofline import roofline
+from hermes_sim.calibrate.splits import split_masks
+from hermes_sim.ingest.runner import ingest
+from hermes_sim.warehouse.store import Warehouse
+
+EXE = Path(sys.executable).with_name("hermes-sim")
+
+
+# ---- catalogs ------------------------------------------------------------------------------------
+def test_catalog_has_the_required_devices_models_and_tiers():
+    devs = catalog.devices()
+    for name in (
+        "a100_sxm",
+        "h100_sxm",
+        "h200_sxm",
+        "b200_sxm",
+        "l40s",
+        "mi300x",
+        "tpu_v5e",
+        "tpu_v5p",
+        "gaudi3",
+        "xeon_8480p",
+        "epyc_9654",
+        "local_cpu",
+    ):
+        assert name in devs
+    assert {"hbm", "host_dram", "cxl_memory", "local_nvme", "remote_pool_rdma"} <= set(catalog.tiers())
+    mdl = catalog.models()
+    assert {"llama-2-7b", "llama-2-70b", "llama-3.1-8b", "llama-3.1-70b", "qwen3-32b", "mixtral-8x7b"} <= set(mdl)
+    assert {m.role for m in mdl.values()} >= {"embedding", "reranker"}
+    assert all(d.sources for d in devs.values())
+
+
+def test_unknown_names_list_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown device 'h900'; known: .*h100_sxm"):
+        catalog.device("h900")
+    with pytest.raises(ValueError, match=r"unknown model 'gpt-5'; known: .*llama-2-7b"):
+        catalog.model("gpt-5")
+
+
+def test_catalog_validation_rejects_bad_entries():
+    bad = catalog.Device.model_json_schema()  # the schema exists; now a device without sources
+    assert "sources" in bad["properties"]
+    with pytest.raises(ValueError, match="sources missing"):
+        catalog.Device.model_validate(
+            {
+                "name": "x",
+                "vendor": "x",
+                "class": "x",
+                "kind": "gpu",
+                "compute_units": 1,
+                "peak_flops": {"bfloat16": 1e12},
+                "memory_bandwidth": 1e12,
+                "memory_bytes": 1,
+                "on_chip_bytes": 1,
+                "interconnects": {},
+                "power_watts": 1,
+                "sources": {"compute": "x"},
+            }
+        )
+
+
+def test_aiconfigurator_system_import_matches_the_catalog():
+    imported = catalog.import_aiconfigurator_system(SAMPLES / "hardware/aiconfigurator/systems/h100_sxm.yaml")
+    h100 = catalog.device("h100_sxm")
+    assert imported.flops("bfloat16") == h100.flops("bfloat16") == 989e12
+    assert imported.memory_bandwidth == h100.memory_bandwidth
+    assert imported.scale_up_link().bandwidth == h100.scale_up_link().bandwidth
+
+
+# ---- op decomposition and roofline ----------------------------------------------------------------
+def test_decode_flops_are_twice_the_parameters_per_token():
+    mdl = catalog.model("llama-2-7b")
+    ops = layer_ops(mdl, Batch(decode=(1,) * 8))
+    terms = roofline(ops, catalog.device("h100_sxm"))
+    gemm = (terms["flops"] * ops["count"])[ops.op_family == "gemm"].sum()
+    params = mdl.weight_bytes(1.0) - mdl.vocab * mdl.hidden  # input embedding does no matmul
+    assert gemm == pytest.approx(2 * params * 8, rel=1e-9)
+
+
+def test_prefill_attention_flops_are_causal():
+    mdl = catalog.model("llama-3.1-8b")
+    ops = layer_ops(mdl, Batch(prefill=((1024, 0),)))
+    attn = ops[ops.op_family == "attention_prefill"].iloc[0]
+    terms = roofline(ops[ops.op_family == "attention_prefill"], catalog.device("h100_sxm"))
+    # QK^T and PV over a causal mask: 2 * 2 * heads * head_dim * sum_{i=1..q} i
+    expected = 4 * 32 * 128 * (1024 * 1025 / 2)
+    assert terms["flops"].iloc[0] == pytest.approx(expected)
+    assert attn.kv_len == 1024 and attn.num_kv_heads == 8
+
+
+def test_tensor_parallel_splits_gemms_and_adds_all_reduces():
+    mdl = catalog.model("llama-2-70b")
+    tp1 = layer_ops(mdl, Batch(decode=(100,) * 4), Parallelism(tp=1))
+    tp4 = layer_ops(mdl, Batch(decode=(100,) * 4), Parallelism(tp=4))
+    up1, up4 = (t[t.name == "mlp_up"].iloc[0] for t in (tp1, tp4))
+    assert up1.n == 4 * up4.n and up1.k == up4.k
+    ar = tp4[tp4.op_family == "all_reduce"].iloc[0]
+    assert ar["count"] == 2 * mdl.layers and ar.message_bytes == 4 * mdl.hidden * 2
+    assert "all_reduce" not in set(tp1.op_family)
+
+
+def test_roofline_gemm_regimes_and_ring_all_reduce():
+    h100 = catalog.device("h100_sxm")
+    ops = pd.DataFrame(
+        {
+            "op_family": ["gemm", "gemm", "all_reduce"],
+            "dtype": ["bfloat16"] * 3,
+            "m": [1, 8192, np.nan],
+            "n": [8192, 8192, np.nan],
+            "k": [8192, 8192, np.nan],
+            "message_bytes": [np.nan, np.nan, 64e6],
+            "num_gpus": [np.nan, np.nan, 8],
+        }
+    )
+    t = roofline(ops, h100)
+    assert t.memory_us[0] > t.compute_us[0]  # a GEMV is memory-bound
+    assert t.compute_us[1] > t.memory_us[1]  # a square 8k GEMM is compute-bound
+    assert t.compute_us[1] == pytest.approx(2 * 8192**3 / 989e12 * 1e6)
+    ring = 2 * 7 / 8 * 64e6 / 450e9 * 1e6 + 14 * 10  # bus bytes over NVLink + 14 steps of 10 us
+    assert t.memory_us[2] == pytest.approx(ring)
+
+
+# ---- fitted models on real samples ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def h100_gemm(sample_warehouse: Path) -> pd.DataFrame:
+    with Warehouse(sample_warehouse, read_only=True) as w:
+        df = artifacts.device_samples(w, "h100_sxm", "gemm")
+    return df[(df.framework == "vllm") & (df.dtype == "bfloat16")].reset_index(drop=True)
+
+
+def test_calibrated_gemm_beats_roofline_on_held_out_shapes(h100_gemm: pd.DataFrame):
+    h100 = catalog.device("h100_sxm")
+    train, test = split_masks(h100_gemm, "gemm", "shape_block", seed=0)
+    assert train.sum() > 1000 and test.sum() > 100
+    held = h100_gemm[test]
+    assert not set(zip(held.n, held.k, strict=True)) <= set(zip(h100_gemm[train].n, h100_gemm[train].k, strict=True))
+    fitted = fit_group(h100_gemm[train], "gemm", h100, seed=0)
+    err = ape(fitted.predict(held, h100), held.latency_us.to_numpy())
+    roof = ape(roofline(held, h100).roofline_us.to_numpy(), held.latency_us.to_numpy())
+    assert np.median(err) < 0.12 and np.median(err) < np.median(roof) / 3
+    assert fitted.conf_int.shape == (len(fitted.coef), 2)
+    assert (fitted.conf_int[:, 0] <= fitted.coef).all() and (fitted.coef <= fitted.conf_int[:, 1]).all()
+    assert min(fitted.cv, key=fitted.cv.get) == f"degree_{fitted.form.degree}"  # chosen by held-out CV
+
+
+def test_fit_is_deterministic(h100_gemm: pd.DataFrame):
+    h100 = catalog.device("h100_sxm")
+    a, b = (fit_group(h100_gemm, "gemm", h100, seed=3) for _ in range(2))
+    assert np.array_equal(a.coef, b.coef)
+
+
+def test_too_few_samples_is_said_clearly(h100_gemm: pd.DataFrame):
+    with pytest.raises(TooFewSamples, match=r"gemm on h100_sxm: 12 samples < 30"):
+        fit_group(h100_gemm.head(12), "gemm", catalog.device("h100_sxm"))
+
+
+def test_extrapolation_stays_bounded(h100_gemm: pd.DataFrame):
+    h100 = catalog.device("h100_sxm")
+    train, test = split_masks(h100_gemm, "gemm", "extrapolation", seed=0)
+    fitted = fit_group(h100_gemm[train], "gemm", h100)
+    held = h100_gemm[test]
+    err = ape(fitted.predict(held, h100), held.latency_us.to_numpy())
+    roof = ape(roofline(held, h100).roofline_us.to_numpy(), held.latency_us.to_numpy())
+    assert np.percentile(err, 99) < 2.0  # no polynomial blow-up 4x beyond the fitted shapes
+    assert np.median(err) < np.median(roof)
+
+
+# ---- artifacts, tiers, report ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def calibrated(sample_warehouse: Path, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cal") / "wh"
+    shutil.copytree(sample_warehouse, root)
+    calibrate_device(root, "h100_sxm", family="gemm", splits=("shape_block", "cross_source"), random_forest=False)
+    return root
+
+
+def test_artifact_has_provenance_and_statistics(calibrated: Path):
+    doc = artifacts.load(calibrated, "h100_sxm")
+    assert doc["tool_version"] and doc["device"] == "h100_sxm"
+    entry = next(m for m in doc["models"] if m["framework"] == "vllm" and m["dtype"] == "bfloat16")
+    assert entry["n"] > 1000 and entry["holdout"]["split"] == "shape_block"
+    assert all(len(s["sha256"]) == 64 for s in entry["sources"])
+    assert len(entry["coefficients"]) == len(entry["conf_int_95"])
+
+
+def test_tiers(calibrated: Path):
+    ops = layer_ops(catalog.model("llama-3.1-8b"), Batch(prefill=((512, 0),), decode=(900,) * 16))
+    on_h100 = CostModel("h100_sxm", calibrated).predict(ops)
+    gemm = ops.op_family == "gemm"
+    assert set(on_h100.tier[gemm]) == {CALIBRATED}
+    assert set(on_h100.tier[~gemm]) == {ROOFLINE}  # only GEMMs were calibrated in this warehouse
+    on_h200 = CostModel("h200_sxm", calibrated).predict(ops)
+    assert set(on_h200.tier[gemm]) == {TRANSFERRED}
+    # same compute, more bandwidth: the transferred H200 GEMM time is never slower than H100's
+    assert (on_h200.latency_us[gemm] <= on_h100.latency_us[gemm] * 1.0001).all()
+    assert (on_h100.latency_us > 0).all() and (on_h200.latency_us > 0).all()
+
+
+def test_report_json_rows(calibrated: Path):
+    result = subprocess.run(
+        [str(EXE), "calibrate", "report", "--format", "json", "-w", str(calibrated)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    fields = {"device", "family", "dtype", "split", "model", "n", "median_ape", "p90_ape", "p99_ape"}
+    assert rows and all(fields <= set(r) for r in rows)
+    assert {r["split"] for r in rows} == {"shape_block", "cross_source"}
+    assert {r["model"] for r in rows} == {"roofline", "calibrated"}
+    md = subprocess.run([str(EXE), "calibrate", "report", "-w", str(calibrated)], capture_output=True, text=True)
+    assert "| gemm | bfloat16 | vllm | shape_block |" in md.stdout
+    assert (calibrated / "reports/h100_sxm/gemm.png").stat().st_size > 10_000
+
+
+def test_calibrate_unknown_device_is_a_clear_error(calibrated: Path):
+    result = subprocess.run(
+        [str(EXE), "calibrate", "--device", "h900", "-w", str(calibrated)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "unknown device 'h900'" in result.stderr
+
+
+def test_random_forest_baseline_runs(sample_warehouse: Path):
+    pytest.importorskip("sklearn")
+    with Warehouse(sample_warehouse, read_only=True) as w:
+        rows = evaluate_device(w, catalog.device("a100_sxm"), ("shape_block",), "attention_decode")
+    models = {r["model"] for r in rows}
+    assert models == {"roofline", "calibrated", "random_forest"}
+
+
+# ---- the local-hardware loop ---------------------------------------------------------------------
+def test_profile_ingest_calibrate_report_on_this_machine(tmp_path: Path):
+    trace = tmp_path / "cpu.json"
+    prof = subprocess.run([str(EXE), "profile", "cpu", "--out", str(trace)], capture_output=True, text=True)
+    assert prof.returncode == 0, prof.stderr
+    doc = json.loads(trace.read_text())
+    assert doc["traceName"] == "hermes-sim profile cpu"
+    assert {e["name"] for e in doc["traceEvents"]} == {"aten::mm", "aten::copy_", "hermes::vector_search"}
+    with Warehouse(tmp_path / "wh") as w:
+        ingest(w, [trace], progress=False)
+    result = calibrate_device(tmp_path / "wh", "local_cpu", random_forest=False)
+    fitted = {(m["family"]) for m in artifacts.load(tmp_path / "wh", "local_cpu")["models"]}
+    assert fitted == {"gemm", "elementwise", "vector_search"}
+    assert any(r["family"] == "vector_search" and r["model"] == "calibrated" for r in result.rows)
+    search = pd.DataFrame({"op_family": ["vector_search"], "dtype": ["float32"], "m": [4], "n": [10000], "k": [384]})
+    pred = CostModel("local_cpu", tmp_path / "wh").predict(search)
+    assert pred.tier.iloc[0] == CALIBRATED and pred.latency_us.iloc[0] > 0
