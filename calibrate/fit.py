@@ -29,7 +29,12 @@ MIN_SAMPLES = 30
 DEGREES = (0, 1, 2, 3, 4, 5)  # 0 = roofline terms only
 MAX_FEATURES = 160
 FLOOR_US = (2.0, 8.0, 32.0, 128.0)  # launch / latency floors: log1p(roofline / tau) bends the curve there
-CATEGORICAL = ("kernel_source", "kv_cache_dtype")  # offsets and slopes per kernel when a table mixes them
+CATEGORICAL = ("kernel_source", "kv_cache_dtype")
+# Beyond the largest fitted shape, launch and latency costs fade and kernels run at a sustained efficiency; the
+# bound on the inefficiency decays towards this prior (AIConfigurator's empirical bandwidth factor of 0.8) with an
+# e-folding of 4x in roofline time. It only ever lowers the bound, never raises it.
+SUSTAINED_EFFICIENCY = 0.8
+PRIOR_SCALE = float(np.log(4.0))  # offsets and slopes per kernel when a table mixes them
 CV_FOLDS = 4
 CV_MAX_ROWS = 20000
 TILE = 128  # GEMM output tile edge for wave quantization
@@ -87,6 +92,7 @@ class Form:
     y_lo: float = -np.inf  # the lowest log inefficiency seen in fitting
     envelope_log_roof: list[float] = field(default_factory=list)  # upper envelope of the log inefficiency:
     envelope_y: list[float] = field(default_factory=list)  # the most seen at this roofline size or larger
+    log_roof_max: float = np.inf
 
     def bounded(self, X: np.ndarray) -> np.ndarray:
         """Columns clipped to their fitted range: unseen corners of the shape space cannot blow up."""
@@ -98,13 +104,18 @@ class Form:
         edges = np.unique(np.quantile(log_roof, np.linspace(0, 0.95, 20)))
         self.envelope_log_roof = edges.tolist()
         self.envelope_y = [float(y[log_roof >= e].max()) for e in edges]
+        self.log_roof_max = float(log_roof.max())
 
     def clip_inefficiency(self, pred: np.ndarray, log_roof: np.ndarray) -> np.ndarray:
         """Larger work is never predicted less efficient than the fitted shapes of its size or larger were."""
         if not self.envelope_y:
             return pred
         i = np.clip(np.searchsorted(self.envelope_log_roof, log_roof, side="right") - 1, 0, len(self.envelope_y) - 1)
-        return np.clip(pred, self.y_lo, np.asarray(self.envelope_y)[i])
+        upper = np.asarray(self.envelope_y)[i]
+        beyond = np.maximum(log_roof - self.log_roof_max, 0.0)
+        prior = -np.log(SUSTAINED_EFFICIENCY)
+        upper = np.where(upper > prior, prior + (upper - prior) * np.exp(-beyond / PRIOR_SCALE), upper)
+        return np.clip(pred, np.minimum(self.y_lo, upper), upper)
 
     def design(self, df: pd.DataFrame, terms: pd.DataFrame) -> np.ndarray:
         cols = [np.ones(len(df))]

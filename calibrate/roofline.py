@@ -5,7 +5,8 @@ seq_len, kv_len, num_heads, num_kv_heads, head_dim, window_size, message_bytes, 
 hidden_size, top_k, dtype), so measured samples and a model's decomposed ops go through the same code.
 
 Times are microseconds: compute_us = flops / peak, memory_us = bytes / bandwidth (for collectives: the
-algorithm's bus bytes over the link, plus the link latency per step), roofline_us = max of the two."""
+algorithm's bus bytes over the link plus one link latency: a lower bound, as a roofline must be; real rings pay
+more per step, which the calibrated models learn), roofline_us = max of the two."""
 
 from __future__ import annotations
 
@@ -66,17 +67,15 @@ def attention_terms(df: pd.DataFrame, prefill: bool) -> tuple[np.ndarray, np.nda
     return flops, bytes_
 
 
-def collective_bus_bytes(family: np.ndarray, size: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes each device sends over its link, sequential steps) for ring algorithms of NCCL-tests' sizes."""
+def collective_bus_bytes(family: np.ndarray, size: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Bytes each device sends over its link in the ring algorithm, for NCCL-tests' message sizes."""
     n = np.maximum(n, 1)
     frac = (n - 1) / n
-    bus = np.select(
+    return np.select(
         [family == "all_reduce", family == "send_recv"],
         [2 * frac * size, size],
         frac * size,  # all_gather, reduce_scatter, alltoall
     )
-    steps = np.select([family == "all_reduce", family == "send_recv"], [2 * (n - 1), np.ones_like(n)], n - 1)
-    return bus, steps
 
 
 def roofline(df: pd.DataFrame, device: Device) -> pd.DataFrame:
@@ -107,13 +106,13 @@ def roofline(df: pd.DataFrame, device: Device) -> pd.DataFrame:
         size = np.where(moe, _col(sub, "m") * _col(sub, "hidden_size") * _col(sub, "top_k") * 2.0, size)
         n = np.nan_to_num(_col(sub, "num_gpus", 8), nan=8.0)
         per_node = np.nan_to_num(_col(sub, "devices_per_node", 8), nan=8.0)
-        bus, steps = collective_bus_bytes(np.where(moe, "alltoall", fam[coll]), size, n)
+        bus = collective_bus_bytes(np.where(moe, "alltoall", fam[coll]), size, n)
         fast, slow = device.scale_up_link(), device.interconnects.get("network", device.scale_up_link())
         inter = n > per_node
         bw = np.where(inter, slow.bandwidth, fast.bandwidth)
         lat = np.where(inter, slow.latency_s, fast.latency_s)
         bytes_[coll] = bus
-        comm_us[coll] = (bus / bw + steps * lat) * 1e6
+        comm_us[coll] = (bus / bw + lat) * 1e6
 
     compute_us = flops / _peak(device, df["dtype"]) * 1e6
     memory_us = np.where(coll, comm_us, bytes_ / device.memory_bandwidth * 1e6)
