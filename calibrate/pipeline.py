@@ -12,7 +12,7 @@ from ..warehouse.store import Warehouse
 from . import artifacts
 from .catalog import device as catalog_device
 from .evaluate import evaluate_device
-from .report import markdown, plot, reports_dir, save_rows
+from .report import load_rows, markdown, plot, reports_dir, save_rows
 from .splits import SPLITS
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,15 @@ def calibrate_device(
         fit_seconds = time.perf_counter() - t0
         if not doc["models"] and not doc["skipped"]:
             raise ValueError(f"no kernel samples for device {device_name!r} in {warehouse_root}")
+        previous = artifacts.load(warehouse_root, device_name)
+        if family and previous:  # one family refitted: keep the others
+            for key in ("models", "skipped"):
+                doc[key] = [e for e in previous[key] if e.get("family", e.get("op_family")) != family] + doc[key]
         path = artifacts.save(doc, warehouse_root)
         plots: dict = {}
         rows = evaluate_device(wh, dev, splits or SPLITS, family, seed, random_forest, plots)
+    if family:
+        rows = [r for r in load_rows(warehouse_root, device_name) if r["family"] != family] + rows
     report_path = save_rows(rows, warehouse_root, device_name)
     plot(plots, reports_dir(warehouse_root) / device_name, device_name)
     if metrics_path:

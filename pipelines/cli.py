@@ -263,3 +263,74 @@ def profile_cpu(
         doc = prof.profile(grid, repeats)
         path = prof.write(doc, out_path)
     out.print(f"wrote {len(doc['traceEvents'])} events to {path}")
+
+
+def _write_outputs(result: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result["requests"].to_parquet(out_dir / "requests.parquet", index=False)
+    result["timeline"].to_parquet(out_dir / "timeline.parquet", index=False)
+    (out_dir / "summary.json").write_text(json.dumps(result["summary"], indent=1))
+
+
+@app.command("replay")
+def replay(
+    config: Annotated[Path, typer.Argument(help="Scenario YAML.", exists=True, dir_okay=False)],
+    log_path: Annotated[
+        str | None, typer.Option("--log", help="Request-log file (ingested on the fly) or a log name in the warehouse.")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write requests / timeline Parquet and summary here.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Summary as text or json on stdout.")] = "text",
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Simulate serving a request log (or a synthetic / closed-loop source) on a pool of replicas."""
+    from ..replay.config import load
+    from ..replay.run import simulate
+
+    with _errors():
+        scenario = load(config)
+        if log_path:
+            scenario.source.kind, scenario.source.log = "log", log_path
+        result = simulate(scenario, warehouse or default_location())
+    if out_dir:
+        _write_outputs(result, out_dir)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(result["summary"], indent=1) + "\n")
+    else:
+        s = result["summary"]
+        out.print(
+            f"{s['completed']} completed, {s['rejected']} rejected in {s['simulated_span_s']} s simulated; "
+            f"TTFT p50/p99 {s['ttft_ms'].get('p50')}/{s['ttft_ms'].get('p99')} ms, TPOT p50/p99 "
+            f"{s['tpot_ms'].get('p50')}/{s['tpot_ms'].get('p99')} ms, {s['throughput_output_tokens_per_s']} tok/s"
+        )
+
+
+validate_app = typer.Typer(help="Compare predictions with measured end-to-end results.", no_args_is_help=True)
+app.add_typer(validate_app, name="validate")
+
+
+@validate_app.command("silicon")
+def validate_silicon(
+    path: Annotated[Path, typer.Argument(help="A silicon CSV (AIConfigurator layout).", exists=True, dir_okay=False)],
+    fmt: Annotated[str, typer.Option("--format", help="markdown or json.")] = "markdown",
+    limit: Annotated[int | None, typer.Option(help="Simulate at most this many rows.")] = None,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Predicted vs measured TTFT / TPOT of every dense, aggregated-serving row; the rest listed with reasons.
+    JSON rows carry id, model, device, tp, isl, osl, concurrency, measured/predicted ttft and tpot (ms)."""
+    from ..replay.validate import validate
+
+    with _errors():
+        result = validate(path, warehouse or default_location(), limit)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(result, indent=1, default=str) + "\n")
+        return
+    lines = ["| id | tp | isl | osl | conc | TTFT meas / pred (ms) | TPOT meas / pred (ms) |", "| --- " * 7 + "|"]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['id']} | {r['tp']} | {r['isl']} | {r['osl']} | {r['concurrency']} | "
+            f"{r['measured_ttft_ms']:.0f} / {r['predicted_ttft_ms']:.0f} | "
+            f"{r['measured_tpot_ms']:.1f} / {r['predicted_tpot_ms']:.1f} |"
+        )
+    sys.stdout.write("\n".join(lines) + "\n\n" + json.dumps(result["summary"]) + "\n")

@@ -264,3 +264,14 @@ def test_profile_ingest_calibrate_report_on_this_machine(tmp_path: Path):
     search = pd.DataFrame({"op_family": ["vector_search"], "dtype": ["float32"], "m": [4], "n": [10000], "k": [384]})
     pred = CostModel("local_cpu", tmp_path / "wh").predict(search)
     assert pred.tier.iloc[0] == CALIBRATED and pred.latency_us.iloc[0] > 0
+
+
+def test_refitting_one_family_keeps_the_others(calibrated: Path, sample_warehouse: Path, tmp_path: Path):
+    root = tmp_path / "wh"
+    shutil.copytree(calibrated, root)
+    calibrate_device(root, "h100_sxm", family="attention_decode", splits=("shape_block",), random_forest=False)
+    families = {m["family"] for m in artifacts.load(root, "h100_sxm")["models"]}
+    assert {"gemm", "attention_decode"} <= families
+    from hermes_sim.calibrate.report import load_rows
+
+    assert {"gemm", "attention_decode"} <= {r["family"] for r in load_rows(root, "h100_sxm")}

@@ -1,0 +1,87 @@
+"""Replay scenarios: YAML validated by pydantic. Policies are chosen by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+
+
+class Batching(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    policy: Literal["static", "continuous", "chunked_prefill"] = "chunked_prefill"
+    max_num_seqs: PositiveInt = 256
+    max_batched_tokens: PositiveInt = 8192  # the chunk budget for chunked_prefill
+    order: Literal["decode_first", "prefill_first"] = "decode_first"
+
+
+class Memory(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    block_tokens: PositiveInt = 16
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    activation_reserve_bytes: float = Field(2 * 2**30, ge=0)
+    preemption: Literal["recompute", "swap"] = "recompute"
+
+
+class Pool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "main"
+    device: str
+    replicas: PositiveInt = 1
+    model: str
+    tp: PositiveInt = 1
+    pp: PositiveInt = 1
+    dtype: str = "bfloat16"
+    kv_cache_dtype: str | None = None
+    framework: str | None = None
+    max_model_len: PositiveInt = 32768
+    step_overhead_us: float = Field(250.0, ge=0)  # scheduler + launch gap per iteration (CPU side)
+    batching: Batching = Batching()
+    memory: Memory = Memory()
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["log", "synthetic", "closed_loop"] = "log"
+    log: str | None = None  # a request-log file (ingested on the fly) or a log name in the warehouse
+    time_scale: PositiveFloat = 1.0  # arrival times multiplied by this
+    rate_scale: PositiveFloat = 1.0  # arrival rate multiplied by this (= times divided)
+    limit: PositiveInt | None = None
+    # synthetic
+    rate_per_s: PositiveFloat = 1.0
+    arrival: Literal["poisson", "gamma"] = "poisson"
+    cv: PositiveFloat = 1.0
+    requests: PositiveInt = 1000
+    input_tokens: PositiveInt = 1024
+    output_tokens: PositiveInt = 128
+    # closed loop: `concurrency` clients, each sending its next request when the last one completes
+    concurrency: PositiveInt = 1
+
+
+class Slo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ttft_ms: PositiveFloat = 2000.0
+    tpot_ms: PositiveFloat = 200.0
+
+
+class Scenario(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "scenario"
+    seed: int = 0
+    source: Source = Source()
+    pools: list[Pool]
+    router: Literal["round_robin", "least_outstanding", "session_affinity"] = "round_robin"
+    slo: Slo = Slo()
+
+
+def load(path: Path) -> Scenario:
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: invalid YAML: {e}") from e
+    try:
+        return Scenario.model_validate(doc)
+    except ValidationError as e:
+        raise ValueError(f"{path}: {e}") from e

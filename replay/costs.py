@@ -1,0 +1,123 @@
+"""Iteration cost of a batch on one replica, from the calibrated cost models, fast enough for an event loop.
+
+A batch's forward pass decomposes (calibrate.ops.layer_ops) into parts that depend on few numbers:
+- token-linear ops (QKV / O / MLP GEMMs, norms, activation, TP all-reduces): the batch's token count T;
+- the LM head: the number of sequences S;
+- decode attention: the decode count B and their mean KV length L;
+- prefill attention: each chunk's new tokens q and cached tokens p.
+Each part is priced once on a log-spaced grid with the device's CostModel (every op carrying its tier) and
+interpolated in log-log space afterwards, so one iteration costs a few numpy lookups instead of a model call."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..calibrate.catalog import ModelConfig
+from ..calibrate.model import CostModel
+from ..calibrate.ops import Batch, Parallelism, layer_ops
+
+
+def _grid(top: int, points: int = 40) -> np.ndarray:
+    return np.unique(np.round(np.geomspace(1, max(top, 2), points)).astype(int))
+
+
+@dataclass
+class IterationCost:
+    model: ModelConfig
+    par: Parallelism
+    cost: CostModel
+    max_tokens: int
+    max_seqs: int
+    max_len: int
+    step_overhead_us: float
+    tiers: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.t_grid = _grid(self.max_tokens)
+        self.s_grid = _grid(self.max_seqs)
+        self.l_grid = _grid(self.max_len)
+        self.dense_us = self._price_1d(
+            self.t_grid,
+            lambda t: Batch(prefill=((int(t), 0),)),
+            exclude={"attention_prefill", "attention_decode", "lm_head"},
+        )
+        self.head_us = self._price_1d(self.s_grid, lambda s: Batch(decode=(1,) * int(s)), only={"lm_head"})
+        self.decode_us = self._price_2d("attention_decode", self.s_grid, self.l_grid)
+        self.prefill_us = self._price_2d("attention_prefill", self.t_grid, self.l_grid)
+
+    # ---- pricing on the grids ----------------------------------------------------------------------
+    def _predict(self, ops: pd.DataFrame) -> pd.DataFrame:
+        pred = self.cost.predict(ops)
+        for tier, c in pred["tier"].value_counts().items():
+            self.tiers[tier] += int(c)
+        return pred
+
+    def _price_1d(self, grid, batch_of, exclude=frozenset(), only=None) -> np.ndarray:
+        frames = []
+        for i, x in enumerate(grid):
+            ops = layer_ops(self.model, batch_of(x), self.par)
+            ops = ops[ops["name"].isin(only)] if only else ops[~ops["name"].isin(exclude)]
+            frames.append(ops.assign(point=i))
+        ops = pd.concat(frames, ignore_index=True)
+        pred = self._predict(ops)
+        return np.log(np.bincount(ops["point"], weights=pred["latency_us"] * ops["count"], minlength=len(grid)))
+
+    def _price_2d(self, name: str, g1: np.ndarray, g2: np.ndarray) -> np.ndarray:
+        """Attention over a grid: decode (batch size x mean KV length) or prefill (chunk tokens x cached)."""
+        template = layer_ops(self.model, Batch(prefill=((1, 0),), decode=(1,)), self.par)
+        row = template[template["name"] == name].iloc[0]
+        a, b = (x.ravel() for x in np.meshgrid(g1, g2, indexing="ij"))
+        ops = pd.DataFrame([row] * len(a)).reset_index(drop=True)
+        if name == "attention_decode":
+            ops["batch_size"], ops["kv_len"] = a, b.astype(float)
+        else:  # chunk of a new tokens after b - 1 cached ones
+            ops["batch_size"], ops["seq_len"], ops["kv_len"] = 1, a, a + b - 1
+        pred = self._predict(ops)
+        total = (pred["latency_us"] * ops["count"]).to_numpy()
+        return np.log(np.maximum(total, 1e-9)).reshape(len(g1), len(g2))
+
+    # ---- interpolation ---------------------------------------------------------------------------
+    @staticmethod
+    def _interp1(grid: np.ndarray, logv: np.ndarray, x) -> np.ndarray:
+        return np.exp(np.interp(np.log(np.maximum(x, 1)), np.log(grid), logv))
+
+    @staticmethod
+    def _interp2(g1, g2, logv, a, b) -> np.ndarray:
+        la, lb = np.log(np.maximum(a, 1)), np.log(np.maximum(b, 1))
+        x1, x2 = np.log(g1), np.log(g2)
+        i = np.clip(np.searchsorted(x1, la) - 1, 0, len(x1) - 2)
+        j = np.clip(np.searchsorted(x2, lb) - 1, 0, len(x2) - 2)
+        u = np.clip((la - x1[i]) / (x1[i + 1] - x1[i]), 0, 1)
+        v = np.clip((lb - x2[j]) / (x2[j + 1] - x2[j]), 0, 1)
+        top = logv[i, j] * (1 - v) + logv[i, j + 1] * v
+        bottom = logv[i + 1, j] * (1 - v) + logv[i + 1, j + 1] * v
+        return np.exp(top * (1 - u) + bottom * u)
+
+    def decode_steps_us(self, batch_size: int, kv_sum_start: float, steps: int) -> np.ndarray:
+        """Times of `steps` decode-only iterations of a fixed batch whose total KV grows by batch_size a step."""
+        kv_mean = (kv_sum_start + batch_size * np.arange(steps)) / batch_size
+        b = np.full(steps, batch_size)
+        return (
+            self._interp1(self.t_grid, self.dense_us, b)
+            + self._interp1(self.s_grid, self.head_us, b)
+            + self._interp2(self.s_grid, self.l_grid, self.decode_us, b, kv_mean)
+            + self.step_overhead_us
+        )
+
+    def iteration_us(self, prefill: list[tuple[int, int]], decode_count: int, decode_kv_sum: float) -> float:
+        tokens = sum(q for q, _ in prefill) + decode_count
+        if tokens == 0:
+            return 0.0
+        t = float(self._interp1(self.t_grid, self.dense_us, tokens))
+        t += float(self._interp1(self.s_grid, self.head_us, len(prefill) + decode_count))
+        if decode_count:
+            t += float(
+                self._interp2(self.s_grid, self.l_grid, self.decode_us, decode_count, decode_kv_sum / decode_count)
+            )
+        for q, p in prefill:
+            t += float(self._interp2(self.t_grid, self.l_grid, self.prefill_us, q, p + 1))
+        return t + self.step_overhead_us

@@ -1,0 +1,194 @@
+"""Discrete-event serving simulation: requests flow through prefill and decode stages on replicas of a pool.
+
+Invariants (each has a test in tests/test_replay.py):
+1. every request is completed or rejected with a reason;
+2. the clock never goes back (iterations on a replica are contiguous and ordered);
+3. KV blocks are conserved: free + held = total on every replica, at every iteration boundary;
+4. TTFT >= queueing + the prefill iterations' time;
+5. simulated throughput never exceeds the hardware roofline bound.
+
+Each replica runs iterations back to back while it has work. An iteration's batch comes from the pool's
+batching policy; its duration from the calibrated iteration cost. Arrivals are routed on arrival and join the
+replica's queue; they are considered at the replica's next iteration boundary. Runs of decode-only iterations
+whose batch cannot change (no queue, no completion, enough KV, before the next arrival) are skipped ahead in one
+vectorized step."""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .costs import IterationCost
+from .kv import BlockManager
+from .policies import BatchingPolicy, BatchPlan, Router
+
+
+class Req:
+    __slots__ = (
+        "admitted",
+        "arrival",
+        "blocks",
+        "client",
+        "completion",
+        "first_token",
+        "generated",
+        "id",
+        "output",
+        "preemptions",
+        "prefilled",
+        "prompt",
+        "reason",
+        "replica",
+        "session",
+        "target",
+    )
+
+    def __init__(self, rid: int, arrival: float, prompt: int, output: int, session=None, client: int = -1):
+        self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, max(output, 1)
+        self.session, self.client = session, client
+        self.replica = -1
+        self.prefilled = 0
+        self.target = prompt  # tokens to prefill: the prompt, plus generated tokens after a recompute
+        self.generated = 0
+        self.blocks = 0
+        self.admitted = self.first_token = self.completion = None
+        self.preemptions = 0
+        self.reason = None
+
+    @property
+    def context(self) -> int:
+        return self.prompt + self.generated
+
+
+@dataclass
+class Replica:
+    index: int
+    cost: IterationCost
+    kv: BlockManager
+    policy: BatchingPolicy
+    max_model_len: int
+    waiting: deque = field(default_factory=deque)
+    running: list = field(default_factory=list)
+    busy: bool = False
+    busy_us: float = 0.0
+    timeline: list = field(default_factory=list)  # (start_s, end_s, batch_size, tokens, kv_used_blocks)
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+
+class Simulation:
+    def __init__(self, replicas: list[Replica], router: Router, closed_loop=None, skip_ahead: bool = True):
+        self.replicas = replicas
+        self.skip_ahead = skip_ahead
+        self.router = router
+        self.closed_loop = closed_loop  # callable(completed Req, now) -> next Req or None
+        self.done: list[Req] = []
+        self.rejected: list[Req] = []
+        self.clock = 0.0
+
+    # ---- the loop -----------------------------------------------------------------------------------
+    def run(self, requests: list[Req]) -> None:
+        arrivals = [(r.arrival, r.id, r) for r in requests]
+        heapq.heapify(arrivals)
+        ends: list = []  # (time, replica index, plan, steps)
+        while arrivals or ends:
+            if arrivals and (not ends or arrivals[0][0] <= ends[0][0]):
+                now, _, req = heapq.heappop(arrivals)
+                self._advance(now)
+                rep = self.replicas[self.router.route(req, self.replicas)]
+                if self._admissible(req, rep):
+                    req.replica = rep.index
+                    rep.waiting.append(req)
+                    if not rep.busy:
+                        self._start(rep, now, ends, arrivals)
+            else:
+                now, idx, plan, step_times = heapq.heappop(ends)
+                self._advance(now)
+                rep = self.replicas[idx]
+                self._finish(rep, plan, now, step_times, arrivals)
+                self._start(rep, now, ends, arrivals)
+
+    def _advance(self, now: float) -> None:
+        assert now >= self.clock - 1e-9, f"clock went back from {self.clock} to {now}"
+        self.clock = now
+
+    def _admissible(self, req: Req, rep: Replica) -> bool:
+        if req.prompt + req.output > rep.max_model_len:
+            req.reason = f"prompt + output ({req.prompt + req.output}) exceeds max_model_len {rep.max_model_len}"
+        elif rep.kv.blocks_for(req.prompt + req.output) > rep.kv.total:
+            req.reason = f"needs more KV blocks than a replica has ({rep.kv.total})"
+        else:
+            return True
+        req.completion = self.clock
+        self.rejected.append(req)
+        return False
+
+    # ---- iterations ---------------------------------------------------------------------------------
+    def _start(self, rep: Replica, now: float, ends: list, arrivals: list) -> None:
+        plan = rep.policy.plan(rep, now)
+        if plan.empty:
+            rep.busy = False
+            return
+        for req in plan.admitted:
+            req.admitted = now
+        rep.busy = True
+        if plan.skippable and self.skip_ahead:
+            steps = self._skippable_steps(rep, plan, now, arrivals)
+            if steps > 1:
+                kv_sum = sum(r.context for r in plan.decodes)
+                times = rep.cost.decode_steps_us(len(plan.decodes), kv_sum, steps) / 1e6
+                heapq.heappush(ends, (now + float(times.sum()), rep.index, plan, times))
+                return
+        duration = rep.cost.iteration_us(plan.prefill_shape(), len(plan.decodes), plan.decode_kv_sum()) / 1e6
+        heapq.heappush(ends, (now + duration, rep.index, plan, np.array([duration])))
+
+    def _skippable_steps(self, rep: Replica, plan: BatchPlan, now: float, arrivals: list) -> int:
+        """Decode steps before anything could change the batch: a completion, a KV block shortfall or the
+        next arrival (which the step-by-step loop would consider at the following boundary)."""
+        steps = min(r.output - r.generated for r in plan.decodes)
+        for k in range(1, steps + 1):  # blocks needed if every sequence grows k tokens
+            if sum(rep.kv.blocks_for(r.context + k) - r.blocks for r in plan.decodes) > rep.kv.free:
+                steps = k - 1
+                break
+        if steps <= 1 or not arrivals:
+            return steps
+        kv_sum = sum(r.context for r in plan.decodes)
+        ends = now + np.cumsum(rep.cost.decode_steps_us(len(plan.decodes), kv_sum, steps) / 1e6)
+        return int(min(steps, max(1, np.searchsorted(ends, arrivals[0][0], side="left") + 1)))
+
+    def _finish(self, rep: Replica, plan: BatchPlan, now: float, step_times: np.ndarray, arrivals: list) -> None:
+        start = now - float(step_times.sum())
+        rep.busy_us += float(step_times.sum()) * 1e6
+        t = start
+        for i, dt in enumerate(step_times):
+            t += dt
+            tokens = plan.tokens() if i == 0 else len(plan.decodes)
+            rep.timeline.append((t - dt, t, len(plan.decodes) + len(plan.prefills), tokens, rep.kv.total - rep.kv.free))
+            for req, q in plan.prefills if i == 0 else ():
+                req.prefilled += q
+                if req.prefilled >= req.target:  # the last chunk's pass emits the first (or next) token;
+                    req.generated += 1  # its KV is written by the next decode step, which reserves for it
+                    if req.first_token is None:
+                        req.first_token = t
+            for req in plan.decodes:
+                req.blocks = rep.kv.grow(req.blocks, req.context + 1)
+                req.generated += 1
+                if req.generated >= req.output and req.completion is None:
+                    req.completion = t
+        for req in [r for r in rep.running if r.generated >= r.output]:
+            req.completion = req.completion or now
+            rep.running.remove(req)
+            rep.kv.release(req.blocks)
+            req.blocks = 0
+            self.done.append(req)
+            if self.closed_loop is not None:
+                nxt = self.closed_loop(req, req.completion)
+                if nxt is not None:
+                    heapq.heappush(arrivals, (nxt.arrival, nxt.id, nxt))
+        held = sum(r.blocks for r in rep.running)
+        assert held + rep.kv.free == rep.kv.total, "KV blocks not conserved"

@@ -1,0 +1,204 @@
+"""Run a scenario: build the pool's replicas on calibrated costs, feed the request source, collect results."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..calibrate.artifacts import models_path
+from ..calibrate.catalog import device as catalog_device
+from ..calibrate.catalog import model as catalog_model
+from ..calibrate.model import CostModel
+from ..calibrate.ops import Parallelism
+from ..warehouse.store import Warehouse
+from .config import Pool, Scenario
+from .costs import IterationCost
+from .engine import Replica, Req, Simulation
+from .kv import BlockManager, kv_blocks
+from .policies import BATCHING, ROUTERS
+
+log = logging.getLogger(__name__)
+
+
+_COSTS: dict[tuple, IterationCost] = {}
+
+
+def _iteration_cost(pool: Pool, warehouse_root: Path) -> IterationCost:
+    """Priced grids are reused while the pool and the device's model artifact stay the same."""
+    artifact = models_path(warehouse_root, pool.device)
+    key = (
+        pool.model_dump_json(exclude={"replicas", "name", "memory"}),
+        str(Path(warehouse_root).resolve()),
+        artifact.stat().st_mtime_ns if artifact.exists() else 0,
+    )
+    if key not in _COSTS:
+        _COSTS[key] = _build_cost(pool, warehouse_root)
+    return _COSTS[key]
+
+
+def build_replicas(pool: Pool, warehouse_root: Path) -> list[Replica]:
+    dev, mdl = catalog_device(pool.device), catalog_model(pool.model)
+    blocks = kv_blocks(pool, dev, mdl)
+    cost = _iteration_cost(pool, warehouse_root)
+    policy = BATCHING[pool.batching.policy](pool.batching)
+    return [
+        Replica(i, cost, BlockManager(blocks, pool.memory.block_tokens), policy, pool.max_model_len)
+        for i in range(pool.replicas)
+    ]
+
+
+def _build_cost(pool: Pool, warehouse_root: Path) -> IterationCost:
+    mdl = catalog_model(pool.model)
+    return IterationCost(
+        model=mdl,
+        par=Parallelism(tp=pool.tp, pp=pool.pp, dtype=pool.dtype, kv_cache_dtype=pool.kv_cache_dtype),
+        cost=CostModel(pool.device, warehouse_root, pool.framework),
+        max_tokens=max(pool.batching.max_batched_tokens, pool.max_model_len),
+        max_seqs=pool.batching.max_num_seqs,
+        max_len=pool.max_model_len,
+        step_overhead_us=pool.step_overhead_us,
+    )
+
+
+def log_requests(scenario: Scenario, warehouse_root: Path) -> list[Req]:
+    """Requests of a log: a file (ingested into the warehouse first; a no-op when it already is) or a name."""
+    src = scenario.source
+    if not src.log:
+        raise ValueError("source.kind 'log' needs source.log (a request-log file or a log name)")
+    path = Path(src.log)
+    with Warehouse(warehouse_root) as wh:
+        if path.exists():
+            from ..ingest.runner import ingest
+
+            report = ingest(wh, [path], progress=False)
+            ids = [b.source_id for b in report.committed] + [sid for _, sid in report.already]
+            where, params = f"source_id IN ({', '.join('?' * len(ids))})", ids
+        else:
+            where, params = "log_name = ?", [src.log]
+        sql = (
+            f"SELECT arrival_s, input_tokens, output_tokens, session_id FROM requests WHERE {where} "
+            "ORDER BY arrival_s, source_id, request_id"
+        )
+        if src.limit:
+            sql += f" LIMIT {int(src.limit)}"
+        df = wh.arrow(sql, params).to_pandas()
+    if df.empty:
+        known = 'hermes-sim warehouse sql "SELECT DISTINCT log_name FROM requests"'
+        raise ValueError(f"no requests for log {src.log!r} (see {known})")
+    scale = src.time_scale / src.rate_scale
+    arrival = (df["arrival_s"].to_numpy() - df["arrival_s"].iloc[0]) * scale
+    sessions = df["session_id"].to_numpy()
+    return [
+        Req(i, float(a), int(p), int(o), None if s is None or s != s else s)
+        for i, (a, p, o, s) in enumerate(zip(arrival, df["input_tokens"], df["output_tokens"], sessions, strict=True))
+    ]
+
+
+def synthetic_requests(scenario: Scenario) -> list[Req]:
+    src = scenario.source
+    rng = np.random.default_rng(scenario.seed)
+    mean = 1.0 / (src.rate_per_s * src.rate_scale)
+    if src.arrival == "gamma":
+        shape = 1.0 / src.cv**2
+        gaps = rng.gamma(shape, mean / shape, src.requests)
+    else:
+        gaps = rng.exponential(mean, src.requests)
+    t = np.cumsum(gaps) - gaps[0]
+    return [Req(i, float(a), src.input_tokens, src.output_tokens) for i, a in enumerate(t)]
+
+
+def simulate(scenario: Scenario, warehouse_root: Path, skip_ahead: bool = True) -> dict:
+    """Run one scenario; returns {"requests": DataFrame, "timeline": DataFrame, "summary": dict}."""
+    if len(scenario.pools) != 1:
+        raise ValueError("this engine serves one pool per scenario (multi-stage pipelines come later)")
+    pool = scenario.pools[0]
+    replicas = build_replicas(pool, warehouse_root)
+    router = ROUTERS[scenario.router]()
+    src = scenario.source
+    closed_loop = None
+    if src.kind == "closed_loop":
+        counter = itertools.count(src.concurrency)
+
+        def closed_loop(done: Req, now: float) -> Req | None:
+            i = next(counter)
+            return Req(i, now, src.input_tokens, src.output_tokens, client=done.client) if i < src.requests else None
+
+        requests = [Req(i, 0.0, src.input_tokens, src.output_tokens, client=i) for i in range(src.concurrency)]
+    elif src.kind == "synthetic":
+        requests = synthetic_requests(scenario)
+    else:
+        requests = log_requests(scenario, warehouse_root)
+    sim = Simulation(replicas, router, closed_loop, skip_ahead)
+    sim.run(requests)
+    return collect(scenario, sim, replicas)
+
+
+def collect(scenario: Scenario, sim: Simulation, replicas: list[Replica]) -> dict:
+    rows = []
+    for r in sorted(sim.done + sim.rejected, key=lambda r: r.id):
+        ok = r.reason is None
+        ttft = (r.first_token - r.arrival) * 1e3 if ok else np.nan
+        tpot = (r.completion - r.first_token) * 1e3 / (r.output - 1) if ok and r.output > 1 else np.nan
+        rows.append(
+            {
+                "request_id": r.id,
+                "replica": r.replica,
+                "status": "completed" if ok else "rejected",
+                "reason": r.reason,
+                "arrival_s": r.arrival,
+                "admitted_s": r.admitted,
+                "first_token_s": r.first_token,
+                "completion_s": r.completion,
+                "input_tokens": r.prompt,
+                "output_tokens": r.output,
+                "queue_ms": (r.admitted - r.arrival) * 1e3 if ok else np.nan,
+                "ttft_ms": ttft,
+                "tpot_ms": tpot,
+                "e2e_ms": (r.completion - r.arrival) * 1e3 if ok else np.nan,
+                "preemptions": r.preemptions,
+            }
+        )
+    requests = pd.DataFrame(rows)
+    timeline = pd.DataFrame(
+        [(rep.index, *t) for rep in replicas for t in rep.timeline],
+        columns=["replica", "start_s", "end_s", "batch_size", "tokens", "kv_used_blocks"],
+    )
+    return {"requests": requests, "timeline": timeline, "summary": summarize(scenario, requests, timeline, replicas)}
+
+
+def _pcts(x: pd.Series) -> dict:
+    x = x.dropna()
+    if x.empty:
+        return {}
+    return {"mean": round(float(x.mean()), 3), **{f"p{q}": round(float(np.percentile(x, q)), 3) for q in (50, 90, 99)}}
+
+
+def summarize(scenario: Scenario, requests: pd.DataFrame, timeline: pd.DataFrame, replicas: list[Replica]) -> dict:
+    done = requests[requests.status == "completed"]
+    span = float(done.completion_s.max() - requests.arrival_s.min()) if len(done) else 0.0
+    slo = scenario.slo
+    good = done[(done.ttft_ms <= slo.ttft_ms) & (done.tpot_ms.fillna(0) <= slo.tpot_ms)]
+    tiers = replicas[0].cost.tiers if replicas else {}
+    return {
+        "scenario": scenario.name,
+        "requests": len(requests),
+        "completed": len(done),
+        "rejected": int((requests.status == "rejected").sum()),
+        "simulated_span_s": round(span, 3),
+        "ttft_ms": _pcts(done.ttft_ms),
+        "tpot_ms": _pcts(done.tpot_ms),
+        "e2e_ms": _pcts(done.e2e_ms),
+        "queue_ms": _pcts(done.queue_ms),
+        "throughput_req_per_s": round(len(done) / span, 4) if span else 0.0,
+        "throughput_output_tokens_per_s": round(float(done.output_tokens.sum()) / span, 2) if span else 0.0,
+        "goodput_req_per_s": round(len(good) / span, 4) if span else 0.0,
+        "slo": slo.model_dump(),
+        "preemptions": int(requests.preemptions.sum()),
+        "iterations": len(timeline),
+        "utilization": [round(rep.busy_us / 1e6 / span, 4) if span else 0.0 for rep in replicas],
+        "cost_tiers": dict(tiers),
+    }

@@ -1,0 +1,187 @@
+"""The serving engine's invariants, determinism and sources, on calibrated costs from the bundled samples."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SAMPLES
+from hermes_sim.calibrate.catalog import device, model
+from hermes_sim.calibrate.pipeline import calibrate_device
+from hermes_sim.replay.config import Scenario
+from hermes_sim.replay.run import simulate
+from hermes_sim.replay.validate import validate
+
+EXE = Path(sys.executable).with_name("hermes-sim")
+
+
+@pytest.fixture(scope="module")
+def wh(sample_warehouse: Path, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("replay") / "wh"
+    shutil.copytree(sample_warehouse, root)
+    calibrate_device(root, "h100_sxm", splits=("shape_block",), random_forest=False)
+    return root
+
+
+def scenario(**over) -> Scenario:
+    doc = {
+        "name": "t",
+        "source": {"kind": "synthetic", "rate_per_s": 20, "requests": 200, "input_tokens": 700, "output_tokens": 90},
+        "pools": [
+            {
+                "device": "h100_sxm",
+                "model": "llama-3.1-8b",
+                "replicas": 2,
+                "tp": 1,
+                "batching": {"policy": "chunked_prefill", "max_batched_tokens": 512, "max_num_seqs": 64},
+            }
+        ],
+    }
+    for key, value in over.items():
+        target = doc
+        *path, last = key.split(".")
+        for p in path:
+            target = target.setdefault(p, {})
+            target = target[0] if isinstance(target, list) else target
+        target[last] = value
+    return Scenario.model_validate(doc)
+
+
+def test_every_request_completes_or_is_rejected_with_a_reason(wh: Path):
+    sc = scenario(**{"pools.max_model_len": 700 + 90})  # some requests will not fit once output grows
+    sc.source.output_tokens = 91
+    out = simulate(sc, wh)
+    req = out["requests"]
+    assert len(req) == 200
+    assert set(req.status) == {"rejected"} and req.reason.str.contains("max_model_len").all()
+    ok = simulate(scenario(), wh)["requests"]
+    assert (ok.status == "completed").all() and ok.reason.isna().all()
+
+
+def test_clock_never_goes_back_and_iterations_do_not_overlap(wh: Path):
+    out = simulate(scenario(), wh)
+    for _, tl in out["timeline"].groupby("replica"):
+        assert (tl.end_s >= tl.start_s).all()
+        assert (tl.start_s.to_numpy()[1:] >= tl.end_s.to_numpy()[:-1] - 1e-12).all()
+
+
+@pytest.mark.parametrize("policy", ["chunked_prefill", "continuous", "static"])
+def test_kv_blocks_are_conserved_under_preemption(wh: Path, policy: str):
+    sc = scenario(**{"pools.batching.policy": policy, "pools.memory.gpu_memory_utilization": 0.245})
+    sc.source.rate_per_s = 200
+    out = simulate(sc, wh)  # the engine asserts free + held == total at every iteration boundary
+    req = out["requests"]
+    assert (req.status == "completed").all()
+    if policy == "chunked_prefill":
+        assert req.preemptions.sum() > 0  # the tiny KV cache forced recomputes
+    assert out["timeline"].kv_used_blocks.max() > 0
+
+
+def test_ttft_covers_queueing_and_prefill(wh: Path):
+    out = simulate(scenario(), wh)
+    req = out["requests"]
+    min_iteration_ms = 1e3 * (out["timeline"].end_s - out["timeline"].start_s).min()
+    assert (req.ttft_ms >= req.queue_ms + min_iteration_ms - 1e-6).all()
+    assert (req.e2e_ms >= req.ttft_ms).all()
+
+
+def test_throughput_never_exceeds_the_roofline_bound(wh: Path):
+    sc = scenario()
+    sc.source.rate_per_s = 500  # saturate
+    s = simulate(sc, wh)["summary"]
+    mdl, dev = model("llama-3.1-8b"), device("h100_sxm")
+    flops = 2 * mdl.weight_bytes(1.0) * 200 * (700 + 90)
+    peak = dev.flops("bfloat16") * 2  # two replicas
+    assert flops / s["simulated_span_s"] <= peak
+
+
+def test_deterministic_and_skip_ahead_matches_stepping(wh: Path):
+    a = simulate(scenario(), wh)["requests"]
+    b = simulate(scenario(), wh)["requests"]
+    pd.testing.assert_frame_equal(a, b)
+    stepped = simulate(scenario(), wh, skip_ahead=False)["requests"]
+    for col in ("first_token_s", "completion_s"):
+        assert np.allclose(a[col], stepped[col], rtol=1e-9, atol=1e-9)
+
+
+def test_routers_and_closed_loop(wh: Path):
+    for router in ("round_robin", "least_outstanding", "session_affinity"):
+        sc = scenario()
+        sc.router = router
+        assert (simulate(sc, wh)["requests"].status == "completed").all()
+    sc = scenario()
+    sc.source.kind, sc.source.concurrency, sc.source.requests = "closed_loop", 8, 40
+    req = simulate(sc, wh)["requests"]
+    assert len(req) == 40 and (req.status == "completed").all()
+    events = sorted([(t, 1) for t in req.arrival_s] + [(t, -1) for t in req.completion_s], key=lambda e: (e[0], e[1]))
+    assert max(np.cumsum([d for _, d in events])) <= 8  # never more in flight than clients
+
+
+def test_replay_cli_with_a_log_file(wh: Path, tmp_path: Path):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "name": "azure-sample",
+                "source": {"kind": "log", "limit": 300, "rate_scale": 4},
+                "pools": [{"device": "h100_sxm", "model": "llama-3.1-8b", "replicas": 2}],
+            }
+        )
+    )
+    log = SAMPLES / "requests/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"
+    result = subprocess.run(
+        [
+            str(EXE),
+            "replay",
+            str(cfg),
+            "--log",
+            str(log),
+            "--format",
+            "json",
+            "-w",
+            str(wh),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["completed"] + summary["rejected"] == 300
+    assert summary["ttft_ms"]["p50"] > 0 and summary["cost_tiers"]["measured-calibrated"] > 0
+    assert pd.read_parquet(tmp_path / "out/requests.parquet").shape[0] == 300
+
+
+def test_validate_silicon_lists_what_it_cannot_express(wh: Path, tmp_path: Path):
+    src = Path(__file__).resolve().parent.parent.parent / "shared/data/e2e/silicon_h100.csv"
+    if not src.exists():
+        pytest.skip("needs ../shared/data/e2e/silicon_h100.csv")
+    result = validate(src, wh, limit=3)
+    assert len(result["rows"]) == 3
+    first = result["rows"][0]
+    for key in (
+        "id",
+        "model",
+        "device",
+        "tp",
+        "isl",
+        "osl",
+        "concurrency",
+        "measured_ttft_ms",
+        "predicted_ttft_ms",
+        "measured_tpot_ms",
+        "predicted_tpot_ms",
+    ):
+        assert key in first
+    assert first["predicted_tpot_ms"] > 0
+    reasons = {r["reason"] for r in result["not_expressed"]}
+    assert any("disaggregated" in r for r in reasons) and any(
+        "MoE" in r or "not in the model catalog" in r for r in reasons
+    )
