@@ -34,6 +34,7 @@ warehouse_app = typer.Typer(help="Inspect the warehouse.", no_args_is_help=True)
 app.add_typer(warehouse_app, name="warehouse")
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+BUNDLED_SCENARIO = Path(__file__).resolve().parent.parent / "replay" / "scenarios" / "bundled.yaml"
 
 WarehouseOpt = Annotated[
     Path | None,
@@ -161,9 +162,11 @@ MAIN_JOB_DEVICES = ("h100_sxm", "a100_sxm")
 @app.command("run")
 def run_main_job(warehouse: WarehouseOpt = None) -> None:
     """The main job on the embedded defaults: ingest the bundled real samples, calibrate the H100 and A100
-    cost models on them, and print the warehouse summary and the held-out fidelity."""
+    cost models on them, replay the bundled Azure log on H100s, and print the summary of each step."""
     from ..calibrate.pipeline import calibrate_device
     from ..calibrate.report import markdown
+    from ..replay.config import load
+    from ..replay.run import simulate
 
     ingest([SAMPLES], None, warehouse, None, 0, quiet=False)
     warehouse_summary(warehouse, as_json=False)
@@ -175,7 +178,11 @@ def run_main_job(warehouse: WarehouseOpt = None) -> None:
             )
             log.info("%s: %d models in %.1f s", device, result.fitted, result.fit_seconds)
             rows += [r for r in result.rows if r["subset"] == "catalog"]
-    sys.stdout.write(markdown(rows))
+        sys.stdout.write(markdown(rows))
+        scenario = load(BUNDLED_SCENARIO)
+        scenario.source.log = str(SAMPLES / "requests/azure_llm_2023/AzureLLMInferenceTrace_conv.csv")
+        summary = simulate(scenario, warehouse or default_location())["summary"]
+    sys.stdout.write("\n## Replay: " + scenario.name + "\n\n" + json.dumps(summary, indent=1) + "\n")
 
 
 calibrate_app = typer.Typer(help="Fit cost models per device and report their fidelity.")
@@ -265,19 +272,22 @@ def profile_cpu(
     out.print(f"wrote {len(doc['traceEvents'])} events to {path}")
 
 
-def _write_outputs(result: dict, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result["requests"].to_parquet(out_dir / "requests.parquet", index=False)
-    result["timeline"].to_parquet(out_dir / "timeline.parquet", index=False)
-    (out_dir / "summary.json").write_text(json.dumps(result["summary"], indent=1))
-
-
 @app.command("replay")
 def replay(
     config: Annotated[Path, typer.Argument(help="Scenario YAML.", exists=True, dir_okay=False)],
     log_path: Annotated[
         str | None, typer.Option("--log", help="Request-log file (ingested on the fly) or a log name in the warehouse.")
     ] = None,
+    sweep: Annotated[
+        Path | None, typer.Option(help="Sweep YAML: {parameters: {dotted.path: [values]}}, run as Dask tasks.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Local Dask workers (default 2) for --sweep / --partition.")
+    ] = None,
+    scheduler: Annotated[str | None, typer.Option(help="An existing Dask scheduler, e.g. tcp://HOST:8786.")] = None,
+    partition: Annotated[
+        bool, typer.Option(help="Split a round-robin log across replicas as Dask tasks (same result as serial).")
+    ] = False,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Write requests / timeline Parquet and summary here.")
     ] = None,
@@ -288,13 +298,36 @@ def replay(
     from ..replay.config import load
     from ..replay.run import simulate
 
+    root = warehouse or default_location()
     with _errors():
         scenario = load(config)
         if log_path:
             scenario.source.kind, scenario.source.log = "log", log_path
-        result = simulate(scenario, warehouse or default_location())
+        if sweep:
+            from ..replay.parallel import dask_client, run_sweep, sweep_points
+
+            points = sweep_points(scenario, sweep)
+            with dask_client(workers, scheduler) as client:
+                table = run_sweep(points, root, client)
+            if out_dir:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                table.to_parquet(out_dir / "sweep.parquet", index=False)
+            if fmt == "json":
+                sys.stdout.write(table.to_json(orient="records", indent=1) + "\n")
+            else:
+                sys.stdout.write(_plain_table(list(table.columns), list(table.itertuples(index=False))) + "\n")
+            return
+        if partition:
+            from ..replay.parallel import dask_client, simulate_partitioned
+
+            with dask_client(workers, scheduler) as client:
+                result = simulate_partitioned(scenario, root, client)
+        else:
+            result = simulate(scenario, root)
     if out_dir:
-        _write_outputs(result, out_dir)
+        from ..replay.outputs import write
+
+        write(result, out_dir)
     if fmt == "json":
         sys.stdout.write(json.dumps(result["summary"], indent=1) + "\n")
     else:

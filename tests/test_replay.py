@@ -157,6 +157,11 @@ def test_replay_cli_with_a_log_file(wh: Path, tmp_path: Path):
     assert summary["completed"] + summary["rejected"] == 300
     assert summary["ttft_ms"]["p50"] > 0 and summary["cost_tiers"]["measured-calibrated"] > 0
     assert pd.read_parquet(tmp_path / "out/requests.parquet").shape[0] == 300
+    trace = json.loads((tmp_path / "out/schedule.perfetto.json").read_text())
+    slices = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert slices and {e["pid"] for e in slices} == {0, 1}
+    assert sum(e["ph"] == "s" for e in trace["traceEvents"]) == summary["completed"]
+    assert (tmp_path / "out/latency_cdf.png").stat().st_size > 5000
 
 
 def test_validate_silicon_lists_what_it_cannot_express(wh: Path, tmp_path: Path):
@@ -185,3 +190,29 @@ def test_validate_silicon_lists_what_it_cannot_express(wh: Path, tmp_path: Path)
     assert any("disaggregated" in r for r in reasons) and any(
         "MoE" in r or "not in the model catalog" in r for r in reasons
     )
+
+
+def test_sweep_on_dask_equals_serial_and_partitioned_equals_serial(wh: Path, tmp_path: Path):
+    from hermes_sim.replay.parallel import dask_client, run_sweep, simulate_partitioned, sweep_points
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("parameters:\n  pools.0.replicas: [1, 2]\n  pools.0.batching.max_batched_tokens: [256, 1024]\n")
+    points = sweep_points(scenario(), sweep)
+    assert len(points) == 4
+    serial = run_sweep(points, wh, client=None, progress=False)
+    with dask_client(workers=2) as client:
+        parallel = run_sweep(points, wh, client, progress=False)
+        partitioned = simulate_partitioned(scenario(), wh, client)
+    pd.testing.assert_frame_equal(serial, parallel)
+    whole = simulate(scenario(), wh)
+    pd.testing.assert_frame_equal(partitioned["requests"], whole["requests"])
+    assert partitioned["summary"] == whole["summary"]
+
+
+def test_sweep_rejects_unknown_fields(wh: Path, tmp_path: Path):
+    from hermes_sim.replay.parallel import sweep_points
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("parameters:\n  pools.0.nonsense: [1]\n")
+    with pytest.raises(ValueError, match="not a scenario field"):
+        sweep_points(scenario(), sweep)
