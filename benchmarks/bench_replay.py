@@ -1,0 +1,112 @@
+"""Replay speed on the real Azure conversation log, and the Dask sweep speed-up.
+
+    python benchmarks/bench_replay.py [--shared ../shared/data] [--warehouse DIR]
+
+The warehouse must hold calibrated A100 models (`hermes-sim ingest ../shared/data/hardware` then
+`hermes-sim calibrate --device a100_sxm`); without them the costs fall back to transferred / roofline tiers.
+- azure_conv: benchmarks/scenarios/azure_conv_a100_llama2_70b.yaml on AzureLLMInferenceTrace_conv.csv, in a fresh
+  process pinned to one core: wall time, simulated requests per second, peak RSS (targets: <= 1 s, >= 20,000
+  requests/s, < 500 MB);
+- sweep: 8 points (replicas x chunk budget) of that scenario on the first 4,000 requests, serially and on a
+  2-worker local Dask cluster (target: >= 1.7x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+EXE = Path(sys.executable).with_name("hermes-sim")
+SCENARIO = REPO / "benchmarks/scenarios/azure_conv_a100_llama2_70b.yaml"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--shared", type=Path, default=Path(os.environ.get("HERMES_SHARED_DATA", REPO.parent / "shared/data"))
+    )
+    ap.add_argument("--warehouse", type=Path, default=Path(os.environ.get("HERMES_WAREHOUSE", ".hermes")))
+    args = ap.parse_args()
+    log = args.shared / "requests/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"
+
+    cmd = [
+        "taskset",
+        "-c",
+        "0",
+        str(EXE),
+        "replay",
+        str(SCENARIO),
+        "--log",
+        str(log),
+        "--format",
+        "json",
+        "-w",
+        str(args.warehouse),
+    ]
+    t0 = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, peak = psutil.Process(child.pid), 0
+    while child.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.01)
+    out, err = child.communicate()
+    wall = time.perf_counter() - t0
+    if child.returncode:
+        sys.exit(err)
+    summary = json.loads(out)
+
+    from hermes_sim.replay.config import load
+    from hermes_sim.replay.parallel import dask_client, run_sweep, sweep_points
+
+    scenario = load(SCENARIO)
+    scenario.source.kind, scenario.source.log, scenario.source.limit = "log", str(log), 4000
+    with tempfile.TemporaryDirectory() as d:
+        sweep = Path(d) / "sweep.yaml"
+        sweep.write_text(
+            "parameters:\n  pools.0.replicas: [2, 4]\n  pools.0.batching.max_batched_tokens: [256, 512, 1024, 2048]\n"
+        )
+        points = sweep_points(scenario, sweep)
+        run_sweep(points[:1], args.warehouse, None, progress=False)  # warm the ingest and caches
+        t0 = time.perf_counter()
+        run_sweep(points, args.warehouse, None, progress=False)
+        serial = time.perf_counter() - t0
+        with dask_client(workers=2) as client:
+            client.run(lambda: None)
+            t0 = time.perf_counter()
+            run_sweep(points, args.warehouse, client, progress=False)
+            parallel = time.perf_counter() - t0
+    result = {
+        "azure_conv": {
+            "wall_s_one_core_process": round(wall, 2),
+            "requests": summary["requests"],
+            "simulated_requests_per_s": round(summary["requests"] / wall),
+            "peak_rss_mbytes": round(peak / 1e6, 1),
+            "iterations": summary["iterations"],
+            "ttft_p50_ms": summary["ttft_ms"].get("p50"),
+            "tpot_p50_ms": summary["tpot_ms"].get("p50"),
+            "cost_tiers": summary["cost_tiers"],
+        },
+        "sweep_8_points": {
+            "serial_s": round(serial, 2),
+            "dask_2_workers_s": round(parallel, 2),
+            "speedup": round(serial / parallel, 2),
+        },
+    }
+    json.dump(result, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
