@@ -151,10 +151,16 @@ class Simulation:
         """Decode steps before anything could change the batch: a completion, a KV block shortfall or the
         next arrival (which the step-by-step loop would consider at the following boundary)."""
         steps = min(r.output - r.generated for r in plan.decodes)
-        for k in range(1, steps + 1):  # blocks needed if every sequence grows k tokens
-            if sum(rep.kv.blocks_for(r.context + k) - r.blocks for r in plan.decodes) > rep.kv.free:
-                steps = k - 1
-                break
+
+        def blocks_needed(k: int) -> int:  # new blocks if every sequence grows k tokens
+            return sum(rep.kv.blocks_for(r.context + k) - r.blocks for r in plan.decodes)
+
+        if blocks_needed(steps) > rep.kv.free:  # largest k that fits, by bisection (need grows with k)
+            lo, hi = 0, steps
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if blocks_needed(mid) <= rep.kv.free else (lo, mid - 1)
+            steps = lo
         if steps <= 1 or not arrivals:
             return steps
         kv_sum = sum(r.context for r in plan.decodes)
@@ -175,8 +181,10 @@ class Simulation:
                     req.generated += 1  # its KV is written by the next decode step, which reserves for it
                     if req.first_token is None:
                         req.first_token = t
+            block_tokens = rep.kv.block_tokens
             for req in plan.decodes:
-                req.blocks = rep.kv.grow(req.blocks, req.context + 1)
+                if req.context + 1 > req.blocks * block_tokens:  # crosses into a new block
+                    req.blocks = rep.kv.grow(req.blocks, req.context + 1)
                 req.generated += 1
                 if req.generated >= req.output and req.completion is None:
                     req.completion = t

@@ -49,7 +49,11 @@ class BatchingPolicy:
     # ---- shared steps --------------------------------------------------------------------------------
     def _decodes(self, rep: Replica, plan: BatchPlan) -> None:
         """Every decoding sequence gets one token, if its KV can grow; else the newest sequences are preempted."""
+        block_tokens = rep.kv.block_tokens
         for req in [r for r in rep.running if r.prefilled >= r.target]:
+            if req.context + 1 <= req.blocks * block_tokens:  # room in its last block: nothing to reserve
+                plan.decodes.append(req)
+                continue
             while req in rep.running and not rep.kv.can_grow(req.blocks, req.context + 1):
                 self._preempt(rep, rep.running[-1], plan)
             if req in rep.running:
