@@ -25,33 +25,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
+from _common import peak_rss
 
 REPO = Path(__file__).resolve().parent.parent
 EXE = Path(sys.executable).with_name("hermes-sim")
 
 
-def _peak_rss(cmd: list[str]) -> tuple[float, int, str]:
-    """Run a command; (wall seconds, peak RSS bytes sampled every 5 ms, stdout)."""
-    t0 = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    watched, peak = psutil.Process(child.pid), 0
-    while child.poll() is None:
-        try:
-            peak = max(peak, watched.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.005)
-    out, err = child.communicate()
-    if child.returncode:
-        sys.exit(f"{cmd} failed: {err}")
-    return time.perf_counter() - t0, peak, out
-
-
 def _ingest_process(paths: list[Path]) -> dict:
     """`hermes-sim ingest` in a fresh process: wall time, throughput, peak RSS."""
     with tempfile.TemporaryDirectory() as d:
-        wall, peak, out = _peak_rss([str(EXE), "ingest", *map(str, paths), "--warehouse", f"{d}/wh", "--quiet"])
+        wall, peak, out = peak_rss([str(EXE), "ingest", *map(str, paths), "--warehouse", f"{d}/wh", "--quiet"])
     files = [f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()]
     size = sum(f.stat().st_size for f in files)
     rows = int(out.split(": ")[1].split(" rows")[0])

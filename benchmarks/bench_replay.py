@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
+from _common import peak_rss
 
 REPO = Path(__file__).resolve().parent.parent
 EXE = Path(sys.executable).with_name("hermes-sim")
@@ -52,19 +51,7 @@ def main() -> None:
         "-w",
         str(args.warehouse),
     ]
-    t0 = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proc, peak = psutil.Process(child.pid), 0
-    while child.poll() is None:
-        try:
-            peak = max(peak, proc.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.01)
-    out, err = child.communicate()
-    wall = time.perf_counter() - t0
-    if child.returncode:
-        sys.exit(err)
+    wall, peak, out = peak_rss(cmd)
     summary = json.loads(out)
 
     from hermes_sim.replay.config import load

@@ -92,32 +92,37 @@ def parse_burstgpt(path: Path, batch: SourceBatch) -> SourceBatch:
     return batch
 
 
+def _lines(path: Path):
+    """(line number, raw bytes) of every non-blank line."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if raw.strip():
+                yield lineno, raw
+
+
 def _jsonl(path: Path, batch: SourceBatch, required: tuple[str, ...]) -> tuple[list[dict], list[int]]:
     """Records and their line numbers. A line that is not a JSON object is quarantined, unless it is the first
     one, which shows the file is not this format at all."""
     records: list[dict] = []
     lines: list[int] = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                rec = orjson.loads(raw)
-                if not isinstance(rec, dict):
-                    raise ValueError("not a JSON object")
-            except (orjson.JSONDecodeError, ValueError) as e:
-                if not records:
-                    raise IngestError(path, f"line {lineno}", f"malformed JSON line: {e}") from e
-                batch.quarantine.append(
-                    QuarantinedRow("requests", lineno, f"malformed JSON line: {e}", raw[:500].decode(errors="replace"))
-                )
-                continue
+    for lineno, raw in _lines(path):
+        try:
+            rec = orjson.loads(raw)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+        except (orjson.JSONDecodeError, ValueError) as e:
             if not records:
-                missing = [k for k in required if k not in rec]
-                if missing:
-                    raise IngestError(path, f"line {lineno}", f"missing field(s) {missing}")
-            records.append(rec)
-            lines.append(lineno)
+                raise IngestError(path, f"line {lineno}", f"malformed JSON line: {e}") from e
+            batch.quarantine.append(
+                QuarantinedRow("requests", lineno, f"malformed JSON line: {e}", raw[:500].decode(errors="replace"))
+            )
+            continue
+        if not records:
+            missing = [k for k in required if k not in rec]
+            if missing:
+                raise IngestError(path, f"line {lineno}", f"missing field(s) {missing}")
+        records.append(rec)
+        lines.append(lineno)
     if not records:
         raise IngestError(path, "line 1", "empty file")
     return records, lines
@@ -157,15 +162,12 @@ def parse_mooncake(path: Path, batch: SourceBatch) -> SourceBatch:
 
 def _length_table(path: Path, id_field: str) -> dict[int, int]:
     lengths: dict[int, int] = {}
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                rec = orjson.loads(raw)
-                lengths[int(rec[id_field])] = int(rec["token_length"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise IngestError(path, f"line {lineno}", f"expected {{{id_field!r}, 'token_length'}}: {e}") from e
+    for lineno, raw in _lines(path):
+        try:
+            rec = orjson.loads(raw)
+            lengths[int(rec[id_field])] = int(rec["token_length"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise IngestError(path, f"line {lineno}", f"expected {{{id_field!r}, 'token_length'}}: {e}") from e
     return lengths
 
 
