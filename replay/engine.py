@@ -9,7 +9,8 @@ Invariants (each has a test in tests/test_replay.py):
 
 Each replica runs iterations back to back while it has work. An iteration's batch comes from the pool's
 batching policy; its duration from the calibrated iteration cost. Arrivals are routed on arrival and join the
-replica's queue; they are considered at the replica's next iteration boundary. Runs of decode-only iterations
+replica's queue; they are considered at the replica's next iteration boundary, and an idle replica wakes once
+every arrival of that instant is queued (so simultaneous requests share the first batch). Runs of decode-only iterations
 whose batch cannot change (no queue, no completion, enough KV, before the next arrival) are skipped ahead in one
 vectorized step."""
 
@@ -104,13 +105,15 @@ class Simulation:
                 if self._admissible(req, rep):
                     req.replica = rep.index
                     rep.waiting.append(req)
-                    if not rep.busy:
-                        self._start(rep, now, ends, arrivals)
+                    if not rep.busy:  # wake it after every arrival of this instant has been queued
+                        rep.busy = True
+                        heapq.heappush(ends, (now, rep.index, None, None))
             else:
                 now, idx, plan, step_times = heapq.heappop(ends)
                 self._advance(now)
                 rep = self.replicas[idx]
-                self._finish(rep, plan, now, step_times, arrivals)
+                if plan is not None:
+                    self._finish(rep, plan, now, step_times, arrivals)
                 self._start(rep, now, ends, arrivals)
 
     def _advance(self, now: float) -> None:
