@@ -22,7 +22,9 @@ class Memory(BaseModel):
     block_tokens: PositiveInt = 16
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     activation_reserve_bytes: float = Field(2 * 2**30, ge=0)
-    preemption: Literal["recompute", "swap"] = "recompute"
+    preemption: Literal["recompute"] = "recompute"
+    prefix_caching: bool = False  # reuse KV of equal prompt block hashes (Mooncake / RAGPulse logs)
+    prefix_block_tokens: PositiveInt = 512  # tokens per hash block in the log (Mooncake: 512)
 
 
 class Pool(BaseModel):

@@ -3,7 +3,8 @@
 Invariants (each has a test in tests/test_replay.py):
 1. every request is completed or rejected with a reason;
 2. the clock never goes back (iterations on a replica are contiguous and ordered);
-3. KV blocks are conserved: free + held = total on every replica, at every iteration boundary;
+3. KV blocks are conserved: free + held by sequences + held by the prefix cache = total on every replica, at
+   every iteration boundary;
 4. TTFT >= queueing + the prefill iterations' time;
 5. simulated throughput never exceeds the hardware roofline bound.
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .costs import IterationCost
-from .kv import BlockManager
+from .kv import BlockManager, PrefixCache
 from .policies import BatchingPolicy, BatchPlan, Router
 
 
@@ -32,10 +33,13 @@ class Req:
         "admitted",
         "arrival",
         "blocks",
+        "cached",
         "client",
         "completion",
         "first_token",
         "generated",
+        "hashes",
+        "hits",
         "id",
         "output",
         "preemptions",
@@ -47,9 +51,13 @@ class Req:
         "target",
     )
 
-    def __init__(self, rid: int, arrival: float, prompt: int, output: int, session=None, client: int = -1):
+    def __init__(
+        self, rid: int, arrival: float, prompt: int, output: int, session=None, client: int = -1, hashes: tuple = ()
+    ):
         self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, max(output, 1)
-        self.session, self.client = session, client
+        self.session, self.client, self.hashes = session, client, hashes
+        self.cached = 0  # leading prompt tokens whose KV is shared from the prefix cache (not held privately)
+        self.hits = 0  # prefix-cache hash blocks pinned by this request
         self.replica = -1
         self.prefilled = 0
         self.target = prompt  # tokens to prefill: the prompt, plus generated tokens after a recompute
@@ -71,6 +79,7 @@ class Replica:
     kv: BlockManager
     policy: BatchingPolicy
     max_model_len: int
+    prefix: PrefixCache | None = None
     waiting: deque = field(default_factory=deque)
     running: list = field(default_factory=list)
     busy: bool = False
@@ -156,7 +165,7 @@ class Simulation:
         steps = min(r.output - r.generated for r in plan.decodes)
 
         def blocks_needed(k: int) -> int:  # new blocks if every sequence grows k tokens
-            return sum(rep.kv.blocks_for(r.context + k) - r.blocks for r in plan.decodes)
+            return sum(rep.kv.blocks_for(r.context + k - r.cached) - r.blocks for r in plan.decodes)
 
         if blocks_needed(steps) > rep.kv.free:  # largest k that fits, by bisection (need grows with k)
             lo, hi = 0, steps
@@ -186,8 +195,8 @@ class Simulation:
                         req.first_token = t
             block_tokens = rep.kv.block_tokens
             for req in plan.decodes:
-                if req.context + 1 > req.blocks * block_tokens:  # crosses into a new block
-                    req.blocks = rep.kv.grow(req.blocks, req.context + 1)
+                if req.context + 1 - req.cached > req.blocks * block_tokens:  # crosses into a new block
+                    req.blocks = rep.kv.grow(req.blocks, req.context + 1 - req.cached)
                 req.generated += 1
                 if req.generated >= req.output and req.completion is None:
                     req.completion = t
@@ -196,10 +205,13 @@ class Simulation:
             rep.running.remove(req)
             rep.kv.release(req.blocks)
             req.blocks = 0
+            if rep.prefix is not None:
+                rep.prefix.unpin(req.hashes[: req.hits])
+                rep.prefix.insert(req.hashes[: req.prompt // rep.prefix.hash_tokens])
             self.done.append(req)
             if self.closed_loop is not None:
                 nxt = self.closed_loop(req, req.completion)
                 if nxt is not None:
                     heapq.heappush(arrivals, (nxt.arrival, nxt.id, nxt))
-        held = sum(r.blocks for r in rep.running)
+        held = sum(r.blocks for r in rep.running) + (rep.prefix.held if rep.prefix is not None else 0)
         assert held + rep.kv.free == rep.kv.total, "KV blocks not conserved"

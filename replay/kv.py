@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from ..calibrate.catalog import DTYPE_BYTES, Device, ModelConfig
 from .config import Pool
 
@@ -31,16 +33,24 @@ class BlockManager:
         self.total = total
         self.free = total
         self.block_tokens = block_tokens
+        self.reclaim = None  # callable(blocks wanted) that frees cached blocks, when a prefix cache is on
 
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_tokens)
 
+    def _make_room(self, need: int) -> None:
+        if need > self.free and self.reclaim is not None:
+            self.reclaim(need - self.free)
+
     def can_grow(self, held: int, tokens: int) -> bool:
-        return self.blocks_for(tokens) - held <= self.free
+        need = self.blocks_for(tokens) - held
+        self._make_room(need)
+        return need <= self.free
 
     def grow(self, held: int, tokens: int) -> int:
         """Blocks now held by a sequence of `tokens` tokens (allocating the difference)."""
         need = self.blocks_for(tokens) - held
+        self._make_room(need)
         if need > self.free:
             raise MemoryError("out of KV blocks")
         self.free -= max(need, 0)
@@ -49,3 +59,65 @@ class BlockManager:
     def release(self, held: int) -> None:
         self.free += held
         assert self.free <= self.total, "KV blocks released twice"
+
+
+class PrefixCache:
+    """Prompt prefix blocks kept after their request finishes, keyed by the log's block hashes (equal hash =
+    shareable KV), in LRU order. Entries in use by running requests are pinned; the rest are evicted when the
+    pool needs blocks. Cached blocks count toward the replica's KV total."""
+
+    def __init__(self, kv: BlockManager, hash_tokens: int):
+        self.kv = kv
+        self.hash_tokens = hash_tokens
+        self.blocks_per_hash = kv.blocks_for(hash_tokens)
+        self.entries: OrderedDict[int, int] = OrderedDict()  # hash -> pins
+        self.held = 0
+        self.hit_tokens = 0
+        self.lookup_tokens = 0
+        kv.reclaim = self.evict
+
+    def match(self, hashes: tuple[int, ...], prompt: int) -> int:
+        """Pin the longest cached prefix of `hashes`; return how many hash blocks it covers."""
+        n = 0
+        for h in hashes:
+            if h not in self.entries:
+                break
+            n += 1
+        for h in hashes[:n]:
+            self.entries[h] += 1
+            self.entries.move_to_end(h)
+        self.lookup_tokens += prompt
+        self.hit_tokens += min(n * self.hash_tokens, prompt)
+        return n
+
+    def unpin(self, hashes: tuple[int, ...]) -> None:
+        for h in hashes:
+            self.entries[h] -= 1
+
+    def insert(self, hashes: tuple[int, ...]) -> None:
+        """Keep these full prompt blocks (their request is done) if room can be made."""
+        for h in hashes:
+            if h in self.entries:
+                self.entries.move_to_end(h)
+                continue
+            if self.kv.free < self.blocks_per_hash:
+                self.evict(self.blocks_per_hash - self.kv.free)
+            if self.kv.free < self.blocks_per_hash:
+                return
+            self.kv.free -= self.blocks_per_hash
+            self.held += self.blocks_per_hash
+            self.entries[h] = 0
+
+    def evict(self, wanted: int) -> None:
+        freed = 0
+        for h in [h for h, pins in self.entries.items() if pins == 0]:  # least recently used first
+            if freed >= wanted:
+                break
+            del self.entries[h]
+            self.held -= self.blocks_per_hash
+            self.kv.free += self.blocks_per_hash
+            freed += self.blocks_per_hash
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hit_tokens / self.lookup_tokens if self.lookup_tokens else 0.0

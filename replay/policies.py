@@ -51,13 +51,14 @@ class BatchingPolicy:
         """Every decoding sequence gets one token, if its KV can grow; else the newest sequences are preempted."""
         block_tokens = rep.kv.block_tokens
         for req in [r for r in rep.running if r.prefilled >= r.target]:
-            if req.context + 1 <= req.blocks * block_tokens:  # room in its last block: nothing to reserve
+            own = req.context + 1 - req.cached  # tokens whose KV the sequence holds itself
+            if own <= req.blocks * block_tokens:  # room in its last block: nothing to reserve
                 plan.decodes.append(req)
                 continue
-            while req in rep.running and not rep.kv.can_grow(req.blocks, req.context + 1):
+            while req in rep.running and not rep.kv.can_grow(req.blocks, own):
                 self._preempt(rep, rep.running[-1], plan)
             if req in rep.running:
-                req.blocks = rep.kv.grow(req.blocks, req.context + 1)
+                req.blocks = rep.kv.grow(req.blocks, own)
                 plan.decodes.append(req)
 
     @staticmethod
@@ -66,6 +67,9 @@ class BatchingPolicy:
         rep.running.remove(victim)
         rep.kv.release(victim.blocks)
         victim.blocks = 0
+        if rep.prefix is not None:
+            rep.prefix.unpin(victim.hashes[: victim.hits])
+        victim.hits = victim.cached = 0
         victim.prefilled = 0
         victim.target = victim.context
         victim.preemptions += 1
@@ -82,10 +86,13 @@ class BatchingPolicy:
             req = rep.waiting[0]
             need = req.target - req.prefilled if not chunked else min(budget, req.target - req.prefilled)
             alone = not plan.prefills and not plan.decodes  # a prompt over the budget runs on its own
-            if (need > budget and not alone) or not rep.kv.can_grow(req.blocks, req.prefilled + need):
+            if (need > budget and not alone) or not rep.kv.can_grow(req.blocks, req.prefilled + need - req.cached):
                 break
             rep.waiting.popleft()
             rep.running.append(req)
+            if rep.prefix is not None and req.hashes and req.prefilled == 0:
+                req.hits = rep.prefix.match(req.hashes, req.target)
+                req.cached = req.prefilled = min(req.hits * rep.prefix.hash_tokens, req.target - 1)
             if req.admitted is None:
                 plan.admitted.append(req)
             budget = self._add_chunk(rep, plan, req, budget, chunked)
@@ -96,9 +103,10 @@ class BatchingPolicy:
         left = req.target - req.prefilled
         q = min(left, budget) if chunked else left
         alone = not plan.prefills and not plan.decodes
-        if q <= 0 or (q > budget and not alone) or not rep.kv.can_grow(req.blocks, req.prefilled + q):
+        own = req.prefilled + q - req.cached
+        if q <= 0 or (q > budget and not alone) or not rep.kv.can_grow(req.blocks, own):
             return budget
-        req.blocks = rep.kv.grow(req.blocks, req.prefilled + q)
+        req.blocks = rep.kv.grow(req.blocks, own)
         plan.prefills.append((req, q))
         return max(budget - q, 0)
 

@@ -18,7 +18,7 @@ from ..warehouse.store import Warehouse
 from .config import Pool, Scenario
 from .costs import IterationCost
 from .engine import Replica, Req, Simulation
-from .kv import BlockManager, kv_blocks
+from .kv import BlockManager, PrefixCache, kv_blocks
 from .policies import BATCHING, ROUTERS
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,12 @@ def build_replicas(pool: Pool, warehouse_root: Path) -> list[Replica]:
     blocks = kv_blocks(pool, dev, mdl)
     cost = _iteration_cost(pool, warehouse_root)
     policy = BATCHING[pool.batching.policy](pool.batching)
-    return [
-        Replica(i, cost, BlockManager(blocks, pool.memory.block_tokens), policy, pool.max_model_len)
-        for i in range(pool.replicas)
-    ]
+    replicas = []
+    for i in range(pool.replicas):
+        kv = BlockManager(blocks, pool.memory.block_tokens)
+        prefix = PrefixCache(kv, pool.memory.prefix_block_tokens) if pool.memory.prefix_caching else None
+        replicas.append(Replica(i, cost, kv, policy, pool.max_model_len, prefix))
+    return replicas
 
 
 def _build_cost(pool: Pool, warehouse_root: Path) -> IterationCost:
@@ -80,7 +82,8 @@ def log_requests(scenario: Scenario, warehouse_root: Path) -> list[Req]:
         else:
             where, params = "log_name = ?", [src.log]
         sql = (
-            f"SELECT arrival_s, input_tokens, output_tokens, session_id FROM requests WHERE {where} "
+            "SELECT arrival_s, input_tokens, output_tokens, session_id, prefix_block_hashes FROM requests "
+            f"WHERE {where} "
             "ORDER BY arrival_s, source_id, request_id"
         )
         if src.limit:
@@ -92,9 +95,12 @@ def log_requests(scenario: Scenario, warehouse_root: Path) -> list[Req]:
     scale = src.time_scale / src.rate_scale
     arrival = (df["arrival_s"].to_numpy() - df["arrival_s"].iloc[0]) * scale
     sessions = df["session_id"].to_numpy()
+    hashes = [tuple(h) if h is not None and len(h) else () for h in df["prefix_block_hashes"]]
     return [
-        Req(i, float(a), int(p), int(o), None if s is None or s != s else s)
-        for i, (a, p, o, s) in enumerate(zip(arrival, df["input_tokens"], df["output_tokens"], sessions, strict=True))
+        Req(i, float(a), int(p), int(o), None if s is None or s != s else s, hashes=h)
+        for i, (a, p, o, s, h) in enumerate(
+            zip(arrival, df["input_tokens"], df["output_tokens"], sessions, hashes, strict=True)
+        )
     ]
 
 
@@ -200,5 +206,6 @@ def summarize(scenario: Scenario, requests: pd.DataFrame, timeline: pd.DataFrame
         "preemptions": int(requests.preemptions.sum()),
         "iterations": len(timeline),
         "utilization": [round(rep.busy_us / 1e6 / span, 4) if span else 0.0 for rep in replicas],
+        "prefix_hit_rate": [round(rep.prefix.hit_rate, 4) for rep in replicas if rep.prefix is not None],
         "cost_tiers": dict(tiers),
     }

@@ -216,3 +216,38 @@ def test_sweep_rejects_unknown_fields(wh: Path, tmp_path: Path):
     sweep.write_text("parameters:\n  pools.0.nonsense: [1]\n")
     with pytest.raises(ValueError, match="not a scenario field"):
         sweep_points(scenario(), sweep)
+
+
+def test_prefix_caching_reuses_shared_prompt_blocks(wh: Path, tmp_path: Path):
+    # a Mooncake-layout log: every request starts with the same four 512-token blocks, then its own one
+    log = tmp_path / "shared_prefix.jsonl"
+    log.write_text(
+        "\n".join(
+            json.dumps(
+                {"timestamp": 500 * i, "input_length": 2400, "output_length": 20, "hash_ids": [1, 2, 3, 4, 100 + i]}
+            )
+            for i in range(40)
+        )
+        + "\n"
+    )
+
+    def run(caching: bool) -> dict:
+        sc = Scenario.model_validate(
+            {
+                "source": {"kind": "log", "log": str(log)},
+                "pools": [
+                    {
+                        "device": "h100_sxm",
+                        "model": "llama-3.1-8b",
+                        "replicas": 1,
+                        "memory": {"prefix_caching": caching},
+                    }
+                ],
+            }
+        )
+        return simulate(sc, wh)
+
+    cold, warm = run(False), run(True)
+    assert warm["summary"]["prefix_hit_rate"][0] == pytest.approx(39 * 2048 / (40 * 2400), rel=1e-6)
+    assert warm["summary"]["ttft_ms"]["p50"] < 0.5 * cold["summary"]["ttft_ms"]["p50"]
+    assert (warm["requests"].status == "completed").all()
