@@ -42,6 +42,21 @@ def _content_hash(path: Path, companions: list[Path]) -> str:
     return h.hexdigest()
 
 
+def source_ids(paths: list[Path], fmt: str | None = None, params: dict | None = None) -> list[str]:
+    """The source ids these files would have, from their content alone (nothing is parsed)."""
+    files, _ = expand([Path(p) for p in paths], fmt)
+    return [
+        SourceBatch(
+            path=str(path),
+            sha256=_content_hash(path, FORMATS[name].companions(path)),
+            format=name,
+            size_bytes=0,
+            params=_format_params(name, params or {}),
+        ).source_id
+        for path, name in files
+    ]
+
+
 def ingest(
     warehouse: Warehouse,
     paths: list[Path],

@@ -66,6 +66,9 @@ def _summary(scenario: Scenario, warehouse_root: str, skip_ahead: bool = True) -
 def run_sweep(points: list[tuple[dict, Scenario]], warehouse_root: Path, client=None, progress: bool = True):
     """Summaries of every point, serially (client None) or as Dask tasks; a DataFrame in point order."""
     results: list[dict | None] = [None] * len(points)
+    for _, sc in points[:1]:
+        if sc.source.kind == "log":
+            log_requests(sc, warehouse_root)  # ingest here, once: workers then only read the warehouse
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("sweep", total=len(points))
         if client is None:

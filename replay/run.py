@@ -72,19 +72,21 @@ def log_requests(scenario: Scenario, warehouse_root: Path) -> list[Req]:
     if not src.log:
         raise ValueError("source.kind 'log' needs source.log (a request-log file or a log name)")
     path = Path(src.log)
-    with Warehouse(warehouse_root) as wh:
-        if path.exists():
-            from ..ingest.runner import ingest
+    where, params = "log_name = ?", [src.log]
+    if path.exists():  # a file: ingest it unless it already is (read-only, so parallel workers can share)
+        from ..ingest.runner import ingest, source_ids
 
-            report = ingest(wh, [path], progress=False)
-            ids = [b.source_id for b in report.committed] + [sid for _, sid in report.already]
-            where, params = f"source_id IN ({', '.join('?' * len(ids))})", ids
-        else:
-            where, params = "log_name = ?", [src.log]
+        params = source_ids([path])
+        where = f"source_id IN ({', '.join('?' * len(params))})"
+        with Warehouse(warehouse_root, read_only=(Path(warehouse_root) / "catalog.duckdb").exists()) as wh:
+            missing = not all(wh.has_source(sid) for sid in params)
+        if missing:
+            with Warehouse(warehouse_root) as wh:
+                ingest(wh, [path], progress=False)
+    with Warehouse(warehouse_root, read_only=True) as wh:
         sql = (
             "SELECT arrival_s, input_tokens, output_tokens, session_id, prefix_block_hashes FROM requests "
-            f"WHERE {where} "
-            "ORDER BY arrival_s, source_id, request_id"
+            f"WHERE {where} ORDER BY arrival_s, source_id, request_id"
         )
         if src.limit:
             sql += f" LIMIT {int(src.limit)}"

@@ -197,7 +197,12 @@ def test_sweep_on_dask_equals_serial_and_partitioned_equals_serial(wh: Path, tmp
 
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("parameters:\n  pools.0.replicas: [1, 2]\n  pools.0.batching.max_batched_tokens: [256, 1024]\n")
-    points = sweep_points(scenario(), sweep)
+    logged = scenario()
+    logged.source.kind, logged.source.limit = "log", 200
+    logged.source.log = str(tmp_path / "azure.csv")  # a copy not yet in the warehouse: the sweep ingests it once
+    shutil.copy(SAMPLES / "requests/azure_llm_2023/AzureLLMInferenceTrace_conv.csv", logged.source.log)
+    Path(logged.source.log).write_text(Path(logged.source.log).read_text().replace(",44\n", ",45\n", 1))
+    points = sweep_points(logged, sweep)
     assert len(points) == 4
     serial = run_sweep(points, wh, client=None, progress=False)
     with dask_client(workers=2) as client:
