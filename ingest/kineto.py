@@ -1,11 +1,13 @@
 """PyTorch profiler / Kineto Chrome-trace JSON (plain or gzipped), streamed with bounded memory.
 
-The top-level object is walked key by key; `traceEvents` is decoded one event at a time from a sliding text
-buffer (C-accelerated `json.JSONDecoder.raw_decode`), and events become Arrow columns every `BATCH_EVENTS`
-events, so memory holds the compact columnar result plus one buffer, never the whole document.
+The top-level object is walked key by key over a sliding text buffer. `traceEvents` is read a buffer at a time:
+runs of whole events in the profiler's layout go to Arrow's C++ JSON reader; anything else (other layouts, stray
+field types, the event straddling the buffer's end) goes through the exact decoder, which also reports errors
+with their offset. Memory holds the compact Arrow result plus one buffer, never the whole document.
 
-Kernels are tied to the CPU op that launched them the way the profiler records it: kernel `correlation` ->
-runtime call with the same correlation -> its `External id` -> the CPU op with that External id."""
+Kernels are tied to the CPU op that launched them: kernel `correlation` -> the runtime call with the same
+correlation -> the CPU op whose `External id` that call carries, or (older traces number them apart) the
+innermost CPU op on the call's thread that encloses it in time."""
 
 from __future__ import annotations
 
@@ -162,7 +164,6 @@ def _float_or_none(value) -> float | None:
 
 
 _SEP = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")
-BATCH_EVENTS = 8192  # decoded events held at once before they become Arrow columns
 _EMPTY: dict = {}
 
 
