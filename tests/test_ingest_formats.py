@@ -307,3 +307,33 @@ def test_weibull_shape_matches_cv():
     for cv in (0.3, 1.0, 2.5):
         k = weibull_shape_for_cv(cv)
         assert math.sqrt(gamma(1 + 2 / k) / gamma(1 + 1 / k) ** 2 - 1) == pytest.approx(cv, rel=1e-6)
+
+
+def test_burstgpt_layout(wh: Warehouse, tmp_path: Path):
+    """BurstGPT's documented columns (a synthetic fixture: the real log is not in ../shared)."""
+    log = tmp_path / "BurstGPT_sample.csv"
+    log.write_text(
+        "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+        "5,ChatGPT,472,18,490,Conversation log\n"
+        "45,ChatGPT,1087,0,1087,Conversation log\n"  # a failed request: 0 response tokens is kept
+        "118,GPT-4,417,276,693,API log\n"
+    )
+    assert detect(log) == "burstgpt"
+    ingest(wh, [log], progress=False)
+    rows = wh.query("SELECT arrival_s, input_tokens, output_tokens, model, session_id FROM requests ORDER BY 1")[1]
+    assert rows == [
+        (0.0, 472, 18, "ChatGPT", "Conversation log"),
+        (40.0, 1087, 0, "ChatGPT", "Conversation log"),
+        (113.0, 417, 276, "GPT-4", "API log"),
+    ]
+
+
+def test_azure_2024_layout_with_time_zone(wh: Warehouse, tmp_path: Path):
+    log = tmp_path / "AzureLLMInferenceTrace_code_1week.csv"
+    log.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2024-05-10 00:00:00.009930+00:00,2162,5\n"
+        "2024-05-10 00:00:01.509930+00:00,1099,17\n"
+    )
+    ingest(wh, [log], progress=False)
+    assert wh.query("SELECT arrival_s, input_tokens FROM requests ORDER BY 1")[1] == [(0.0, 2162), (1.5, 1099)]
