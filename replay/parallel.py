@@ -59,7 +59,7 @@ def sweep_points(scenario: Scenario, sweep_file: Path) -> list[tuple[dict, Scena
     return points
 
 
-def _summary(scenario: Scenario, warehouse_root: str, skip_ahead: bool = True) -> dict:
+def point_summary(scenario: Scenario, warehouse_root: str, skip_ahead: bool = True) -> dict:
     return simulate(scenario, Path(warehouse_root), skip_ahead)["summary"]
 
 
@@ -73,13 +73,13 @@ def run_sweep(points: list[tuple[dict, Scenario]], warehouse_root: Path, client=
         task = bar.add_task("sweep", total=len(points))
         if client is None:
             for i, (_, sc) in enumerate(points):
-                results[i] = _summary(sc, str(warehouse_root))
+                results[i] = point_summary(sc, str(warehouse_root))
                 bar.advance(task)
         else:
             from dask.distributed import as_completed
 
             futures = {
-                client.submit(_summary, sc, str(warehouse_root), pure=False): i for i, (_, sc) in enumerate(points)
+                client.submit(point_summary, sc, str(warehouse_root), pure=False): i for i, (_, sc) in enumerate(points)
             }
             for fut in as_completed(futures):
                 results[futures[fut]] = fut.result()
