@@ -10,8 +10,11 @@ interpolated in log-log space afterwards, so one iteration costs a few numpy loo
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -109,15 +112,63 @@ class IterationCost:
         )
 
     def iteration_us(self, prefill: list[tuple[int, int]], decode_count: int, decode_kv_sum: float) -> float:
+        """One iteration. The same interpolation as the vectorized path, in plain Python: on scalars that is
+        several times faster than numpy, and this runs once per simulated iteration."""
         tokens = sum(q for q, _ in prefill) + decode_count
         if tokens == 0:
             return 0.0
-        t = float(self._interp1(self.t_grid, self.dense_us, tokens))
-        t += float(self._interp1(self.s_grid, self.head_us, len(prefill) + decode_count))
+        t = _scalar1(self._lt, self._dense, tokens) + _scalar1(self._ls, self._head, len(prefill) + decode_count)
         if decode_count:
-            t += float(
-                self._interp2(self.s_grid, self.l_grid, self.decode_us, decode_count, decode_kv_sum / decode_count)
-            )
+            t += _scalar2(self._ls, self._ll, self._decode, decode_count, decode_kv_sum / decode_count)
         for q, p in prefill:
-            t += float(self._interp2(self.t_grid, self.l_grid, self.prefill_us, q, p + 1))
+            t += _scalar2(self._lt, self._ll, self._prefill, q, p + 1)
         return t + self.step_overhead_us
+
+    # Python-list copies of the grids for the scalar path
+    @cached_property
+    def _lt(self) -> list[float]:
+        return np.log(self.t_grid).tolist()
+
+    @cached_property
+    def _ls(self) -> list[float]:
+        return np.log(self.s_grid).tolist()
+
+    @cached_property
+    def _ll(self) -> list[float]:
+        return np.log(self.l_grid).tolist()
+
+    @cached_property
+    def _dense(self) -> list[float]:
+        return self.dense_us.tolist()
+
+    @cached_property
+    def _head(self) -> list[float]:
+        return self.head_us.tolist()
+
+    @cached_property
+    def _decode(self) -> list[list[float]]:
+        return self.decode_us.tolist()
+
+    @cached_property
+    def _prefill(self) -> list[list[float]]:
+        return self.prefill_us.tolist()
+
+
+def _locate(grid: list[float], x: float) -> tuple[int, float]:
+    """Cell index and weight of log-value x on a log grid, clamped at the ends (as np.interp does)."""
+    i = min(max(bisect_left(grid, x) - 1, 0), len(grid) - 2)
+    w = (x - grid[i]) / (grid[i + 1] - grid[i])
+    return i, min(max(w, 0.0), 1.0)
+
+
+def _scalar1(grid: list[float], logv: list[float], x: float) -> float:
+    i, w = _locate(grid, math.log(max(x, 1)))
+    return math.exp(logv[i] * (1 - w) + logv[i + 1] * w)
+
+
+def _scalar2(g1: list[float], g2: list[float], logv: list[list[float]], a: float, b: float) -> float:
+    i, u = _locate(g1, math.log(max(a, 1)))
+    j, v = _locate(g2, math.log(max(b, 1)))
+    top = logv[i][j] * (1 - v) + logv[i][j + 1] * v
+    bottom = logv[i + 1][j] * (1 - v) + logv[i + 1][j + 1] * v
+    return math.exp(top * (1 - u) + bottom * u)

@@ -105,7 +105,7 @@ class Simulation:
     def run(self, requests: list[Req]) -> None:
         arrivals = [(r.arrival, r.id, r) for r in requests]
         heapq.heapify(arrivals)
-        ends: list = []  # (time, replica index, plan, steps)
+        ends: list = []  # (time, replica index, plan or None for a wake-up, step durations)
         while arrivals or ends:
             if arrivals and (not ends or arrivals[0][0] <= ends[0][0]):
                 now, _, req = heapq.heappop(arrivals)
@@ -150,18 +150,16 @@ class Simulation:
             req.admitted = now
         rep.busy = True
         if plan.skippable and self.skip_ahead:
-            steps = self._skippable_steps(rep, plan, now, arrivals)
-            if steps > 1:
-                kv_sum = sum(r.context for r in plan.decodes)
-                times = rep.cost.decode_steps_us(len(plan.decodes), kv_sum, steps) / 1e6
+            times = self._skippable_steps(rep, plan, now, arrivals)
+            if len(times) > 1:
                 heapq.heappush(ends, (now + float(times.sum()), rep.index, plan, times))
                 return
         duration = rep.cost.iteration_us(plan.prefill_shape(), len(plan.decodes), plan.decode_kv_sum()) / 1e6
         heapq.heappush(ends, (now + duration, rep.index, plan, np.array([duration])))
 
-    def _skippable_steps(self, rep: Replica, plan: BatchPlan, now: float, arrivals: list) -> int:
-        """Decode steps before anything could change the batch: a completion, a KV block shortfall or the
-        next arrival (which the step-by-step loop would consider at the following boundary)."""
+    def _skippable_steps(self, rep: Replica, plan: BatchPlan, now: float, arrivals: list) -> np.ndarray:
+        """Durations (s) of the decode steps before anything could change the batch: a completion, a KV block
+        shortfall or the next arrival (which the step-by-step loop would consider at the following boundary)."""
         steps = min(r.output - r.generated for r in plan.decodes)
 
         def blocks_needed(k: int) -> int:  # new blocks if every sequence grows k tokens
@@ -173,11 +171,13 @@ class Simulation:
                 mid = (lo + hi + 1) // 2
                 lo, hi = (mid, hi) if blocks_needed(mid) <= rep.kv.free else (lo, mid - 1)
             steps = lo
-        if steps <= 1 or not arrivals:
-            return steps
-        kv_sum = sum(r.context for r in plan.decodes)
-        ends = now + np.cumsum(rep.cost.decode_steps_us(len(plan.decodes), kv_sum, steps) / 1e6)
-        return int(min(steps, max(1, np.searchsorted(ends, arrivals[0][0], side="left") + 1)))
+        if steps <= 1:
+            return np.empty(0)
+        times = rep.cost.decode_steps_us(len(plan.decodes), plan.decode_kv_sum(), steps) / 1e6
+        if arrivals:
+            ends = now + np.cumsum(times)
+            times = times[: max(1, int(np.searchsorted(ends, arrivals[0][0], side="left")) + 1)]
+        return times
 
     def _finish(self, rep: Replica, plan: BatchPlan, now: float, step_times: np.ndarray, arrivals: list) -> None:
         start = now - float(step_times.sum())
