@@ -119,9 +119,6 @@ class ModelConfig(BaseModel):
         per_layer += self.experts * (3 if self.gated_mlp else 2) * self.hidden * self.ffn
         return dtype_bytes * (self.layers * per_layer + 2 * self.vocab * self.hidden)
 
-    def kv_bytes_per_token(self, dtype_bytes: float = 2.0) -> float:
-        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
-
 
 class UnknownName(ValueError):
     def __init__(self, what: str, name: str, known: list[str]):

@@ -43,6 +43,8 @@ class BlockManager:
             self.reclaim(need - self.free)
 
     def can_grow(self, held: int, tokens: int) -> bool:
+        """Whether a sequence holding `held` blocks can grow to `tokens`. Makes room first: unpinned prefix
+        cache entries are evicted when free blocks fall short, as an allocation would."""
         need = self.blocks_for(tokens) - held
         self._make_room(need)
         return need <= self.free

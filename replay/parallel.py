@@ -16,7 +16,7 @@ from rich.progress import Progress
 from .config import Scenario
 from .engine import Req, Simulation
 from .policies import ROUTERS
-from .run import build_replicas, collect, log_requests, simulate, synthetic_requests
+from .run import build_replicas, collect, log_requests, open_loop_requests, simulate
 
 
 @contextmanager
@@ -118,9 +118,7 @@ def simulate_partitioned(scenario: Scenario, warehouse_root: Path, client) -> di
     merged result equals the serial run's."""
     if scenario.router != "round_robin" or scenario.source.kind == "closed_loop":
         raise ValueError("partitioned replay needs a static router (round_robin) and an open-loop source")
-    requests = (
-        synthetic_requests(scenario) if scenario.source.kind == "synthetic" else log_requests(scenario, warehouse_root)
-    )
+    requests = open_loop_requests(scenario, warehouse_root)
     n = scenario.pools[0].replicas
     parts = [[r for r in requests if r.id % n == i] for i in range(n)]
     futures = [

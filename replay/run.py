@@ -119,6 +119,13 @@ def synthetic_requests(scenario: Scenario) -> list[Req]:
     return [Req(i, float(a), src.input_tokens, src.output_tokens) for i, a in enumerate(t)]
 
 
+def open_loop_requests(scenario: Scenario, warehouse_root: Path) -> list[Req]:
+    """The requests of a source whose arrivals do not depend on completions (a log or a synthetic process)."""
+    if scenario.source.kind == "synthetic":
+        return synthetic_requests(scenario)
+    return log_requests(scenario, warehouse_root)
+
+
 def simulate(scenario: Scenario, warehouse_root: Path, skip_ahead: bool = True) -> dict:
     """Run one scenario; returns {"requests": DataFrame, "timeline": DataFrame, "summary": dict}."""
     if len(scenario.pools) != 1:
@@ -136,10 +143,8 @@ def simulate(scenario: Scenario, warehouse_root: Path, skip_ahead: bool = True) 
             return Req(i, now, src.input_tokens, src.output_tokens, client=done.client) if i < src.requests else None
 
         requests = [Req(i, 0.0, src.input_tokens, src.output_tokens, client=i) for i in range(src.concurrency)]
-    elif src.kind == "synthetic":
-        requests = synthetic_requests(scenario)
     else:
-        requests = log_requests(scenario, warehouse_root)
+        requests = open_loop_requests(scenario, warehouse_root)
     sim = Simulation(replicas, router, closed_loop, skip_ahead)
     sim.run(requests)
     return collect(scenario, sim, replicas)

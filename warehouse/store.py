@@ -87,10 +87,6 @@ class Warehouse:
     def arrow(self, sql: str, params: list | None = None) -> pa.Table:
         return self.con.sql(sql, params=params or None).to_arrow_table()
 
-    def source_by_sha(self, sha256: str) -> str | None:
-        rows = self.con.execute("SELECT source_id FROM sources WHERE sha256 = ?", [sha256]).fetchall()
-        return rows[0][0] if rows else None
-
     def has_source(self, source_id: str) -> bool:
         return bool(self.con.execute("SELECT 1 FROM sources WHERE source_id = ?", [source_id]).fetchall())
 
