@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
 
 from .catalog import Device
 from .roofline import COLLECTIVES, DECODE, ELEMENTWISE, GEMM, MOE_COMM, PREFILL, VECTOR_SEARCH, roofline
@@ -229,6 +228,8 @@ class Fitted:
 
 
 def _ols(X: np.ndarray, y: np.ndarray):
+    import statsmodels.api as sm  # here, not at module level: prediction (every replay) needs no statsmodels
+
     with warnings.catch_warnings():  # collinear polynomial terms are expected; pinv handles them
         warnings.simplefilter("ignore")
         return sm.OLS(y, X).fit()

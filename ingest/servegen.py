@@ -19,8 +19,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
-from scipy.optimize import brentq
-from scipy.special import gammaln
 
 from ..warehouse.batch import ROW_COLUMN, IngestError, SourceBatch, build_table
 
@@ -35,9 +33,10 @@ def dataset_path(trace: Path) -> Path:
 @cache
 def weibull_shape_for_cv(cv: float) -> float:
     """The Weibull shape k whose coefficient of variation is `cv`."""
+    from scipy.optimize import brentq  # lazy: scipy is only needed to generate ServeGen arrivals
 
     def cv_of(k: float) -> float:
-        return math.sqrt(max(math.exp(gammaln(1 + 2 / k) - 2 * gammaln(1 + 1 / k)) - 1, 0.0)) - cv
+        return math.sqrt(max(math.exp(math.lgamma(1 + 2 / k) - 2 * math.lgamma(1 + 1 / k)) - 1, 0.0)) - cv
 
     return brentq(cv_of, 0.02, 500.0)
 
@@ -49,7 +48,7 @@ def _gaps(rng: np.random.Generator, dist: str, rate: float, cv: float, size: int
         return rng.gamma(shape, mean / shape, size)
     if dist == "Weibull" and cv > 0:
         k = weibull_shape_for_cv(min(max(cv, 0.05), 40.0))
-        scale = mean / math.exp(gammaln(1 + 1 / k))
+        scale = mean / math.exp(math.lgamma(1 + 1 / k))
         return scale * rng.weibull(k, size)
     return rng.exponential(mean, size)
 

@@ -22,7 +22,8 @@ class Memory(BaseModel):
     block_tokens: PositiveInt = 16
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     activation_reserve_bytes: float = Field(2 * 2**30, ge=0)
-    preemption: Literal["recompute"] = "recompute"
+    preemption: Literal["recompute", "swap"] = "recompute"  # swap: decoding victims' KV goes to host memory
+    swap_space_bytes: float = Field(4 * 2**30, ge=0)  # host memory per GPU for swapped KV (vLLM's default)
     prefix_caching: bool = False  # reuse KV of equal prompt block hashes (Mooncake / RAGPulse logs)
     prefix_block_tokens: PositiveInt = 512  # tokens per hash block in the log (Mooncake: 512)
 
@@ -74,7 +75,7 @@ class Scenario(BaseModel):
     seed: int = 0
     source: Source = Source()
     pools: list[Pool]
-    router: Literal["round_robin", "least_outstanding", "session_affinity"] = "round_robin"
+    router: Literal["round_robin", "least_outstanding", "session_affinity", "prefix_aware"] = "round_robin"
     slo: Slo = Slo()
 
 

@@ -83,33 +83,25 @@ class IterationCost:
         total = (pred["latency_us"] * ops["count"]).to_numpy()
         return np.log(np.maximum(total, 1e-9)).reshape(len(g1), len(g2))
 
-    # ---- interpolation ---------------------------------------------------------------------------
-    @staticmethod
-    def _interp1(grid: np.ndarray, logv: np.ndarray, x) -> np.ndarray:
-        return np.exp(np.interp(np.log(np.maximum(x, 1)), np.log(grid), logv))
-
-    @staticmethod
-    def _interp2(g1, g2, logv, a, b) -> np.ndarray:
-        la, lb = np.log(np.maximum(a, 1)), np.log(np.maximum(b, 1))
-        x1, x2 = np.log(g1), np.log(g2)
-        i = np.clip(np.searchsorted(x1, la) - 1, 0, len(x1) - 2)
-        j = np.clip(np.searchsorted(x2, lb) - 1, 0, len(x2) - 2)
-        u = np.clip((la - x1[i]) / (x1[i + 1] - x1[i]), 0, 1)
-        v = np.clip((lb - x2[j]) / (x2[j + 1] - x2[j]), 0, 1)
-        top = logv[i, j] * (1 - v) + logv[i, j + 1] * v
-        bottom = logv[i + 1, j] * (1 - v) + logv[i + 1, j + 1] * v
-        return np.exp(top * (1 - u) + bottom * u)
-
+    # ---- evaluation ------------------------------------------------------------------------------
     def decode_steps_us(self, batch_size: int, kv_sum_start: float, steps: int) -> np.ndarray:
-        """Times of `steps` decode-only iterations of a fixed batch whose total KV grows by batch_size a step."""
-        kv_mean = (kv_sum_start + batch_size * np.arange(steps)) / batch_size
-        b = np.full(steps, batch_size)
-        return (
-            self._interp1(self.t_grid, self.dense_us, b)
-            + self._interp1(self.s_grid, self.head_us, b)
-            + self._interp2(self.s_grid, self.l_grid, self.decode_us, b, kv_mean)
-            + self.step_overhead_us
-        )
+        """Times of `steps` decode-only iterations of a fixed batch whose total KV grows by batch_size a step:
+        the token-linear and LM-head parts are constant; only attention follows the growing KV length."""
+        fixed = _lookup(self._dense_table, batch_size) + _lookup(self._head_table, batch_size)
+        kv_mean = kv_sum_start / batch_size + np.arange(steps)
+        attention = np.exp(np.interp(np.log(kv_mean), self._l_log, self._row("decode", batch_size)[0]))
+        return attention + (fixed + self.step_overhead_us)
+
+    def _row(self, part: str, n: int) -> tuple[np.ndarray, list[float]]:
+        """Log attention time over the KV-length grid at n decode sequences (part "decode") or a chunk of n
+        new tokens ("prefill"): interpolated along the first axis once per n and kept, as array and list."""
+        row = self._rows.get((part, n))
+        if row is None:
+            grid, table = (self._ls, self.decode_us) if part == "decode" else (self._lt, self.prefill_us)
+            i, u = _locate(grid, math.log(max(n, 1)))
+            values = table[i] * (1 - u) + table[i + 1] * u
+            row = self._rows[part, n] = (values, values.tolist())
+        return row
 
     def iteration_us(self, prefill: list[tuple[int, int]], decode_count: int, decode_kv_sum: float) -> float:
         """One iteration. The same interpolation as the vectorized path, in plain Python: on scalars that is
@@ -117,12 +109,20 @@ class IterationCost:
         tokens = sum(q for q, _ in prefill) + decode_count
         if tokens == 0:
             return 0.0
-        t = _scalar1(self._lt, self._dense, tokens) + _scalar1(self._ls, self._head, len(prefill) + decode_count)
+        t = _lookup(self._dense_table, tokens) + _lookup(self._head_table, len(prefill) + decode_count)
         if decode_count:
-            t += _scalar2(self._ls, self._ll, self._decode, decode_count, decode_kv_sum / decode_count)
+            t += _along(self._ll, self._row("decode", decode_count)[1], decode_kv_sum / decode_count)
         for q, p in prefill:
-            t += _scalar2(self._lt, self._ll, self._prefill, q, p + 1)
+            t += _along(self._ll, self._row("prefill", q)[1], p + 1)
         return t + self.step_overhead_us
+
+    @cached_property
+    def _rows(self) -> dict[tuple[str, int], tuple[np.ndarray, list[float]]]:
+        return {}
+
+    @cached_property
+    def _l_log(self) -> np.ndarray:
+        return np.log(self.l_grid)
 
     # Python-list copies of the grids for the scalar path
     @cached_property
@@ -138,20 +138,13 @@ class IterationCost:
         return np.log(self.l_grid).tolist()
 
     @cached_property
-    def _dense(self) -> list[float]:
-        return self.dense_us.tolist()
+    def _dense_table(self) -> list[float]:
+        """Token-linear part at every token count of the grid's range (an index instead of a search)."""
+        return _table(self.t_grid, self.dense_us)
 
     @cached_property
-    def _head(self) -> list[float]:
-        return self.head_us.tolist()
-
-    @cached_property
-    def _decode(self) -> list[list[float]]:
-        return self.decode_us.tolist()
-
-    @cached_property
-    def _prefill(self) -> list[list[float]]:
-        return self.prefill_us.tolist()
+    def _head_table(self) -> list[float]:
+        return _table(self.s_grid, self.head_us)
 
 
 def _locate(grid: list[float], x: float) -> tuple[int, float]:
@@ -161,14 +154,17 @@ def _locate(grid: list[float], x: float) -> tuple[int, float]:
     return i, min(max(w, 0.0), 1.0)
 
 
-def _scalar1(grid: list[float], logv: list[float], x: float) -> float:
+def _table(grid: np.ndarray, logv: np.ndarray) -> list[float]:
+    x = np.log(np.maximum(np.arange(grid[-1] + 1), 1))
+    return np.exp(np.interp(x, np.log(grid), logv)).tolist()
+
+
+def _lookup(table: list[float], n: int) -> float:
+    """A 1-D part at integer n; past the grid's end the value holds, as np.interp clamps."""
+    return table[n] if n < len(table) else table[-1]
+
+
+def _along(grid: list[float], logv: list[float], x: float) -> float:
+    """A row of a 2-D part at x (log-log interpolation, clamped at the ends)."""
     i, w = _locate(grid, math.log(max(x, 1)))
     return math.exp(logv[i] * (1 - w) + logv[i + 1] * w)
-
-
-def _scalar2(g1: list[float], g2: list[float], logv: list[list[float]], a: float, b: float) -> float:
-    i, u = _locate(g1, math.log(max(a, 1)))
-    j, v = _locate(g2, math.log(max(b, 1)))
-    top = logv[i][j] * (1 - v) + logv[i][j + 1] * v
-    bottom = logv[i + 1][j] * (1 - v) + logv[i + 1][j + 1] * v
-    return math.exp(top * (1 - u) + bottom * u)

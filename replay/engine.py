@@ -3,28 +3,32 @@
 Invariants (each has a test in tests/test_replay.py):
 1. every request is completed or rejected with a reason;
 2. the clock never goes back (iterations on a replica are contiguous and ordered);
-3. KV blocks are conserved: free + held by sequences + held by the prefix cache = total on every replica, at
-   every iteration boundary;
+3. KV blocks are conserved: free + held by prefilling sequences + held by decoding sequences + held by the
+   prefix cache = total on every replica, at every iteration boundary (checked in aggregate on every boundary,
+   member by member when the simulation runs with audit=True);
 4. TTFT >= queueing + the prefill iterations' time;
 5. simulated throughput never exceeds the hardware roofline bound.
 
 Each replica runs iterations back to back while it has work. An iteration's batch comes from the pool's
-batching policy; its duration from the calibrated iteration cost. Arrivals are routed on arrival and join the
-replica's queue; they are considered at the replica's next iteration boundary, and an idle replica wakes once
-every arrival of that instant is queued (so simultaneous requests share the first batch). Runs of decode-only iterations
-whose batch cannot change (no queue, no completion, enough KV, before the next arrival) are skipped ahead in one
-vectorized step."""
+batching policy; its duration from the calibrated iteration cost, plus any KV swap traffic over the host link.
+Arrivals are routed on arrival and join the replica's queue; they are considered at the replica's next iteration
+boundary, and an idle replica wakes once every arrival of that instant is queued (so simultaneous requests share
+the first batch). Decoding sequences live in a DecodeCohort (cohort.py), so a decode iteration costs O(1) per
+replica rather than O(batch). A run of decode-only iterations whose batch cannot change (up to the next
+completion, within the free KV) is one event, priced in one vectorized call; an arrival routed to that replica
+that could join the batch cuts the run at the first iteration boundary at or after it, which is where a
+step-by-step loop would have considered it."""
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cohort import DecodeCohort
 from .costs import IterationCost
-from .kv import BlockManager, PrefixCache
+from .kv import BlockManager, PrefixCache, SwapSpace
 from .policies import BatchingPolicy, BatchPlan, Router
 
 
@@ -39,14 +43,19 @@ class Req:
         "first_token",
         "generated",
         "hashes",
+        "hit_tokens",
         "hits",
         "id",
+        "join_generated",
+        "join_own",
+        "join_step",
         "output",
         "preemptions",
         "prefilled",
         "prompt",
         "reason",
         "replica",
+        "serial",
         "session",
         "target",
     )
@@ -58,43 +67,108 @@ class Req:
         self.session, self.client, self.hashes = session, client, hashes
         self.cached = 0  # leading prompt tokens whose KV is shared from the prefix cache (not held privately)
         self.hits = 0  # prefix-cache hash blocks pinned by this request
+        self.hit_tokens = 0  # prompt tokens served from the prefix cache, over all its prefills
         self.replica = -1
         self.prefilled = 0
         self.target = prompt  # tokens to prefill: the prompt, plus generated tokens after a recompute
-        self.generated = 0
-        self.blocks = 0
+        self.generated = 0  # materialized on leaving the decode cohort; implicit while decoding
+        self.blocks = 0  # KV blocks held (on the device, or on the host while swapped out)
+        self.serial = -1  # decode-cohort membership (see cohort.py)
+        self.join_step = self.join_generated = self.join_own = 0
         self.admitted = self.first_token = self.completion = None
         self.preemptions = 0
         self.reason = None
 
-    @property
-    def context(self) -> int:
-        return self.prompt + self.generated
 
-
-@dataclass
 class Replica:
-    index: int
-    cost: IterationCost
-    kv: BlockManager
-    policy: BatchingPolicy
-    max_model_len: int
-    prefix: PrefixCache | None = None
-    waiting: deque = field(default_factory=deque)
-    running: list = field(default_factory=list)
-    busy: bool = False
-    busy_us: float = 0.0
-    timeline: list = field(default_factory=list)  # (start_s, end_s, batch_size, tokens, kv_used_blocks)
+    """One model instance: its queues, KV cache and decode cohort. `running` holds every admitted sequence in
+    admission order (prefilling or decoding); the newest is the first preemption victim."""
+
+    def __init__(
+        self,
+        index: int,
+        cost: IterationCost,
+        kv: BlockManager,
+        policy: BatchingPolicy,
+        max_model_len: int,
+        prefix: PrefixCache | None = None,
+        swap: SwapSpace | None = None,
+    ):
+        self.index, self.cost, self.kv, self.policy, self.max_model_len = index, cost, kv, policy, max_model_len
+        self.prefix, self.swap = prefix, swap
+        self.waiting: deque[Req] = deque()
+        self.running: dict[Req, None] = {}
+        self.prefilling: list[Req] = []
+        self.swapped: deque[Req] = deque()
+        self.cohort = DecodeCohort(kv.block_tokens)
+        self.busy = False
+        self.plan: BatchPlan | None = None  # the plan in flight, while busy
+        self.event = 0  # the serial of its pending end event (a cut run's old event goes stale)
+        self.busy_us = 0.0
+        self.timeline: list[tuple] = []  # (start_s, end_s, iterations, batch_size, tokens, kv_used_blocks)
 
     @property
     def outstanding(self) -> int:
-        return len(self.waiting) + len(self.running)
+        return len(self.waiting) + len(self.running) + len(self.swapped)
+
+    def held_blocks(self) -> int:
+        return sum(r.blocks for r in self.prefilling) + self.cohort.blocks + (self.prefix.held if self.prefix else 0)
+
+    # ---- preemption ----------------------------------------------------------------------------------
+    def preempt_newest(self, plan: BatchPlan) -> None:
+        """Free the newest sequence's KV: swap a decoding one to host memory when the pool swaps and host space
+        allows (its copy time is charged to this iteration), else drop it to be recomputed later."""
+        victim = next(reversed(self.running))
+        del self.running[victim]
+        victim.preemptions += 1
+        decoding = victim.serial >= 0
+        if decoding:
+            self.cohort.leave(victim)
+            plan.decodes = len(self.cohort) if plan.decodes else 0
+        else:
+            self.prefilling.remove(victim)
+            plan.prefills = [(r, q) for r, q in plan.prefills if r is not victim]
+            if victim in plan.admitted:
+                plan.admitted.remove(victim)
+        self.kv.release(victim.blocks)
+        if self.prefix is not None:
+            self.prefix.unpin(victim.hashes[: victim.hits])
+        context = victim.prompt + victim.generated
+        if decoding and self.swap is not None:
+            blocks = self.kv.blocks_for(context - 1)  # the whole KV, shared prefix included, becomes private
+            if self.swap.reserve(blocks):
+                victim.blocks, victim.hits, victim.cached = blocks, 0, 0
+                plan.transfer_us += self.swap.transfer_us(blocks)
+                self.swapped.append(victim)
+                return
+        victim.blocks = victim.hits = victim.cached = victim.prefilled = 0
+        victim.target = context
+        self.waiting.appendleft(victim)
+
+    def swap_in(self, plan: BatchPlan, max_seqs: int) -> None:
+        """Bring swapped sequences back (oldest first) while their blocks fit; they decode from the next
+        iteration."""
+        while self.swapped and len(self.running) < max_seqs and self.kv.ensure(self.swapped[0].blocks):
+            req = self.swapped.popleft()
+            self.kv.take(req.blocks)
+            self.swap.release(req.blocks)
+            plan.transfer_us += self.swap.transfer_us(req.blocks)
+            self.running[req] = None
+            self.cohort.join(req)
 
 
 class Simulation:
-    def __init__(self, replicas: list[Replica], router: Router, closed_loop=None, skip_ahead: bool = True):
+    def __init__(
+        self,
+        replicas: list[Replica],
+        router: Router,
+        closed_loop=None,
+        skip_ahead: bool = True,
+        audit: bool = False,
+    ):
         self.replicas = replicas
         self.skip_ahead = skip_ahead
+        self.audit = audit  # recheck the cohort and KV member by member at every boundary (tests)
         self.router = router
         self.closed_loop = closed_loop  # callable(completed Req, now) -> next Req or None
         self.done: list[Req] = []
@@ -105,25 +179,48 @@ class Simulation:
     def run(self, requests: list[Req]) -> None:
         arrivals = [(r.arrival, r.id, r) for r in requests]
         heapq.heapify(arrivals)
-        ends: list = []  # (time, replica index, plan or None for a wake-up, step durations)
+        ends: list = []  # (time, replica index, event serial, plan or None for a wake-up)
+        replicas, route = self.replicas, self.router.route
         while arrivals or ends:
             if arrivals and (not ends or arrivals[0][0] <= ends[0][0]):
                 now, _, req = heapq.heappop(arrivals)
                 self._advance(now)
-                rep = self.replicas[self.router.route(req, self.replicas)]
+                rep = replicas[route(req, replicas)]
                 if self._admissible(req, rep):
                     req.replica = rep.index
+                    could_join = not rep.waiting and not rep.swapped  # else it queues behind a blocked head
                     rep.waiting.append(req)
                     if not rep.busy:  # wake it after every arrival of this instant has been queued
                         rep.busy = True
-                        heapq.heappush(ends, (now, rep.index, None, None))
+                        self._schedule(rep, now, None, ends)
+                    elif could_join and rep.plan is not None and rep.plan.steps > 1:
+                        self._cut(rep, now, ends)
             else:
-                now, idx, plan, step_times = heapq.heappop(ends)
+                now, idx, event, plan = heapq.heappop(ends)
+                rep = replicas[idx]
+                if event != rep.event:
+                    continue
                 self._advance(now)
-                rep = self.replicas[idx]
                 if plan is not None:
-                    self._finish(rep, plan, now, step_times, arrivals)
-                self._start(rep, now, ends, arrivals)
+                    self._finish(rep, plan, now, arrivals)
+                self._start(rep, now, ends)
+
+    @staticmethod
+    def _schedule(rep: Replica, at: float, plan: BatchPlan | None, ends: list) -> None:
+        rep.event += 1
+        rep.plan = plan
+        heapq.heappush(ends, (at, rep.index, rep.event, plan))
+
+    def _cut(self, rep: Replica, now: float, ends: list) -> None:
+        """End the replica's decode run at the first iteration boundary at or after `now`."""
+        plan = rep.plan
+        keep = int(np.searchsorted(plan.ends, now, side="left")) + 1
+        if keep >= plan.steps:
+            return
+        rep.kv.release(rep.cohort.retreat(plan.steps - keep))
+        plan.steps, plan.ends = keep, plan.ends[:keep]
+        plan.duration = float(plan.ends[-1]) - plan.start
+        self._schedule(rep, float(plan.ends[-1]), plan, ends)
 
     def _advance(self, now: float) -> None:
         assert now >= self.clock - 1e-9, f"clock went back from {self.clock} to {now}"
@@ -141,77 +238,70 @@ class Simulation:
         return False
 
     # ---- iterations ---------------------------------------------------------------------------------
-    def _start(self, rep: Replica, now: float, ends: list, arrivals: list) -> None:
-        plan = rep.policy.plan(rep, now)
+    def _start(self, rep: Replica, now: float, ends: list) -> None:
+        plan = rep.policy.plan(rep)
         if plan.empty:
             rep.busy = False
+            rep.plan = None
             return
         for req in plan.admitted:
             req.admitted = now
         rep.busy = True
+        plan.start = now
         if plan.skippable and self.skip_ahead:
-            times = self._skippable_steps(rep, plan, now, arrivals)
-            if len(times) > 1:
-                heapq.heappush(ends, (now + float(times.sum()), rep.index, plan, times))
-                return
-        duration = rep.cost.iteration_us(plan.prefill_shape(), len(plan.decodes), plan.decode_kv_sum()) / 1e6
-        heapq.heappush(ends, (now + duration, rep.index, plan, np.array([duration])))
+            plan.ends = self._decode_run(rep, plan, now)
+            plan.steps, end = len(plan.ends), float(plan.ends[-1])
+        else:
+            us = rep.cost.iteration_us(plan.prefill_shape(), plan.decodes, plan.decode_kv_sum) + plan.transfer_us
+            end = now + us / 1e6
+        plan.duration = end - now
+        self._schedule(rep, end, plan, ends)
 
-    def _skippable_steps(self, rep: Replica, plan: BatchPlan, now: float, arrivals: list) -> np.ndarray:
-        """Durations (s) of the decode steps before anything could change the batch: a completion, a KV block
-        shortfall or the next arrival (which the step-by-step loop would consider at the following boundary)."""
-        steps = min(r.output - r.generated for r in plan.decodes)
+    @staticmethod
+    def _decode_run(rep: Replica, plan: BatchPlan, now: float) -> np.ndarray:
+        """End times of the decode iterations before anything but an arrival could change the batch: the
+        next completion, or a KV block shortfall. The plan reserved the first iteration; this reserves the
+        rest."""
+        cohort = rep.cohort
+        extra = cohort.steps_to_finish()
+        if extra and not rep.kv.ensure(cohort.blocks_needed(extra)):  # the prefix cache gave back what it could
+            extra = cohort.steps_within(rep.kv.free, extra)
+        if extra:
+            rep.kv.take(cohort.advance(extra))
+        return now + np.cumsum(rep.cost.decode_steps_us(plan.decodes, plan.decode_kv_sum, 1 + extra) / 1e6)
 
-        def blocks_needed(k: int) -> int:  # new blocks if every sequence grows k tokens
-            return sum(rep.kv.blocks_for(r.context + k - r.cached) - r.blocks for r in plan.decodes)
-
-        if blocks_needed(steps) > rep.kv.free:  # largest k that fits, by bisection (need grows with k)
-            lo, hi = 0, steps
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                lo, hi = (mid, hi) if blocks_needed(mid) <= rep.kv.free else (lo, mid - 1)
-            steps = lo
-        if steps <= 1:
-            return np.empty(0)
-        times = rep.cost.decode_steps_us(len(plan.decodes), plan.decode_kv_sum(), steps) / 1e6
-        if arrivals:
-            ends = now + np.cumsum(times)
-            times = times[: max(1, int(np.searchsorted(ends, arrivals[0][0], side="left")) + 1)]
-        return times
-
-    def _finish(self, rep: Replica, plan: BatchPlan, now: float, step_times: np.ndarray, arrivals: list) -> None:
-        start = now - float(step_times.sum())
-        rep.busy_us += float(step_times.sum()) * 1e6
-        t = start
-        for i, dt in enumerate(step_times):
-            t += dt
-            tokens = plan.tokens() if i == 0 else len(plan.decodes)
-            rep.timeline.append((t - dt, t, len(plan.decodes) + len(plan.prefills), tokens, rep.kv.total - rep.kv.free))
-            for req, q in plan.prefills if i == 0 else ():
-                req.prefilled += q
-                if req.prefilled >= req.target:  # the last chunk's pass emits the first (or next) token;
-                    req.generated += 1  # its KV is written by the next decode step, which reserves for it
-                    if req.first_token is None:
-                        req.first_token = t
-            block_tokens = rep.kv.block_tokens
-            for req in plan.decodes:
-                if req.context + 1 - req.cached > req.blocks * block_tokens:  # crosses into a new block
-                    req.blocks = rep.kv.grow(req.blocks, req.context + 1 - req.cached)
+    def _finish(self, rep: Replica, plan: BatchPlan, now: float, arrivals: list) -> None:
+        rep.busy_us += plan.duration * 1e6
+        for req in rep.cohort.finished():
+            self._complete(rep, req, now, arrivals)
+        for req, q in plan.prefills:
+            req.prefilled += q
+            if req.prefilled >= req.target:  # the last chunk's pass emits the first (or next) token
                 req.generated += 1
-                if req.generated >= req.output and req.completion is None:
-                    req.completion = t
-        for req in [r for r in rep.running if r.generated >= r.output]:
-            req.completion = req.completion or now
-            rep.running.remove(req)
-            rep.kv.release(req.blocks)
-            req.blocks = 0
-            if rep.prefix is not None:
-                rep.prefix.unpin(req.hashes[: req.hits])
-                rep.prefix.insert(req.hashes[: req.prompt // rep.prefix.hash_tokens])
-            self.done.append(req)
-            if self.closed_loop is not None:
-                nxt = self.closed_loop(req, req.completion)
-                if nxt is not None:
-                    heapq.heappush(arrivals, (nxt.arrival, nxt.id, nxt))
-        held = sum(r.blocks for r in rep.running) + (rep.prefix.held if rep.prefix is not None else 0)
-        assert held + rep.kv.free == rep.kv.total, "KV blocks not conserved"
+                if req.first_token is None:
+                    req.first_token = now
+                rep.prefilling.remove(req)
+                if req.generated >= req.output:
+                    self._complete(rep, req, now, arrivals)
+                else:
+                    rep.cohort.join(req)
+        batch = len(plan.prefills) + plan.decodes
+        rep.timeline.append((now - plan.duration, now, plan.steps, batch, plan.tokens(), rep.kv.total - rep.kv.free))
+        assert rep.held_blocks() + rep.kv.free == rep.kv.total, "KV blocks not conserved"
+        if self.audit:
+            rep.cohort.audit()
+            assert set(rep.running) == set(rep.prefilling) | set(rep.cohort.members)
+
+    def _complete(self, rep: Replica, req: Req, now: float, arrivals: list) -> None:
+        req.completion = now
+        del rep.running[req]
+        rep.kv.release(req.blocks)
+        req.blocks = 0
+        if rep.prefix is not None:
+            rep.prefix.unpin(req.hashes[: req.hits])
+            rep.prefix.insert(req.hashes[: req.prompt // rep.prefix.hash_tokens])
+        self.done.append(req)
+        if self.closed_loop is not None:
+            nxt = self.closed_loop(req, now)
+            if nxt is not None:
+                heapq.heappush(arrivals, (nxt.arrival, nxt.id, nxt))

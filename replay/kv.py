@@ -8,18 +8,22 @@ from ..calibrate.catalog import DTYPE_BYTES, Device, ModelConfig
 from .config import Pool
 
 
+def kv_block_bytes(pool: Pool, model: ModelConfig) -> float:
+    """Bytes of one KV block on one GPU of the replica. Each GPU holds its share of the KV heads (replicated
+    when there are fewer KV heads than TP ranks) for its pipeline stage's layers."""
+    kv_b = DTYPE_BYTES.get(pool.kv_cache_dtype or pool.dtype, 2)
+    kv_heads_per_gpu = max(model.kv_heads // pool.tp, 1)
+    return 2 * (model.layers / pool.pp) * kv_heads_per_gpu * model.head_dim * kv_b * pool.memory.block_tokens
+
+
 def kv_blocks(pool: Pool, device: Device, model: ModelConfig) -> int:
     """Blocks that fit in one replica: device memory x utilization, minus weights and activations, per GPU."""
     dtype_b = DTYPE_BYTES.get(pool.dtype, 2)
-    kv_b = DTYPE_BYTES.get(pool.kv_cache_dtype or pool.dtype, 2)
     gpus = pool.tp * pool.pp
     weights_per_gpu = model.weight_bytes(dtype_b) / gpus
     free = device.memory_bytes * pool.memory.gpu_memory_utilization - weights_per_gpu
     free -= pool.memory.activation_reserve_bytes
-    # each GPU holds its share of KV heads (replicated when there are fewer KV heads than TP ranks)
-    kv_heads_per_gpu = max(model.kv_heads // pool.tp, 1)
-    per_token = 2 * (model.layers / pool.pp) * kv_heads_per_gpu * model.head_dim * kv_b
-    blocks = int(free // (per_token * pool.memory.block_tokens))
+    blocks = int(free // kv_block_bytes(pool, model))
     if blocks <= 0:
         raise ValueError(
             f"{model.id} at TP={pool.tp} PP={pool.pp} does not fit on {device.id}: "
@@ -49,6 +53,16 @@ class BlockManager:
         self._make_room(need)
         return need <= self.free
 
+    def ensure(self, blocks: int) -> bool:
+        """Whether `blocks` more can be taken, evicting unpinned prefix-cache entries if that makes room."""
+        self._make_room(blocks)
+        return blocks <= self.free
+
+    def take(self, blocks: int) -> None:
+        if blocks > self.free:
+            raise MemoryError("out of KV blocks")
+        self.free -= blocks
+
     def grow(self, held: int, tokens: int) -> int:
         """Blocks now held by a sequence of `tokens` tokens (allocating the difference)."""
         need = self.blocks_for(tokens) - held
@@ -61,6 +75,29 @@ class BlockManager:
     def release(self, held: int) -> None:
         self.free += held
         assert self.free <= self.total, "KV blocks released twice"
+
+
+class SwapSpace:
+    """Host memory a replica swaps preempted sequences' KV into (vLLM's swap_space), and the host link that
+    carries it: every GPU of the replica copies its own share of each block in parallel."""
+
+    def __init__(self, capacity_blocks: int, block_bytes: float, link_bandwidth: float, link_latency_s: float):
+        self.capacity, self.used = capacity_blocks, 0
+        self.block_bytes, self.bandwidth, self.latency_s = block_bytes, link_bandwidth, link_latency_s
+        self.swapped_blocks = 0  # moved either way, over the run
+
+    def reserve(self, blocks: int) -> bool:
+        if self.used + blocks > self.capacity:
+            return False
+        self.used += blocks
+        return True
+
+    def release(self, blocks: int) -> None:
+        self.used -= blocks
+
+    def transfer_us(self, blocks: int) -> float:
+        self.swapped_blocks += blocks
+        return (self.latency_s + blocks * self.block_bytes / self.bandwidth) * 1e6
 
 
 class PrefixCache:
@@ -80,16 +117,21 @@ class PrefixCache:
 
     def match(self, hashes: tuple[int, ...], prompt: int) -> int:
         """Pin the longest cached prefix of `hashes`; return how many hash blocks it covers."""
-        n = 0
-        for h in hashes:
-            if h not in self.entries:
-                break
-            n += 1
+        n = self.cached_prefix(hashes)
         for h in hashes[:n]:
             self.entries[h] += 1
             self.entries.move_to_end(h)
         self.lookup_tokens += prompt
         self.hit_tokens += min(n * self.hash_tokens, prompt)
+        return n
+
+    def cached_prefix(self, hashes: tuple[int, ...]) -> int:
+        """How many leading hash blocks are cached (no pinning: a router's look)."""
+        n = 0
+        for h in hashes:
+            if h not in self.entries:
+                break
+            n += 1
         return n
 
     def unpin(self, hashes: tuple[int, ...]) -> None:

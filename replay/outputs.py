@@ -21,7 +21,8 @@ def write(result: dict, out_dir: Path) -> list[Path]:
 
 
 def perfetto(result: dict, path: Path, max_iterations: int = 200_000) -> Path:
-    """One track per replica with its iterations as slices; each request a flow from arrival to completion."""
+    """One track per replica; each timeline row (one iteration, or a run of identical decode iterations) a
+    slice; each request a flow from arrival to completion."""
     tl = result["timeline"].head(max_iterations)
     events: list[dict] = [
         {"ph": "M", "name": "process_name", "pid": int(r), "args": {"name": f"replica {int(r)}"}}
@@ -32,12 +33,16 @@ def perfetto(result: dict, path: Path, max_iterations: int = 200_000) -> Path:
             {
                 "ph": "X",
                 "cat": "iteration",
-                "name": f"batch {row.batch_size}",
+                "name": f"batch {row.batch_size}" + (f" x{row.iterations}" if row.iterations > 1 else ""),
                 "pid": int(row.replica),
                 "tid": 0,
                 "ts": round(row.start_s * 1e6, 3),
                 "dur": round((row.end_s - row.start_s) * 1e6, 3),
-                "args": {"tokens": int(row.tokens), "kv_used_blocks": int(row.kv_used_blocks)},
+                "args": {
+                    "iterations": int(row.iterations),
+                    "tokens": int(row.tokens),
+                    "kv_used_blocks": int(row.kv_used_blocks),
+                },
             }
         )
     done = result["requests"][result["requests"].status == "completed"]

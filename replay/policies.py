@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .config import Batching
 
 if TYPE_CHECKING:
@@ -14,73 +16,64 @@ if TYPE_CHECKING:
 @dataclass
 class BatchPlan:
     prefills: list = field(default_factory=list)  # (request, new tokens this iteration)
-    decodes: list = field(default_factory=list)
+    decodes: int = 0  # decoding sequences in the iteration: the replica's whole decode cohort, or none
+    decode_kv_sum: float = 0.0  # their total context at the first iteration
     admitted: list = field(default_factory=list)
+    transfer_us: float = 0.0  # KV swap traffic over the host link, charged to this iteration
+    steps: int = 1  # iterations this plan runs (more than one for a skipped-ahead decode run)
+    start: float = 0.0  # seconds
+    duration: float = 0.0  # seconds
+    ends: np.ndarray | None = None  # end time of each iteration of a decode run
 
     @property
     def empty(self) -> bool:
-        return not self.prefills and not self.decodes
+        return not self.prefills and not self.decodes and not self.transfer_us
 
     @property
     def skippable(self) -> bool:
-        return not self.prefills and bool(self.decodes)
+        return not self.prefills and bool(self.decodes) and not self.transfer_us
 
     def tokens(self) -> int:
-        return sum(q for _, q in self.prefills) + len(self.decodes)
+        return sum(q for _, q in self.prefills) + self.decodes * self.steps
 
     def prefill_shape(self) -> list[tuple[int, int]]:
         return [(q, r.prefilled) for r, q in self.prefills]
 
-    def decode_kv_sum(self) -> float:
-        return float(sum(r.context for r in self.decodes))
-
 
 class BatchingPolicy:
-    """Forms the next iteration's batch of a replica, reserving KV blocks (preempting by recompute if short)."""
+    """Forms the next iteration's batch of a replica, reserving its KV blocks (preempting the newest sequences
+    when decodes cannot grow)."""
 
     name = ""
 
     def __init__(self, cfg: Batching):
         self.cfg = cfg
 
-    def plan(self, rep: Replica, now: float) -> BatchPlan:
+    def plan(self, rep: Replica) -> BatchPlan:
         raise NotImplementedError
 
     # ---- shared steps --------------------------------------------------------------------------------
-    def _decodes(self, rep: Replica, plan: BatchPlan) -> None:
-        """Every decoding sequence gets one token, if its KV can grow; else the newest sequences are preempted."""
-        block_tokens = rep.kv.block_tokens
-        for req in [r for r in rep.running if r.prefilled >= r.target]:
-            own = req.context + 1 - req.cached  # tokens whose KV the sequence holds itself
-            if own <= req.blocks * block_tokens:  # room in its last block: nothing to reserve
-                plan.decodes.append(req)
-                continue
-            while req in rep.running and not rep.kv.can_grow(req.blocks, own):
-                self._preempt(rep, rep.running[-1], plan)
-            if req in rep.running:
-                req.blocks = rep.kv.grow(req.blocks, own)
-                plan.decodes.append(req)
-
     @staticmethod
-    def _preempt(rep: Replica, victim: Req, plan: BatchPlan) -> None:
-        """Recompute preemption: drop the victim's KV; it re-prefills prompt and generated tokens later."""
-        rep.running.remove(victim)
-        rep.kv.release(victim.blocks)
-        victim.blocks = 0
-        if rep.prefix is not None:
-            rep.prefix.unpin(victim.hashes[: victim.hits])
-        victim.hits = victim.cached = 0
-        victim.prefilled = 0
-        victim.target = victim.context
-        victim.preemptions += 1
-        rep.waiting.appendleft(victim)
-        if victim in plan.decodes:
-            plan.decodes.remove(victim)
+    def _decodes(rep: Replica, plan: BatchPlan) -> None:
+        """Every decoding sequence gets one token; the blocks that takes are reserved now."""
+        cohort = rep.cohort
+        while cohort and not rep.kv.ensure(cohort.blocks_needed(1)):
+            rep.preempt_newest(plan)
+        if cohort:
+            plan.decodes, plan.decode_kv_sum = len(cohort), float(cohort.context_sum)
+            rep.kv.take(cohort.advance(1))
+
+    def _resume_or_prefill(self, rep: Replica, plan: BatchPlan, budget: int, chunked: bool) -> int:
+        """Swapped-out sequences come back first; new prefills are admitted only once none is left."""
+        if rep.swapped:
+            rep.swap_in(plan, self.cfg.max_num_seqs)
+            if rep.swapped:
+                return budget
+        return self._prefill(rep, plan, budget, chunked)
 
     def _prefill(self, rep: Replica, plan: BatchPlan, budget: int, chunked: bool) -> int:
         """Add prefill work within the token budget: running partial prefills first, then the queue (FIFO)."""
-        partial = [r for r in rep.running if r.prefilled < r.target and r not in plan.decodes]
-        for req in partial:
+        for req in rep.prefilling:
             budget = self._add_chunk(rep, plan, req, budget, chunked)
         while rep.waiting and budget > 0 and len(rep.running) < self.cfg.max_num_seqs:
             req = rep.waiting[0]
@@ -89,10 +82,12 @@ class BatchingPolicy:
             if (need > budget and not alone) or not rep.kv.can_grow(req.blocks, req.prefilled + need - req.cached):
                 break
             rep.waiting.popleft()
-            rep.running.append(req)
+            rep.running[req] = None
+            rep.prefilling.append(req)
             if rep.prefix is not None and req.hashes and req.prefilled == 0:
                 req.hits = rep.prefix.match(req.hashes, req.target)
                 req.cached = req.prefilled = min(req.hits * rep.prefix.hash_tokens, req.target - 1)
+                req.hit_tokens += req.cached
             if req.admitted is None:
                 plan.admitted.append(req)
             budget = self._add_chunk(rep, plan, req, budget, chunked)
@@ -116,14 +111,14 @@ class ChunkedPrefill(BatchingPolicy):
 
     name = "chunked_prefill"
 
-    def plan(self, rep: Replica, now: float) -> BatchPlan:
+    def plan(self, rep: Replica) -> BatchPlan:
         plan = BatchPlan()
         budget = self.cfg.max_batched_tokens
         if self.cfg.order == "decode_first":
             self._decodes(rep, plan)
-            self._prefill(rep, plan, budget - len(plan.decodes), chunked=True)
+            self._resume_or_prefill(rep, plan, budget - plan.decodes, chunked=True)
         else:
-            budget = self._prefill(rep, plan, budget, chunked=True)
+            budget = self._resume_or_prefill(rep, plan, budget, chunked=True)
             self._decodes(rep, plan)
         return plan
 
@@ -135,15 +130,15 @@ class Continuous(BatchingPolicy):
 
     name = "continuous"
 
-    def plan(self, rep: Replica, now: float) -> BatchPlan:
+    def plan(self, rep: Replica) -> BatchPlan:
         plan = BatchPlan()
         if self.cfg.order == "prefill_first":
-            self._prefill(rep, plan, self.cfg.max_batched_tokens, chunked=False)
+            self._resume_or_prefill(rep, plan, self.cfg.max_batched_tokens, chunked=False)
             if not plan.prefills:
                 self._decodes(rep, plan)
             return plan
         self._decodes(rep, plan)
-        self._prefill(rep, plan, self.cfg.max_batched_tokens - len(plan.decodes), chunked=False)
+        self._resume_or_prefill(rep, plan, self.cfg.max_batched_tokens - plan.decodes, chunked=False)
         return plan
 
 
@@ -152,10 +147,10 @@ class Static(BatchingPolicy):
 
     name = "static"
 
-    def plan(self, rep: Replica, now: float) -> BatchPlan:
+    def plan(self, rep: Replica) -> BatchPlan:
         plan = BatchPlan()
         if not rep.running:
-            self._prefill(rep, plan, self.cfg.max_batched_tokens, chunked=False)
+            self._resume_or_prefill(rep, plan, self.cfg.max_batched_tokens, chunked=False)
             return plan
         self._decodes(rep, plan)
         return plan
@@ -207,4 +202,19 @@ class SessionAffinity(Router):
         return self.home[req.session]
 
 
-ROUTERS = {cls.name: cls for cls in (RoundRobin, LeastOutstanding, SessionAffinity)}
+class PrefixAware(Router):
+    """To the replica whose prefix cache holds the longest prefix of the request's block hashes; ties (and
+    requests without hashes, or pools without prefix caching) go to the least outstanding work."""
+
+    name = "prefix_aware"
+
+    def route(self, req: Req, replicas: list[Replica]) -> int:
+        def score(i: int) -> tuple[int, int, int]:
+            rep = replicas[i]
+            hit = rep.prefix.cached_prefix(req.hashes) if rep.prefix is not None and req.hashes else 0
+            return (-hit, rep.outstanding, i)
+
+        return min(range(len(replicas)), key=score)
+
+
+ROUTERS = {cls.name: cls for cls in (RoundRobin, LeastOutstanding, SessionAffinity, PrefixAware)}

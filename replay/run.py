@@ -18,7 +18,7 @@ from ..warehouse.store import Warehouse
 from .config import Pool, Scenario
 from .costs import IterationCost
 from .engine import Replica, Req, Simulation
-from .kv import BlockManager, PrefixCache, kv_blocks
+from .kv import BlockManager, PrefixCache, SwapSpace, kv_block_bytes, kv_blocks
 from .policies import BATCHING, ROUTERS
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,17 @@ def build_replicas(pool: Pool, warehouse_root: Path) -> list[Replica]:
     blocks = kv_blocks(pool, dev, mdl)
     cost = _iteration_cost(pool, warehouse_root)
     policy = BATCHING[pool.batching.policy](pool.batching)
+    block_bytes = kv_block_bytes(pool, mdl)
+    host = dev.interconnects.get("pcie") or dev.scale_up_link()
     replicas = []
     for i in range(pool.replicas):
         kv = BlockManager(blocks, pool.memory.block_tokens)
         prefix = PrefixCache(kv, pool.memory.prefix_block_tokens) if pool.memory.prefix_caching else None
-        replicas.append(Replica(i, cost, kv, policy, pool.max_model_len, prefix))
+        swap = None
+        if pool.memory.preemption == "swap":
+            space = int(pool.memory.swap_space_bytes // block_bytes)
+            swap = SwapSpace(space, block_bytes, host.bandwidth, host.latency_s)
+        replicas.append(Replica(i, cost, kv, policy, pool.max_model_len, prefix, swap))
     return replicas
 
 
@@ -126,7 +132,7 @@ def open_loop_requests(scenario: Scenario, warehouse_root: Path) -> list[Req]:
     return log_requests(scenario, warehouse_root)
 
 
-def simulate(scenario: Scenario, warehouse_root: Path, skip_ahead: bool = True) -> dict:
+def simulate(scenario: Scenario, warehouse_root: Path, skip_ahead: bool = True, audit: bool = False) -> dict:
     """Run one scenario; returns {"requests": DataFrame, "timeline": DataFrame, "summary": dict}."""
     if len(scenario.pools) != 1:
         raise ValueError("this engine serves one pool per scenario (multi-stage pipelines come later)")
@@ -145,7 +151,7 @@ def simulate(scenario: Scenario, warehouse_root: Path, skip_ahead: bool = True) 
         requests = [Req(i, 0.0, src.input_tokens, src.output_tokens, client=i) for i in range(src.concurrency)]
     else:
         requests = open_loop_requests(scenario, warehouse_root)
-    sim = Simulation(replicas, router, closed_loop, skip_ahead)
+    sim = Simulation(replicas, router, closed_loop, skip_ahead, audit)
     sim.run(requests)
     return collect(scenario, sim, replicas)
 
@@ -173,12 +179,15 @@ def collect(scenario: Scenario, sim: Simulation, replicas: list[Replica]) -> dic
                 "tpot_ms": tpot,
                 "e2e_ms": (r.completion - r.arrival) * 1e3 if ok else np.nan,
                 "preemptions": r.preemptions,
+                "prefix_hit_tokens": r.hit_tokens,
             }
         )
     requests = pd.DataFrame(rows)
+    # one row per iteration, or per run of decode iterations whose batch did not change (tokens: the row's total;
+    # kv_used_blocks: at its end)
     timeline = pd.DataFrame(
         [(rep.index, *t) for rep in replicas for t in rep.timeline],
-        columns=["replica", "start_s", "end_s", "batch_size", "tokens", "kv_used_blocks"],
+        columns=["replica", "start_s", "end_s", "iterations", "batch_size", "tokens", "kv_used_blocks"],
     )
     return {"requests": requests, "timeline": timeline, "summary": summarize(scenario, requests, timeline, replicas)}
 
@@ -211,7 +220,8 @@ def summarize(scenario: Scenario, requests: pd.DataFrame, timeline: pd.DataFrame
         "goodput_req_per_s": round(len(good) / span, 4) if span else 0.0,
         "slo": slo.model_dump(),
         "preemptions": int(requests.preemptions.sum()),
-        "iterations": len(timeline),
+        "iterations": int(timeline.iterations.sum()),
+        "swapped_blocks": [rep.swap.swapped_blocks for rep in replicas if rep.swap is not None],
         "utilization": [round(rep.busy_us / 1e6 / span, 4) if span else 0.0 for rep in replicas],
         "prefix_hit_rate": [round(rep.prefix.hit_rate, 4) for rep in replicas if rep.prefix is not None],
         "cost_tiers": dict(tiers),
