@@ -68,6 +68,20 @@ BLOCK_DIMS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Kernel variants serving frameworks run by default where a table measured several (H100: FlashAttention 3).
+SERVING_KERNELS = ("fa3",)
+
+
+def serving_kernel(values: list[str], graph: bool) -> str:
+    """The measured kernel variant a serving step uses: the CUDA-graph variant of a kernel measured both ways
+    when the step is captured in a graph (decode batches), else the framework's default, else the baseline."""
+    for key in (("graph",) if graph else ()) + SERVING_KERNELS:
+        hits = [v for v in values if key in v]
+        if hits:
+            return hits[0]
+    return values[0]
+
+
 class TooFewSamples(ValueError):
     pass
 
@@ -92,6 +106,19 @@ class Form:
     envelope_log_roof: list[float] = field(default_factory=list)  # upper envelope of the log inefficiency:
     envelope_y: list[float] = field(default_factory=list)  # the most seen at this roofline size or larger
     log_roof_max: float = np.inf
+    # per size dim, the highest power it may take: distinct values seen - 1 (two sizes identify a slope, not a
+    # curve; a square of a dim with two values is collinear with the intercept and would swing in between)
+    max_power: list[int] = field(default_factory=list)
+
+    def monomials(self) -> list[tuple[int, ...]]:
+        """The size-polynomial terms, as tuples of size-dim indices, lowest degree first."""
+        caps = self.max_power or [self.degree] * self.n_size
+        return [
+            combo
+            for deg in range(1, self.degree + 1)
+            for combo in itertools.combinations_with_replacement(range(self.n_size), deg)
+            if all(combo.count(i) <= caps[i] for i in set(combo))
+        ]
 
     def bounded(self, X: np.ndarray) -> np.ndarray:
         """Columns clipped to their fitted range: unseen corners of the shape space cannot blow up."""
@@ -126,7 +153,11 @@ class Form:
         if self.family == GEMM and self.compute_units > 1:
             cols.append(np.log(_wave_efficiency(df, self.compute_units)))
         for column, values in self.categories.items():
-            got = df[column].astype(str).to_numpy() if column in df.columns else np.full(len(df), "")
+            if column in df.columns:
+                got = df[column].astype(str).to_numpy()
+            else:  # a prediction without a kernel named: the one a serving framework would run
+                graph = df["cuda_graph"].to_numpy(dtype=bool) if "cuda_graph" in df.columns else np.zeros(len(df), bool)
+                got = np.where(graph, serving_kernel(values, graph=True), serving_kernel(values, graph=False))
             for value in values[1:]:  # the first value is the baseline
                 hit = (got == value).astype(float)
                 cols.extend((hit, hit * np.log1p(FLOOR_US[1] / roof)))
@@ -136,13 +167,10 @@ class Form:
                 for d, c, s, lo, hi in zip(self.dims, self.center, self.scale, self.lo, self.hi, strict=True)
             ]
             size, config = z[: self.n_size], z[self.n_size :]
-            poly = [
-                np.prod([size[i] for i in combo], axis=0)
-                for deg in range(1, self.degree + 1)
-                for combo in itertools.combinations_with_replacement(range(len(size)), deg)
-            ]
+            monomials = self.monomials()
+            poly = [np.prod([size[i] for i in combo], axis=0) for combo in monomials]
             cols.extend(poly)
-            low = poly[: _n_low(len(size), min(self.degree, CONFIG_INTERACTION_DEGREE))]
+            low = [p for p, combo in zip(poly, monomials, strict=True) if len(combo) <= CONFIG_INTERACTION_DEGREE]
             for c in config:
                 cols.append(c)
                 cols.extend(c * p for p in low)
@@ -153,19 +181,9 @@ class Form:
         base += sum(2 * (len(v) - 1) for v in self.categories.values())
         if not self.degree:
             return base
-        k, c = self.n_size, len(self.dims) - self.n_size
-        poly = sum(_n_monomials(k, d) for d in range(1, self.degree + 1))
-        return base + poly + c * (1 + _n_low(k, min(self.degree, CONFIG_INTERACTION_DEGREE)))
-
-
-def _n_low(k: int, degree: int) -> int:
-    return sum(_n_monomials(k, d) for d in range(1, degree + 1))
-
-
-def _n_monomials(k: int, degree: int) -> int:
-    from math import comb
-
-    return comb(k + degree - 1, degree)
+        monomials = self.monomials()
+        low = sum(len(combo) <= CONFIG_INTERACTION_DEGREE for combo in monomials)
+        return base + len(monomials) + (len(self.dims) - self.n_size) * (1 + low)
 
 
 def _log_dim(df: pd.DataFrame, dim: str) -> np.ndarray:
@@ -208,6 +226,7 @@ def make_form(family: str, df: pd.DataFrame, degree: int, device: Device) -> For
         hi=[float(v.max()) for v in z],
         compute_units=device.compute_units if device.kind == "gpu" else 0,
         categories=categories,
+        max_power=[int(df[d].nunique(dropna=True)) - 1 for d in size],
     )
 
 

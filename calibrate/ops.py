@@ -29,6 +29,9 @@ class Batch:
         return len(self.prefill) + len(self.decode)
 
 
+ACTIVATION_DTYPES = ("bfloat16", "float16", "float32")
+
+
 @dataclass(frozen=True)
 class Parallelism:
     tp: int = 1
@@ -50,8 +53,12 @@ def layer_ops(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism()
     d = model.head_dim
     rows: list[dict] = []
 
-    def add(name: str, family: str, count: float = layers, **shape) -> None:
-        rows.append({"name": name, "op_family": family, "count": count, "dtype": par.dtype, **shape})
+    # quantized dtypes (fp8, int8, fp4, ...) apply to the weight GEMMs and attention; norms, activations,
+    # collectives and the LM head run on 16-bit activations, as vLLM / TRT-LLM / SGLang quantized checkpoints do
+    act = par.dtype if par.dtype in ACTIVATION_DTYPES else "bfloat16"
+
+    def add(name: str, family: str, count: float = layers, dtype: str = par.dtype, **shape) -> None:
+        rows.append({"name": name, "op_family": family, "count": count, "dtype": dtype, **shape})
 
     if T == 0:
         return pd.DataFrame(rows)
@@ -93,15 +100,15 @@ def layer_ops(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism()
     else:
         add("mlp_up", "gemm", m=T, n=up, k=model.hidden)
         add("mlp_down", "gemm", m=T, n=model.hidden, k=model.ffn // tp)
-    add("norms", "norm", count=2 * layers, m=T, n=model.hidden)
-    add("activation", "elementwise", m=T, n=model.ffn // tp)
+    add("norms", "norm", count=2 * layers, dtype=act, m=T, n=model.hidden)
+    add("activation", "elementwise", dtype=act, m=T, n=model.ffn // tp)
     if tp > 1:
-        add("tp_all_reduce", "all_reduce", count=2 * layers, message_bytes=T * model.hidden * 2, num_gpus=tp)
+        add("tp_all_reduce", "all_reduce", count=2 * layers, dtype=act, message_bytes=T * model.hidden * 2, num_gpus=tp)
     if par.pp > 1:
-        add("pp_send_recv", "send_recv", count=1, message_bytes=T * model.hidden * 2, num_gpus=2)
+        add("pp_send_recv", "send_recv", count=1, dtype=act, message_bytes=T * model.hidden * 2, num_gpus=2)
     if model.kind == "decoder":
         logits = batch.sequences  # one next-token distribution per sequence
-        add("lm_head", "gemm", count=1, m=logits, n=model.vocab // tp, k=model.hidden)
+        add("lm_head", "gemm", count=1, dtype=act, m=logits, n=model.vocab // tp, k=model.hidden)
     return pd.DataFrame(rows)
 
 

@@ -347,15 +347,27 @@ app.add_typer(validate_app, name="validate")
 def validate_silicon(
     path: Annotated[Path, typer.Argument(help="A silicon CSV (AIConfigurator layout).", exists=True, dir_okay=False)],
     fmt: Annotated[str, typer.Option("--format", help="markdown or json.")] = "markdown",
-    limit: Annotated[int | None, typer.Option(help="Simulate at most this many rows.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Simulate at most this many rows (calibrates nothing).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write rows.csv, not_expressed.csv, summary.json and a PNG here.")
+    ] = None,
+    metrics: Annotated[Path | None, typer.Option(help="Write the summary JSON here (a DVC metrics file).")] = None,
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Predicted vs measured TTFT / TPOT of every dense, aggregated-serving row; the rest listed with reasons.
-    JSON rows carry id, model, device, tp, isl, osl, concurrency, measured/predicted ttft and tpot (ms)."""
-    from ..replay.validate import validate
+    Calibrates each (device, framework)'s per-iteration overhead on half the rows and reports the other half.
+    JSON rows carry id, model, device, tp, isl, osl, concurrency, measured/predicted/roofline ttft and tpot (ms),
+    held_out and step_overhead_us; the summary the held-out median / p90 absolute percentage errors."""
+    from ..replay.validate import validate, write_report
 
     with _errors():
         result = validate(path, warehouse or default_location(), limit)
+    if out is not None:
+        for p in write_report(result, out):
+            log.info("wrote %s", p)
+    if metrics is not None:
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        metrics.write_text(json.dumps(result["summary"], indent=1) + "\n")
     if fmt == "json":
         sys.stdout.write(json.dumps(result, indent=1, default=str) + "\n")
         return

@@ -72,10 +72,12 @@ class DecodeCohort:
         return min(steps, limit)
 
     # ---- membership ----------------------------------------------------------------------------------
-    def advance(self, steps: int) -> int:
-        """Run `steps` decode iterations; returns the blocks they allocated (the caller takes them from the
-        free pool, having checked they fit)."""
-        need = self.blocks_needed(steps)
+    def advance(self, steps: int, need: int | None = None) -> int:
+        """Run `steps` decode iterations; returns the blocks they allocated (`need`, when the caller has
+        computed blocks_needed(steps) already). The caller takes them from the free pool, having checked they
+        fit."""
+        if need is None:
+            need = self.blocks_needed(steps)
         self.blocks += need
         self.step += steps
         return need

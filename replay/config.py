@@ -40,7 +40,12 @@ class Pool(BaseModel):
     kv_cache_dtype: str | None = None
     framework: str | None = None
     max_model_len: PositiveInt = 32768
-    step_overhead_us: float = Field(250.0, ge=0)  # scheduler + launch gap per iteration (CPU side)
+    # scheduler + launch gap per iteration (CPU side); None: calibrated for the device and framework (see
+    # replay/validate.py), else 250 us
+    step_overhead_us: float | None = Field(None, ge=0)
+    # iterations of up to this many tokens run as CUDA graphs (vLLM's default capture size; 0: always eager):
+    # their kernels are priced with the graph-captured variant where one was measured (collectives)
+    cuda_graph_max_tokens: int = Field(512, ge=0)
     batching: Batching = Batching()
     memory: Memory = Memory()
 
@@ -59,8 +64,10 @@ class Source(BaseModel):
     requests: PositiveInt = 1000
     input_tokens: PositiveInt = 1024
     output_tokens: PositiveInt = 128
-    # closed loop: `concurrency` clients, each sending its next request when the last one completes
+    # closed loop: `concurrency` clients, each sending its next request when the last one completes; client i
+    # starts at i * ramp_up_s / concurrency (0: all at once)
     concurrency: PositiveInt = 1
+    ramp_up_s: float = Field(0.0, ge=0)
 
 
 class Slo(BaseModel):

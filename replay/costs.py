@@ -5,7 +5,8 @@ A batch's forward pass decomposes (calibrate.ops.layer_ops) into parts that depe
 - the LM head: the number of sequences S;
 - decode attention: the decode count B and their mean KV length L;
 - prefill attention: each chunk's new tokens q and cached tokens p.
-Each part is priced once on a log-spaced grid with the device's CostModel (every op carrying its tier) and
+Each part is priced once on a log-spaced grid with the device's CostModel (every op carrying its tier; batches
+small enough to be CUDA-graph captured priced with graph-captured kernels where those were measured) and
 interpolated in log-log space afterwards, so one iteration costs a few numpy lookups instead of a model call."""
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class IterationCost:
     max_seqs: int
     max_len: int
     step_overhead_us: float
+    cuda_graph_max_tokens: int = 0
     tiers: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -64,7 +66,7 @@ class IterationCost:
         for i, x in enumerate(grid):
             ops = layer_ops(self.model, batch_of(x), self.par)
             ops = ops[ops["name"].isin(only)] if only else ops[~ops["name"].isin(exclude)]
-            frames.append(ops.assign(point=i))
+            frames.append(ops.assign(point=i, cuda_graph=x <= self.cuda_graph_max_tokens))
         ops = pd.concat(frames, ignore_index=True)
         pred = self._predict(ops)
         return np.log(np.bincount(ops["point"], weights=pred["latency_us"] * ops["count"], minlength=len(grid)))
@@ -77,7 +79,8 @@ class IterationCost:
         ops = pd.DataFrame([row] * len(a)).reset_index(drop=True)
         if name == "attention_decode":
             ops["batch_size"], ops["kv_len"] = a, b.astype(float)
-        else:  # chunk of a new tokens after b - 1 cached ones
+            ops["cuda_graph"] = a <= self.cuda_graph_max_tokens
+        else:  # chunk of a new tokens after b - 1 cached ones (prefill runs eagerly)
             ops["batch_size"], ops["seq_len"], ops["kv_len"] = 1, a, a + b - 1
         pred = self._predict(ops)
         total = (pred["latency_us"] * ops["count"]).to_numpy()

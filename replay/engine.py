@@ -264,10 +264,12 @@ class Simulation:
         rest."""
         cohort = rep.cohort
         extra = cohort.steps_to_finish()
-        if extra and not rep.kv.ensure(cohort.blocks_needed(extra)):  # the prefix cache gave back what it could
-            extra = cohort.steps_within(rep.kv.free, extra)
         if extra:
-            rep.kv.take(cohort.advance(extra))
+            need = cohort.blocks_needed(extra)
+            if not rep.kv.ensure(need):  # the prefix cache gave back what it could
+                extra = cohort.steps_within(rep.kv.free, extra)
+                need = cohort.blocks_needed(extra)
+            rep.kv.take(cohort.advance(extra, need))
         return now + np.cumsum(rep.cost.decode_steps_us(plan.decodes, plan.decode_kv_sum, 1 + extra) / 1e6)
 
     def _finish(self, rep: Replica, plan: BatchPlan, now: float, arrivals: list) -> None:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from .engine import Replica, Req
 
 
-@dataclass
+@dataclass(slots=True)
 class BatchPlan:
     prefills: list = field(default_factory=list)  # (request, new tokens this iteration)
     decodes: int = 0  # decoding sequences in the iteration: the replica's whole decode cohort, or none
@@ -57,11 +57,13 @@ class BatchingPolicy:
     def _decodes(rep: Replica, plan: BatchPlan) -> None:
         """Every decoding sequence gets one token; the blocks that takes are reserved now."""
         cohort = rep.cohort
-        while cohort and not rep.kv.ensure(cohort.blocks_needed(1)):
+        while cohort:
+            need = cohort.blocks_needed(1)
+            if rep.kv.ensure(need):
+                plan.decodes, plan.decode_kv_sum = len(cohort), float(cohort.context_sum)
+                rep.kv.take(cohort.advance(1, need))
+                return
             rep.preempt_newest(plan)
-        if cohort:
-            plan.decodes, plan.decode_kv_sum = len(cohort), float(cohort.context_sum)
-            rep.kv.take(cohort.advance(1))
 
     def _resume_or_prefill(self, rep: Replica, plan: BatchPlan, budget: int, chunked: bool) -> int:
         """Swapped-out sequences come back first; new prefills are admitted only once none is left."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..calibrate.artifacts import models_path
+from ..calibrate.artifacts import MODELS_DIR, models_path
 from ..calibrate.catalog import device as catalog_device
 from ..calibrate.catalog import model as catalog_model
 from ..calibrate.model import CostModel
@@ -23,6 +24,21 @@ from .policies import BATCHING, ROUTERS
 
 log = logging.getLogger(__name__)
 
+OVERHEADS_FILE = "step_overheads.json"  # under <warehouse>/models, written by validate: {device: {framework: ...}}
+DEFAULT_STEP_OVERHEAD_US = 250.0
+
+
+def step_overhead_us(pool: Pool, warehouse_root: Path) -> float:
+    """The pool's per-iteration CPU overhead: its own setting, else the one calibrated for its device and
+    framework against measured serving runs (`hermes-sim validate silicon`), else a default."""
+    if pool.step_overhead_us is not None:
+        return pool.step_overhead_us
+    path = Path(warehouse_root) / MODELS_DIR / OVERHEADS_FILE
+    fitted = json.loads(path.read_text()).get(pool.device, {}) if path.exists() else {}
+    if pool.framework in fitted:
+        return fitted[pool.framework]["step_overhead_us"]
+    return DEFAULT_STEP_OVERHEAD_US
+
 
 _COSTS: dict[tuple, IterationCost] = {}
 
@@ -34,6 +50,7 @@ def _iteration_cost(pool: Pool, warehouse_root: Path) -> IterationCost:
         pool.model_dump_json(exclude={"replicas", "name", "memory"}),
         str(Path(warehouse_root).resolve()),
         artifact.stat().st_mtime_ns if artifact.exists() else 0,
+        step_overhead_us(pool, warehouse_root),
     )
     if key not in _COSTS:
         _COSTS[key] = _build_cost(pool, warehouse_root)
@@ -68,8 +85,22 @@ def _build_cost(pool: Pool, warehouse_root: Path) -> IterationCost:
         max_tokens=max(pool.batching.max_batched_tokens, pool.max_model_len),
         max_seqs=pool.batching.max_num_seqs,
         max_len=pool.max_model_len,
-        step_overhead_us=pool.step_overhead_us,
+        step_overhead_us=step_overhead_us(pool, warehouse_root),
+        cuda_graph_max_tokens=pool.cuda_graph_max_tokens,
     )
+
+
+_LOGS: dict[tuple, pd.DataFrame] = {}
+
+
+def _log_frame(warehouse_root: Path, sql: str, params: tuple) -> pd.DataFrame:
+    """A log's rows, read once per process while the warehouse catalog is unchanged (sweep points share it)."""
+    catalog = warehouse_root / "catalog.duckdb"
+    key = (str(warehouse_root.resolve()), catalog.stat().st_mtime_ns if catalog.exists() else 0, sql, params)
+    if key not in _LOGS:
+        with Warehouse(warehouse_root, read_only=True) as wh:
+            _LOGS[key] = wh.arrow(sql, list(params)).to_pandas()
+    return _LOGS[key]
 
 
 def log_requests(scenario: Scenario, warehouse_root: Path) -> list[Req]:
@@ -89,14 +120,13 @@ def log_requests(scenario: Scenario, warehouse_root: Path) -> list[Req]:
         if missing:
             with Warehouse(warehouse_root) as wh:
                 ingest(wh, [path], progress=False)
-    with Warehouse(warehouse_root, read_only=True) as wh:
-        sql = (
-            "SELECT arrival_s, input_tokens, output_tokens, session_id, prefix_block_hashes FROM requests "
-            f"WHERE {where} ORDER BY arrival_s, source_id, request_id"
-        )
-        if src.limit:
-            sql += f" LIMIT {int(src.limit)}"
-        df = wh.arrow(sql, params).to_pandas()
+    sql = (
+        "SELECT arrival_s, input_tokens, output_tokens, session_id, prefix_block_hashes FROM requests "
+        f"WHERE {where} ORDER BY arrival_s, source_id, request_id"
+    )
+    if src.limit:
+        sql += f" LIMIT {int(src.limit)}"
+    df = _log_frame(Path(warehouse_root), sql, tuple(params))
     if df.empty:
         known = 'hermes-sim warehouse sql "SELECT DISTINCT log_name FROM requests"'
         raise ValueError(f"no requests for log {src.log!r} (see {known})")
@@ -148,7 +178,8 @@ def simulate(scenario: Scenario, warehouse_root: Path, skip_ahead: bool = True, 
             i = next(counter)
             return Req(i, now, src.input_tokens, src.output_tokens, client=done.client) if i < src.requests else None
 
-        requests = [Req(i, 0.0, src.input_tokens, src.output_tokens, client=i) for i in range(src.concurrency)]
+        gap = src.ramp_up_s / src.concurrency
+        requests = [Req(i, i * gap, src.input_tokens, src.output_tokens, client=i) for i in range(src.concurrency)]
     else:
         requests = open_loop_requests(scenario, warehouse_root)
     sim = Simulation(replicas, router, closed_loop, skip_ahead, audit)

@@ -219,7 +219,9 @@ def test_validate_silicon_lists_what_it_cannot_express(wh: Path, tmp_path: Path)
         "predicted_tpot_ms",
     ):
         assert key in first
-    assert first["predicted_tpot_ms"] > 0
+    assert first["predicted_tpot_ms"] > 0 and first["roofline_tpot_ms"] > 0
+    assert {"held_out", "held_out_roofline", "step_overheads"} <= set(result["summary"])
+    assert not (wh / "models/step_overheads.json").exists()  # a partial (--limit) run calibrates nothing
     reasons = {r["reason"] for r in result["not_expressed"]}
     assert any("disaggregated" in r for r in reasons) and any(
         "MoE" in r or "not in the model catalog" in r for r in reasons
@@ -317,3 +319,18 @@ def test_prefix_aware_routing_finds_the_warm_replica(wh: Path, tmp_path: Path):
 
     assert hits("round_robin") == (40 - 4) * 2048
     assert hits("prefix_aware") == (40 - 2) * 2048
+
+
+def test_step_overhead_comes_from_the_calibrated_file_unless_the_pool_sets_one(wh: Path, tmp_path: Path):
+    from hermes_sim.replay.run import DEFAULT_STEP_OVERHEAD_US, step_overhead_us
+
+    root = tmp_path / "wh"
+    shutil.copytree(wh, root)
+    pool = scenario().pools[0].model_copy(update={"framework": "vllm"})
+    assert step_overhead_us(pool, root) == DEFAULT_STEP_OVERHEAD_US
+    (root / "models/step_overheads.json").write_text(json.dumps({"h100_sxm": {"vllm": {"step_overhead_us": 1500.0}}}))
+    assert step_overhead_us(pool, root) == 1500.0
+    assert step_overhead_us(pool.model_copy(update={"step_overhead_us": 10.0}), root) == 10.0
+    sc = scenario(**{"pools.framework": "vllm"})
+    slow, fast = simulate(sc, root)["summary"], simulate(sc, wh)["summary"]
+    assert slow["tpot_ms"]["p50"] > fast["tpot_ms"]["p50"] + 1.0  # 1.5 ms vs 0.25 ms per iteration
