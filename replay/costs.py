@@ -109,14 +109,17 @@ class IterationCost:
     def iteration_us(self, prefill: list[tuple[int, int]], decode_count: int, decode_kv_sum: float) -> float:
         """One iteration. The same interpolation as the vectorized path, in plain Python: on scalars that is
         several times faster than numpy, and this runs once per simulated iteration."""
-        tokens = sum(q for q, _ in prefill) + decode_count
+        t, tokens, ll, rows = 0.0, decode_count, self._ll, self._rows
+        for q, p in prefill:
+            tokens += q
+            row = rows.get(("prefill", q)) or self._row("prefill", q)
+            t += _along(ll, row[1], p + 1)
         if tokens == 0:
             return 0.0
-        t = _lookup(self._dense_table, tokens) + _lookup(self._head_table, len(prefill) + decode_count)
+        t += _lookup(self._dense_table, tokens) + _lookup(self._head_table, len(prefill) + decode_count)
         if decode_count:
-            t += _along(self._ll, self._row("decode", decode_count)[1], decode_kv_sum / decode_count)
-        for q, p in prefill:
-            t += _along(self._ll, self._row("prefill", q)[1], p + 1)
+            row = rows.get(("decode", decode_count)) or self._row("decode", decode_count)
+            t += _along(ll, row[1], decode_kv_sum / decode_count)
         return t + self.step_overhead_us
 
     @cached_property
@@ -168,6 +171,8 @@ def _lookup(table: list[float], n: int) -> float:
 
 
 def _along(grid: list[float], logv: list[float], x: float) -> float:
-    """A row of a 2-D part at x (log-log interpolation, clamped at the ends)."""
-    i, w = _locate(grid, math.log(max(x, 1)))
+    """A row of a 2-D part at x (log-log interpolation, clamped at the ends; _locate inlined: hot path)."""
+    lx = math.log(x) if x > 1 else 0.0
+    i = min(max(bisect_left(grid, lx) - 1, 0), len(grid) - 2)
+    w = min(max((lx - grid[i]) / (grid[i + 1] - grid[i]), 0.0), 1.0)
     return math.exp(logv[i] * (1 - w) + logv[i + 1] * w)

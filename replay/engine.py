@@ -112,7 +112,10 @@ class Replica:
         return len(self.waiting) + len(self.running) + len(self.swapped)
 
     def held_blocks(self) -> int:
-        return sum(r.blocks for r in self.prefilling) + self.cohort.blocks + (self.prefix.held if self.prefix else 0)
+        held = self.cohort.blocks + (self.prefix.held if self.prefix is not None else 0)
+        for r in self.prefilling:
+            held += r.blocks
+        return held
 
     # ---- preemption ----------------------------------------------------------------------------------
     def preempt_newest(self, plan: BatchPlan) -> None:
@@ -128,6 +131,7 @@ class Replica:
         else:
             self.prefilling.remove(victim)
             plan.prefills = [(r, q) for r, q in plan.prefills if r is not victim]
+            plan.prefill_tokens = sum(q for _, q in plan.prefills)
             if victim in plan.admitted:
                 plan.admitted.remove(victim)
         self.kv.release(victim.blocks)
@@ -201,9 +205,17 @@ class Simulation:
                 if event != rep.event:
                     continue
                 self._advance(now)
-                if plan is not None:
-                    self._finish(rep, plan, now, arrivals)
-                self._start(rep, now, ends)
+                while True:  # iterate this replica locally while its next boundary comes before any other event
+                    if plan is not None:
+                        self._finish(rep, plan, now, arrivals)
+                    plan = self._start(rep, now)
+                    if plan is None:
+                        break
+                    if (arrivals and arrivals[0][0] <= plan.end) or (ends and ends[0][0] <= plan.end):
+                        self._schedule(rep, plan.end, plan, ends)
+                        break
+                    now = plan.end
+                    self._advance(now)
 
     @staticmethod
     def _schedule(rep: Replica, at: float, plan: BatchPlan | None, ends: list) -> None:
@@ -218,9 +230,9 @@ class Simulation:
         if keep >= plan.steps:
             return
         rep.kv.release(rep.cohort.retreat(plan.steps - keep))
-        plan.steps, plan.ends = keep, plan.ends[:keep]
-        plan.duration = float(plan.ends[-1]) - plan.start
-        self._schedule(rep, float(plan.ends[-1]), plan, ends)
+        plan.steps, plan.ends, plan.end = keep, plan.ends[:keep], float(plan.ends[keep - 1])
+        plan.duration = plan.end - plan.start
+        self._schedule(rep, plan.end, plan, ends)
 
     def _advance(self, now: float) -> None:
         assert now >= self.clock - 1e-9, f"clock went back from {self.clock} to {now}"
@@ -238,12 +250,13 @@ class Simulation:
         return False
 
     # ---- iterations ---------------------------------------------------------------------------------
-    def _start(self, rep: Replica, now: float, ends: list) -> None:
+    def _start(self, rep: Replica, now: float) -> BatchPlan | None:
+        """Plan the replica's next iteration (or decode run) from `now`; None when it has nothing to do."""
         plan = rep.policy.plan(rep)
         if plan.empty:
             rep.busy = False
             rep.plan = None
-            return
+            return None
         for req in plan.admitted:
             req.admitted = now
         rep.busy = True
@@ -254,8 +267,9 @@ class Simulation:
         else:
             us = rep.cost.iteration_us(plan.prefill_shape(), plan.decodes, plan.decode_kv_sum) + plan.transfer_us
             end = now + us / 1e6
-        plan.duration = end - now
-        self._schedule(rep, end, plan, ends)
+        plan.end, plan.duration = end, end - now
+        rep.plan = plan
+        return plan
 
     @staticmethod
     def _decode_run(rep: Replica, plan: BatchPlan, now: float) -> np.ndarray:

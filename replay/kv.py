@@ -63,14 +63,17 @@ class BlockManager:
             raise MemoryError("out of KV blocks")
         self.free -= blocks
 
-    def grow(self, held: int, tokens: int) -> int:
-        """Blocks now held by a sequence of `tokens` tokens (allocating the difference)."""
-        need = self.blocks_for(tokens) - held
-        self._make_room(need)
+    def try_grow(self, held: int, tokens: int) -> int:
+        """Blocks held after growing a sequence to `tokens` tokens, or -1 (nothing taken) if they do not fit."""
+        need = -(-tokens // self.block_tokens) - held
         if need > self.free:
-            raise MemoryError("out of KV blocks")
-        self.free -= max(need, 0)
-        return held + max(need, 0)
+            self._make_room(need)
+            if need > self.free:
+                return -1
+        if need > 0:
+            self.free -= need
+            return held + need
+        return held
 
     def release(self, held: int) -> None:
         self.free += held

@@ -16,13 +16,15 @@ if TYPE_CHECKING:
 @dataclass(slots=True)
 class BatchPlan:
     prefills: list = field(default_factory=list)  # (request, new tokens this iteration)
+    prefill_tokens: int = 0
     decodes: int = 0  # decoding sequences in the iteration: the replica's whole decode cohort, or none
     decode_kv_sum: float = 0.0  # their total context at the first iteration
     admitted: list = field(default_factory=list)
     transfer_us: float = 0.0  # KV swap traffic over the host link, charged to this iteration
     steps: int = 1  # iterations this plan runs (more than one for a skipped-ahead decode run)
     start: float = 0.0  # seconds
-    duration: float = 0.0  # seconds
+    end: float = 0.0
+    duration: float = 0.0
     ends: np.ndarray | None = None  # end time of each iteration of a decode run
 
     @property
@@ -34,7 +36,7 @@ class BatchPlan:
         return not self.prefills and bool(self.decodes) and not self.transfer_us
 
     def tokens(self) -> int:
-        return sum(q for _, q in self.prefills) + self.decodes * self.steps
+        return self.prefill_tokens + self.decodes * self.steps
 
     def prefill_shape(self) -> list[tuple[int, int]]:
         return [(q, r.prefilled) for r, q in self.prefills]
@@ -100,11 +102,14 @@ class BatchingPolicy:
         left = req.target - req.prefilled
         q = min(left, budget) if chunked else left
         alone = not plan.prefills and not plan.decodes
-        own = req.prefilled + q - req.cached
-        if q <= 0 or (q > budget and not alone) or not rep.kv.can_grow(req.blocks, own):
+        if q <= 0 or (q > budget and not alone):
             return budget
-        req.blocks = rep.kv.grow(req.blocks, own)
+        blocks = rep.kv.try_grow(req.blocks, req.prefilled + q - req.cached)
+        if blocks < 0:
+            return budget
+        req.blocks = blocks
         plan.prefills.append((req, q))
+        plan.prefill_tokens += q
         return max(budget - q, 0)
 
 
