@@ -323,7 +323,7 @@ def replay(
             with dask_client(workers, scheduler) as client:
                 result = simulate_partitioned(scenario, root, client)
         else:
-            result = simulate(scenario, root)
+            result = simulate(scenario, root, progress=True)
     if out_dir:
         from ..replay.outputs import write
 
@@ -361,7 +361,7 @@ def validate_silicon(
     from ..replay.validate import validate, write_report
 
     with _errors():
-        result = validate(path, warehouse or default_location(), limit)
+        result = validate(path, warehouse or default_location(), limit, progress=True)
     if out is not None:
         for p in write_report(result, out):
             log.info("wrote %s", p)

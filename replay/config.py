@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 
 class Batching(BaseModel):
@@ -62,12 +62,22 @@ class Source(BaseModel):
     arrival: Literal["poisson", "gamma"] = "poisson"
     cv: PositiveFloat = 1.0
     requests: PositiveInt = 1000
-    input_tokens: PositiveInt = 1024
+    input_tokens: PositiveInt = 1024  # fixed lengths, or the means of lognormal ones
     output_tokens: PositiveInt = 128
+    # fixed; lognormal (mean input/output_tokens, coefficient of variation length_cv); or log: (input, output)
+    # pairs drawn with replacement from the rows of `log`, so real length mixes meet chosen arrival processes
+    lengths: Literal["fixed", "lognormal", "log"] = "fixed"
+    length_cv: PositiveFloat = 1.0
     # closed loop: `concurrency` clients, each sending its next request when the last one completes; client i
     # starts at i * ramp_up_s / concurrency (0: all at once)
     concurrency: PositiveInt = 1
     ramp_up_s: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _log_named(self) -> Source:
+        if self.kind == "synthetic" and self.lengths == "log" and not self.log:
+            raise ValueError("lengths: log needs `log`: a request-log file or a log name to draw lengths from")
+        return self
 
 
 class Slo(BaseModel):

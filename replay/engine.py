@@ -180,12 +180,17 @@ class Simulation:
         self.clock = 0.0
 
     # ---- the loop -----------------------------------------------------------------------------------
-    def run(self, requests: list[Req]) -> None:
+    def run(self, requests: list[Req], on_progress=None) -> None:
+        """Serve `requests` to the end; on_progress(requests finished) is called now and then."""
         arrivals = [(r.arrival, r.id, r) for r in requests]
         heapq.heapify(arrivals)
         ends: list = []  # (time, replica index, event serial, plan or None for a wake-up)
         replicas, route = self.replicas, self.router.route
+        events = 0
         while arrivals or ends:
+            events += 1
+            if on_progress is not None and events % 8192 == 0:
+                on_progress(len(self.done) + len(self.rejected))
             if arrivals and (not ends or arrivals[0][0] <= ends[0][0]):
                 now, _, req = heapq.heappop(arrivals)
                 self._advance(now)
@@ -216,6 +221,8 @@ class Simulation:
                         break
                     now = plan.end
                     self._advance(now)
+        if on_progress is not None:
+            on_progress(len(self.done) + len(self.rejected))
 
     @staticmethod
     def _schedule(rep: Replica, at: float, plan: BatchPlan | None, ends: list) -> None:

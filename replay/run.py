@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
+from rich.progress import Progress
 
 from ..calibrate.artifacts import MODELS_DIR, models_path
 from ..calibrate.catalog import device as catalog_device
@@ -142,7 +144,9 @@ def log_requests(scenario: Scenario, warehouse_root: Path) -> list[Req]:
     ]
 
 
-def synthetic_requests(scenario: Scenario) -> list[Req]:
+def synthetic_requests(scenario: Scenario, warehouse_root: Path) -> list[Req]:
+    """A seeded arrival process (Poisson, or Gamma with coefficient of variation cv) with fixed, lognormal or
+    log-drawn lengths."""
     src = scenario.source
     rng = np.random.default_rng(scenario.seed)
     mean = 1.0 / (src.rate_per_s * src.rate_scale)
@@ -152,18 +156,34 @@ def synthetic_requests(scenario: Scenario) -> list[Req]:
     else:
         gaps = rng.exponential(mean, src.requests)
     t = np.cumsum(gaps) - gaps[0]
-    return [Req(i, float(a), src.input_tokens, src.output_tokens) for i, a in enumerate(t)]
+    n = src.requests
+    if src.lengths == "lognormal":
+        sigma = np.sqrt(np.log1p(src.length_cv**2))
+        prompt = rng.lognormal(np.log(src.input_tokens) - sigma**2 / 2, sigma, n)
+        output = rng.lognormal(np.log(src.output_tokens) - sigma**2 / 2, sigma, n)
+    elif src.lengths == "log":
+        logged = log_requests(scenario, warehouse_root)
+        pick = rng.integers(0, len(logged), n)
+        prompt = np.array([logged[i].prompt for i in pick])
+        output = np.array([logged[i].output for i in pick])
+    else:
+        prompt, output = np.full(n, src.input_tokens), np.full(n, src.output_tokens)
+    prompt, output = np.maximum(np.round(prompt), 1).astype(int), np.maximum(np.round(output), 1).astype(int)
+    return [Req(i, float(a), int(p), int(o)) for i, (a, p, o) in enumerate(zip(t, prompt, output, strict=True))]
 
 
 def open_loop_requests(scenario: Scenario, warehouse_root: Path) -> list[Req]:
     """The requests of a source whose arrivals do not depend on completions (a log or a synthetic process)."""
     if scenario.source.kind == "synthetic":
-        return synthetic_requests(scenario)
+        return synthetic_requests(scenario, warehouse_root)
     return log_requests(scenario, warehouse_root)
 
 
-def simulate(scenario: Scenario, warehouse_root: Path, skip_ahead: bool = True, audit: bool = False) -> dict:
-    """Run one scenario; returns {"requests": DataFrame, "timeline": DataFrame, "summary": dict}."""
+def simulate(
+    scenario: Scenario, warehouse_root: Path, skip_ahead: bool = True, audit: bool = False, progress: bool = False
+) -> dict:
+    """Run one scenario; returns {"requests": DataFrame, "timeline": DataFrame, "summary": dict}. With
+    progress, a bar on stderr counts finished requests."""
     if len(scenario.pools) != 1:
         raise ValueError("this engine serves one pool per scenario (multi-stage pipelines come later)")
     pool = scenario.pools[0]
@@ -183,7 +203,10 @@ def simulate(scenario: Scenario, warehouse_root: Path, skip_ahead: bool = True, 
     else:
         requests = open_loop_requests(scenario, warehouse_root)
     sim = Simulation(replicas, router, closed_loop, skip_ahead, audit)
-    sim.run(requests)
+    total = src.requests if src.kind == "closed_loop" else len(requests)
+    with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
+        task = bar.add_task("replay", total=total)
+        sim.run(requests, on_progress=lambda n: bar.update(task, completed=n))
     return collect(scenario, sim, replicas)
 
 

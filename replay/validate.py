@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
+from rich.progress import Progress
 
 from ..calibrate.artifacts import MODELS_DIR
 from ..calibrate.catalog import devices, models
@@ -155,7 +157,7 @@ def _errors(table: pd.DataFrame, prefix: str = "predicted") -> dict:
     return out
 
 
-def validate(path: Path, warehouse_root: Path, limit: int | None = None) -> dict:
+def validate(path: Path, warehouse_root: Path, limit: int | None = None, progress: bool = False) -> dict:
     df = pd.read_csv(path)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
@@ -170,8 +172,11 @@ def validate(path: Path, warehouse_root: Path, limit: int | None = None) -> dict
         else:
             expressible.append(row)
     rows = []
-    with tempfile.TemporaryDirectory() as empty:  # no cost models: every op at its roofline time
+    bar = Progress(console=Console(stderr=True), transient=True, disable=not progress)
+    task = bar.add_task("validate", total=2 * len(expressible))
+    with bar, tempfile.TemporaryDirectory() as empty:  # no cost models: every op at its roofline time
         for row in expressible:
+            bar.advance(task)
             bare = steady_state(row, warehouse_root, 0.0)
             roof = steady_state(row, Path(empty), 0.0)
             rows.append(
@@ -195,34 +200,38 @@ def validate(path: Path, warehouse_root: Path, limit: int | None = None) -> dict
                     "cost_tiers": bare["tiers"],
                 }
             )
-    table = pd.DataFrame(rows)
-    summary: dict = {"rows": len(rows), "not_expressed": len(skipped)}
-    if len(table):
-        overheads = fit_overheads(table)
-        for i, row in enumerate(expressible):
-            fw = overheads.get(row["system"], {}).get(_framework(row))
-            us = fw["step_overhead_us"] if fw else 0.0
-            pred = steady_state(row, warehouse_root, us)
-            rows[i].update(step_overhead_us=us, predicted_ttft_ms=pred["ttft_ms"], predicted_tpot_ms=pred["tpot_ms"])
         table = pd.DataFrame(rows)
-        held = table[table.held_out]
-        groups = [
-            {"model": m, "backend": b, "rows": len(g), **_errors(g)} for (m, b), g in held.groupby(["model", "backend"])
-        ]
-        summary.update(
-            {
-                "held_out_rows": len(held),
-                "held_out": _errors(held),
-                "held_out_roofline": _errors(held, "roofline"),
-                "held_out_by_model_and_backend": groups,
-                "all_rows": _errors(table),
-                "step_overheads": overheads,
-            }
-        )
-        if limit is None:
-            target = Path(warehouse_root) / MODELS_DIR / OVERHEADS_FILE
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(json.dumps(overheads, indent=1))
+        summary: dict = {"rows": len(rows), "not_expressed": len(skipped)}
+        if len(table):
+            overheads = fit_overheads(table)
+            for i, row in enumerate(expressible):
+                bar.advance(task)
+                fw = overheads.get(row["system"], {}).get(_framework(row))
+                us = fw["step_overhead_us"] if fw else 0.0
+                pred = steady_state(row, warehouse_root, us)
+                rows[i].update(
+                    step_overhead_us=us, predicted_ttft_ms=pred["ttft_ms"], predicted_tpot_ms=pred["tpot_ms"]
+                )
+            table = pd.DataFrame(rows)
+            held = table[table.held_out]
+            groups = [
+                {"model": m, "backend": b, "rows": len(g), **_errors(g)}
+                for (m, b), g in held.groupby(["model", "backend"])
+            ]
+            summary.update(
+                {
+                    "held_out_rows": len(held),
+                    "held_out": _errors(held),
+                    "held_out_roofline": _errors(held, "roofline"),
+                    "held_out_by_model_and_backend": groups,
+                    "all_rows": _errors(table),
+                    "step_overheads": overheads,
+                }
+            )
+            if limit is None:
+                target = Path(warehouse_root) / MODELS_DIR / OVERHEADS_FILE
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(json.dumps(overheads, indent=1))
     return {"rows": table.to_dict("records"), "not_expressed": skipped, "summary": summary}
 
 

@@ -334,3 +334,21 @@ def test_step_overhead_comes_from_the_calibrated_file_unless_the_pool_sets_one(w
     sc = scenario(**{"pools.framework": "vllm"})
     slow, fast = simulate(sc, root)["summary"], simulate(sc, wh)["summary"]
     assert slow["tpot_ms"]["p50"] > fast["tpot_ms"]["p50"] + 1.0  # 1.5 ms vs 0.25 ms per iteration
+
+
+def test_synthetic_lengths_fixed_lognormal_and_drawn_from_a_log(wh: Path):
+    sc = scenario()
+    sc.source.requests = 400
+    fixed = simulate(sc, wh)["requests"]
+    assert set(fixed.input_tokens) == {700}
+    sc.source.lengths, sc.source.length_cv = "lognormal", 0.8
+    logn = simulate(sc, wh)["requests"]
+    assert abs(logn.input_tokens.mean() / 700 - 1) < 0.15 and logn.input_tokens.std() / 700 > 0.5
+    sc.source.lengths = "log"
+    with pytest.raises(ValueError, match="needs `log`"):
+        Scenario.model_validate(sc.model_dump())
+    sc.source.log = str(SAMPLES / "requests/azure_llm_2023/AzureLLMInferenceTrace_conv.csv")
+    drawn = simulate(sc, wh)["requests"]
+    logged = pd.read_csv(sc.source.log)
+    assert set(drawn.input_tokens) <= set(logged.ContextTokens)
+    assert drawn.arrival_s.tolist() == fixed.arrival_s.tolist()  # same seeded arrival process
