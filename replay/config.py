@@ -17,6 +17,16 @@ class Batching(BaseModel):
     order: Literal["decode_first", "prefill_first"] = "decode_first"
 
 
+# How each serving framework batches in the measured deployments: SGLang runs prefill batches ahead of decodes
+# and does not mix them (mixed chunks are opt-in); TRT-LLM (chunked context on, as AIConfigurator's generated
+# configs set it) and vLLM V1 chunk prefills into decode batches, decodes first. All use a token budget of 8192.
+FRAMEWORK_BATCHING = {
+    "sglang": {"policy": "continuous", "order": "prefill_first", "max_batched_tokens": 8192},
+    "trtllm": {"policy": "chunked_prefill", "order": "decode_first", "max_batched_tokens": 8192},
+    "vllm": {"policy": "chunked_prefill", "order": "decode_first", "max_batched_tokens": 8192},
+}
+
+
 class Memory(BaseModel):
     model_config = ConfigDict(extra="forbid")
     block_tokens: PositiveInt = 16
@@ -43,6 +53,9 @@ class Pool(BaseModel):
     # scheduler + launch gap per iteration (CPU side); None: calibrated for the device and framework (see
     # replay/validate.py), else 250 us
     step_overhead_us: float | None = Field(None, ge=0)
+    # HTTP, tokenization and queueing in the serving frontend, between a request's arrival and its visibility to
+    # the router; None: calibrated like step_overhead_us, else 0
+    frontend_latency_us: float | None = Field(None, ge=0)
     # iterations of up to this many tokens run as CUDA graphs (vLLM's default capture size; 0: always eager):
     # their kernels are priced with the graph-captured variant where one was measured (collectives)
     cuda_graph_max_tokens: int = Field(512, ge=0)

@@ -9,14 +9,14 @@ Invariants (each has a test in tests/test_replay.py):
 4. TTFT >= queueing + the prefill iterations' time;
 5. simulated throughput never exceeds the hardware roofline bound.
 
-Each replica runs iterations back to back while it has work. An iteration's batch comes from the pool's
-batching policy; its duration from the calibrated iteration cost, plus any KV swap traffic over the host link.
-Arrivals are routed on arrival and join the replica's queue; they are considered at the replica's next iteration
-boundary, and an idle replica wakes once every arrival of that instant is queued (so simultaneous requests share
-the first batch). Decoding sequences live in a DecodeCohort (cohort.py), so a decode iteration costs O(1) per
-replica rather than O(batch). A run of decode-only iterations whose batch cannot change (up to the next
-completion, within the free KV) is one event, priced in one vectorized call; an arrival routed to that replica
-that could join the batch cuts the run at the first iteration boundary at or after it, which is where a
+Each replica runs iterations back to back while it has work. An iteration's batch comes from the pool's batching
+policy; its duration from the calibrated iteration cost, plus any KV swap traffic over the host link. Arrivals pass
+the frontend (a fixed latency: HTTP, tokenization), are routed and join the replica's queue; they are considered at
+the replica's next iteration boundary, and an idle replica wakes once every arrival of that instant is queued (so
+simultaneous requests share the first batch). Decoding sequences live in a DecodeCohort (cohort.py), so a decode
+iteration costs O(1) per replica rather than O(batch). A run of decode-only iterations whose batch cannot change (up
+to the next completion, within the free KV) is one event, priced in one vectorized call; an arrival routed to that
+replica that could join the batch cuts the run at the first iteration boundary at or after it, which is where a
 step-by-step loop would have considered it."""
 
 from __future__ import annotations
@@ -169,12 +169,14 @@ class Simulation:
         closed_loop=None,
         skip_ahead: bool = True,
         audit: bool = False,
+        frontend_s: float = 0.0,
     ):
         self.replicas = replicas
         self.skip_ahead = skip_ahead
         self.audit = audit  # recheck the cohort and KV member by member at every boundary (tests)
         self.router = router
         self.closed_loop = closed_loop  # callable(completed Req, now) -> next Req or None
+        self.frontend_s = frontend_s  # from a request's arrival to its routing (HTTP, tokenization)
         self.done: list[Req] = []
         self.rejected: list[Req] = []
         self.clock = 0.0
@@ -182,7 +184,7 @@ class Simulation:
     # ---- the loop -----------------------------------------------------------------------------------
     def run(self, requests: list[Req], on_progress=None) -> None:
         """Serve `requests` to the end; on_progress(requests finished) is called now and then."""
-        arrivals = [(r.arrival, r.id, r) for r in requests]
+        arrivals = [(r.arrival + self.frontend_s, r.id, r) for r in requests]
         heapq.heapify(arrivals)
         ends: list = []  # (time, replica index, event serial, plan or None for a wake-up)
         replicas, route = self.replicas, self.router.route
@@ -327,4 +329,4 @@ class Simulation:
         if self.closed_loop is not None:
             nxt = self.closed_loop(req, now)
             if nxt is not None:
-                heapq.heappush(arrivals, (nxt.arrival, nxt.id, nxt))
+                heapq.heappush(arrivals, (nxt.arrival + self.frontend_s, nxt.id, nxt))

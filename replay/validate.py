@@ -7,12 +7,16 @@ reason, never dropped silently.
 How a row is measured: every client starts at once and sends ROUNDS requests back to back; the first round
 (the cold burst) is a warm-up and is left out of the means, as benchmark harnesses do.
 
-The per-iteration CPU overhead (scheduling, sampling, launch gaps) is a calibrated parameter: rows are split in
-two by a stable hash of their id; on the calibration half, each (device, framework)'s overhead is the median
-gap between measured TPOT and the TPOT simulated without overhead (one iteration per output token in steady
-decode). The other half is held out: its errors are the ones reported as the result, beside a plain roofline
-(the same simulation with speed-of-light op times). The fitted overheads are written next to the device's cost
-models and used by every replay of that device and framework whose pool does not set one."""
+Each row runs with its framework's default batching (config.FRAMEWORK_BATCHING).
+
+Two serving overheads are calibrated parameters: the per-iteration CPU overhead (scheduling, sampling, launch
+gaps) and the frontend latency (HTTP, tokenization) before a request reaches the scheduler. Rows are split in two
+by a stable hash of their id. On the calibration half, per (device, framework): the step overhead is the median
+gap between measured TPOT and the TPOT simulated without overheads (one iteration per output token in steady
+decode); then the frontend latency is the median gap between measured TTFT and the TTFT simulated with that step
+overhead. The other half is held out: its errors are the ones reported as the result, beside a plain roofline
+(the same simulation with speed-of-light op times and no overheads). The fitted overheads are written next to
+the device's cost models and used by every replay of that device and framework whose pool does not set them."""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from rich.progress import Progress
 
 from ..calibrate.artifacts import MODELS_DIR
 from ..calibrate.catalog import devices, models
-from .config import Scenario
+from .config import FRAMEWORK_BATCHING, Scenario
 from .run import OVERHEADS_FILE, simulate
 
 log = logging.getLogger(__name__)
@@ -77,7 +81,7 @@ def why_not(row: pd.Series) -> str | None:
     return None
 
 
-def scenario_for(row: pd.Series, step_overhead_us: float = 0.0) -> Scenario:
+def scenario_for(row: pd.Series, step_overhead_us: float = 0.0, frontend_latency_us: float = 0.0) -> Scenario:
     concurrency = int(row["batch_size"])
     precision = str(row.get("precision")) if pd.notna(row.get("precision")) else "bfloat16"
     dtype = "fp8" if "fp8" in precision else "bfloat16"
@@ -102,10 +106,10 @@ def scenario_for(row: pd.Series, step_overhead_us: float = 0.0) -> Scenario:
                     "framework": str(row.get("backend")) if pd.notna(row.get("backend")) else None,
                     "max_model_len": int(row["isl"]) + int(row["osl"]) + 16,
                     "step_overhead_us": step_overhead_us,
+                    "frontend_latency_us": frontend_latency_us,
                     "batching": {
-                        "policy": "chunked_prefill",
+                        **FRAMEWORK_BATCHING.get(_framework(row), FRAMEWORK_BATCHING["vllm"]),
                         "max_num_seqs": max(concurrency, 256),
-                        "max_batched_tokens": 8192,
                     },
                 }
             ],
@@ -122,9 +126,9 @@ def is_held_out(row_id: str) -> bool:
     return hashlib.sha256(str(row_id).encode()).digest()[0] % 2 == 1
 
 
-def steady_state(row: pd.Series, warehouse_root: Path, step_overhead_us: float) -> dict:
+def steady_state(row: pd.Series, warehouse_root: Path, step_us: float = 0.0, frontend_us: float = 0.0) -> dict:
     """Mean TTFT and TPOT (ms) of the rounds after the warm-up, and the cost tiers used."""
-    out = simulate(scenario_for(row, step_overhead_us), warehouse_root)
+    out = simulate(scenario_for(row, step_us, frontend_us), warehouse_root)
     req = out["requests"]
     req = req[(req.request_id >= int(row["batch_size"])) & (req.status == "completed")]
     return {
@@ -134,18 +138,18 @@ def steady_state(row: pd.Series, warehouse_root: Path, step_overhead_us: float) 
     }
 
 
-def fit_overheads(table: pd.DataFrame) -> dict:
-    """Per (device, framework): median of measured minus overhead-free simulated TPOT on the calibration half,
-    in microseconds per iteration (floored at 0)."""
-    cal = table[~table.held_out]
-    fitted: dict = {}
-    for (dev, fw), g in cal.groupby(["device", "backend"]):
-        gap_us = (g.measured_tpot_ms - g.tpot_no_overhead_ms) * 1e3
-        fitted.setdefault(dev, {})[fw] = {
-            "step_overhead_us": round(max(float(np.median(gap_us)), 0.0), 1),
-            "calibration_rows": len(g),
-        }
-    return fitted
+def _fit(table: pd.DataFrame, measured: str, simulated: str) -> dict:
+    """Per (device, framework): the median of measured minus simulated (ms) over the calibration half, in
+    microseconds, floored at 0."""
+    out: dict = {}
+    for (dev, fw), g in table[~table.held_out].groupby(["device", "backend"]):
+        gap_us = float(np.median(g[measured] - g[simulated])) * 1e3
+        out.setdefault(dev, {})[fw] = {"value_us": round(max(gap_us, 0.0), 1), "calibration_rows": len(g)}
+    return out
+
+
+def _lookup(fitted: dict, row: pd.Series) -> float:
+    return fitted.get(row["system"], {}).get(_framework(row), {}).get("value_us", 0.0)
 
 
 def _errors(table: pd.DataFrame, prefix: str = "predicted") -> dict:
@@ -173,12 +177,12 @@ def validate(path: Path, warehouse_root: Path, limit: int | None = None, progres
             expressible.append(row)
     rows = []
     bar = Progress(console=Console(stderr=True), transient=True, disable=not progress)
-    task = bar.add_task("validate", total=2 * len(expressible))
+    task = bar.add_task("validate", total=4 * len(expressible))
     with bar, tempfile.TemporaryDirectory() as empty:  # no cost models: every op at its roofline time
         for row in expressible:
-            bar.advance(task)
-            bare = steady_state(row, warehouse_root, 0.0)
-            roof = steady_state(row, Path(empty), 0.0)
+            bare = steady_state(row, warehouse_root)
+            roof = steady_state(row, Path(empty))
+            bar.advance(task, 2)
             rows.append(
                 {
                     "id": row["id"],
@@ -193,46 +197,56 @@ def validate(path: Path, warehouse_root: Path, limit: int | None = None, progres
                     "held_out": is_held_out(row["id"]),
                     "measured_ttft_ms": float(row["silicon_ttft_ms"]),
                     "measured_tpot_ms": float(row["silicon_tpot_ms"]),
-                    "ttft_no_overhead_ms": bare["ttft_ms"],
                     "tpot_no_overhead_ms": bare["tpot_ms"],
                     "roofline_ttft_ms": roof["ttft_ms"],
                     "roofline_tpot_ms": roof["tpot_ms"],
                     "cost_tiers": bare["tiers"],
                 }
             )
-        table = pd.DataFrame(rows)
         summary: dict = {"rows": len(rows), "not_expressed": len(skipped)}
-        if len(table):
-            overheads = fit_overheads(table)
+        if rows:
+            # the step overhead from TPOT, then the frontend latency from what TTFT still misses
+            step = _fit(pd.DataFrame(rows), "measured_tpot_ms", "tpot_no_overhead_ms")
             for i, row in enumerate(expressible):
+                rows[i]["ttft_no_frontend_ms"] = steady_state(row, warehouse_root, _lookup(step, row))["ttft_ms"]
                 bar.advance(task)
-                fw = overheads.get(row["system"], {}).get(_framework(row))
-                us = fw["step_overhead_us"] if fw else 0.0
-                pred = steady_state(row, warehouse_root, us)
+            frontend = _fit(pd.DataFrame(rows), "measured_ttft_ms", "ttft_no_frontend_ms")
+            for i, row in enumerate(expressible):
+                step_us, frontend_us = _lookup(step, row), _lookup(frontend, row)
+                pred = steady_state(row, warehouse_root, step_us, frontend_us)
                 rows[i].update(
-                    step_overhead_us=us, predicted_ttft_ms=pred["ttft_ms"], predicted_tpot_ms=pred["tpot_ms"]
+                    step_overhead_us=step_us,
+                    frontend_latency_us=frontend_us,
+                    predicted_ttft_ms=pred["ttft_ms"],
+                    predicted_tpot_ms=pred["tpot_ms"],
                 )
+                bar.advance(task)
             table = pd.DataFrame(rows)
             held = table[table.held_out]
-            groups = [
-                {"model": m, "backend": b, "rows": len(g), **_errors(g)}
-                for (m, b), g in held.groupby(["model", "backend"])
-            ]
+            fitted: dict = {}
+            for name, values in (("step_overhead_us", step), ("frontend_latency_us", frontend)):
+                for dev, fws in values.items():
+                    for fw, v in fws.items():
+                        entry = fitted.setdefault(dev, {}).setdefault(fw, {"calibration_rows": v["calibration_rows"]})
+                        entry[name] = v["value_us"]
             summary.update(
                 {
                     "held_out_rows": len(held),
                     "held_out": _errors(held),
                     "held_out_roofline": _errors(held, "roofline"),
-                    "held_out_by_model_and_backend": groups,
+                    "held_out_by_model_and_backend": [
+                        {"model": m, "backend": b, "rows": len(g), **_errors(g)}
+                        for (m, b), g in held.groupby(["model", "backend"])
+                    ],
                     "all_rows": _errors(table),
-                    "step_overheads": overheads,
+                    "serving_overheads": fitted,
                 }
             )
             if limit is None:
                 target = Path(warehouse_root) / MODELS_DIR / OVERHEADS_FILE
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(json.dumps(overheads, indent=1))
-    return {"rows": table.to_dict("records"), "not_expressed": skipped, "summary": summary}
+                target.write_text(json.dumps(fitted, indent=1))
+    return {"rows": rows, "not_expressed": skipped, "summary": summary}
 
 
 def write_report(result: dict, out_dir: Path) -> list[Path]:
