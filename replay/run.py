@@ -46,10 +46,13 @@ _COSTS: dict[tuple, IterationCost] = {}
 
 
 def _iteration_cost(pool: Pool, warehouse_root: Path) -> IterationCost:
-    """Priced grids are reused while the pool and the device's model artifact stay the same."""
+    """Priced grids are reused while what prices them stays the same: the pool's hardware, model and
+    parallelism, the grids' ranges, and the device's model artifact (sweeps over batching share them)."""
     artifact = models_path(warehouse_root, pool.device)
     key = (
-        pool.model_dump_json(exclude={"replicas", "name", "memory"}),
+        pool.model_dump_json(exclude={"replicas", "name", "memory", "batching", "frontend_latency_us"}),
+        max(pool.batching.max_batched_tokens, pool.max_model_len),
+        pool.batching.max_num_seqs,
         str(Path(warehouse_root).resolve()),
         artifact.stat().st_mtime_ns if artifact.exists() else 0,
         serving_overhead_us(pool, warehouse_root, "step_overhead_us"),
