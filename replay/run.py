@@ -215,32 +215,37 @@ def simulate(
 
 
 def collect(scenario: Scenario, sim: Simulation, replicas: list[Replica]) -> dict:
-    rows = []
-    for r in sorted(sim.done + sim.rejected, key=lambda r: r.id):
-        ok = r.reason is None
-        ttft = (r.first_token - r.arrival) * 1e3 if ok else np.nan
-        tpot = (r.completion - r.first_token) * 1e3 / (r.output - 1) if ok and r.output > 1 else np.nan
-        rows.append(
-            {
-                "request_id": r.id,
-                "replica": r.replica,
-                "status": "completed" if ok else "rejected",
-                "reason": r.reason,
-                "arrival_s": r.arrival,
-                "admitted_s": r.admitted,
-                "first_token_s": r.first_token,
-                "completion_s": r.completion,
-                "input_tokens": r.prompt,
-                "output_tokens": r.output,
-                "queue_ms": (r.admitted - r.arrival) * 1e3 if ok else np.nan,
-                "ttft_ms": ttft,
-                "tpot_ms": tpot,
-                "e2e_ms": (r.completion - r.arrival) * 1e3 if ok else np.nan,
-                "preemptions": r.preemptions,
-                "prefix_hit_tokens": r.hit_tokens,
-            }
-        )
-    requests = pd.DataFrame(rows)
+    reqs = sorted(sim.done + sim.rejected, key=lambda r: r.id)
+    ok = np.array([r.reason is None for r in reqs], dtype=bool)
+
+    def times(attr: str) -> np.ndarray:  # seconds; NaN where unset (rejected requests)
+        return np.array([getattr(r, attr) if getattr(r, attr) is not None else np.nan for r in reqs], dtype=float)
+
+    arrival, admitted = times("arrival"), times("admitted")
+    first, completion = times("first_token"), times("completion")
+    output = np.array([r.output for r in reqs], dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(ok & (output > 1), (completion - first) * 1e3 / np.maximum(output - 1, 1), np.nan)
+    requests = pd.DataFrame(
+        {
+            "request_id": np.array([r.id for r in reqs], dtype=np.int64),
+            "replica": np.array([r.replica for r in reqs], dtype=np.int64),
+            "status": np.where(ok, "completed", "rejected"),
+            "reason": [r.reason for r in reqs],
+            "arrival_s": arrival,
+            "admitted_s": admitted,
+            "first_token_s": first,
+            "completion_s": completion,
+            "input_tokens": np.array([r.prompt for r in reqs], dtype=np.int64),
+            "output_tokens": output,
+            "queue_ms": np.where(ok, (admitted - arrival) * 1e3, np.nan),
+            "ttft_ms": np.where(ok, (first - arrival) * 1e3, np.nan),
+            "tpot_ms": tpot,
+            "e2e_ms": np.where(ok, (completion - arrival) * 1e3, np.nan),
+            "preemptions": np.array([r.preemptions for r in reqs], dtype=np.int64),
+            "prefix_hit_tokens": np.array([r.hit_tokens for r in reqs], dtype=np.int64),
+        }
+    )
     # one row per iteration, or per run of decode iterations whose batch did not change (tokens: the row's total;
     # kv_used_blocks: at its end)
     timeline = pd.DataFrame(
