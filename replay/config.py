@@ -53,9 +53,8 @@ class Pool(BaseModel):
     # scheduler + launch gap per iteration (CPU side); None: calibrated for the device and framework (see
     # replay/validate.py), else 250 us
     step_overhead_us: float | None = Field(None, ge=0)
-    # HTTP, tokenization and queueing in the serving frontend, between a request's arrival and its visibility to
-    # the router; None: calibrated like step_overhead_us, else 0
-    frontend_latency_us: float | None = Field(None, ge=0)
+    # HTTP, tokenization and queueing in the serving frontend, between a request's arrival and its routing
+    frontend_latency_us: float = Field(0.0, ge=0)
     # iterations of up to this many tokens run as CUDA graphs (vLLM's default capture size; 0: always eager):
     # their kernels are priced with the graph-captured variant where one was measured (collectives)
     cuda_graph_max_tokens: int = Field(512, ge=0)

@@ -27,19 +27,17 @@ from .policies import BATCHING, ROUTERS
 log = logging.getLogger(__name__)
 
 OVERHEADS_FILE = "serving_overheads.json"  # under <warehouse>/models, written by validate: {device: {framework:}}
-DEFAULT_OVERHEADS_US = {"step_overhead_us": 250.0, "frontend_latency_us": 0.0}
+DEFAULT_STEP_OVERHEAD_US = 250.0
 
 
-def serving_overhead_us(pool: Pool, warehouse_root: Path, name: str) -> float:
-    """A pool's serving overhead (`step_overhead_us` or `frontend_latency_us`): its own setting, else the one
-    calibrated for its device and framework against measured serving runs (`hermes-sim validate silicon`),
-    else a default."""
-    own = getattr(pool, name)
-    if own is not None:
-        return own
+def step_overhead_us(pool: Pool, warehouse_root: Path) -> float:
+    """A pool's per-iteration CPU overhead: its own setting, else the one calibrated for its device and framework
+    against measured serving runs (`hermes-sim validate silicon`), else a default."""
+    if pool.step_overhead_us is not None:
+        return pool.step_overhead_us
     path = Path(warehouse_root) / MODELS_DIR / OVERHEADS_FILE
     fitted = json.loads(path.read_text()).get(pool.device, {}) if path.exists() else {}
-    return fitted.get(pool.framework, {}).get(name, DEFAULT_OVERHEADS_US[name])
+    return fitted.get(pool.framework, {}).get("step_overhead_us", DEFAULT_STEP_OVERHEAD_US)
 
 
 _COSTS: dict[tuple, IterationCost] = {}
@@ -55,7 +53,7 @@ def _iteration_cost(pool: Pool, warehouse_root: Path) -> IterationCost:
         pool.batching.max_num_seqs,
         str(Path(warehouse_root).resolve()),
         artifact.stat().st_mtime_ns if artifact.exists() else 0,
-        serving_overhead_us(pool, warehouse_root, "step_overhead_us"),
+        step_overhead_us(pool, warehouse_root),
     )
     if key not in _COSTS:
         _COSTS[key] = _build_cost(pool, warehouse_root)
@@ -90,7 +88,7 @@ def _build_cost(pool: Pool, warehouse_root: Path) -> IterationCost:
         max_tokens=max(pool.batching.max_batched_tokens, pool.max_model_len),
         max_seqs=pool.batching.max_num_seqs,
         max_len=pool.max_model_len,
-        step_overhead_us=serving_overhead_us(pool, warehouse_root, "step_overhead_us"),
+        step_overhead_us=step_overhead_us(pool, warehouse_root),
         cuda_graph_max_tokens=pool.cuda_graph_max_tokens,
     )
 
@@ -205,8 +203,7 @@ def simulate(
         requests = [Req(i, i * gap, src.input_tokens, src.output_tokens, client=i) for i in range(src.concurrency)]
     else:
         requests = open_loop_requests(scenario, warehouse_root)
-    frontend_s = serving_overhead_us(pool, warehouse_root, "frontend_latency_us") / 1e6
-    sim = Simulation(replicas, router, closed_loop, skip_ahead, audit, frontend_s)
+    sim = Simulation(replicas, router, closed_loop, skip_ahead, audit, pool.frontend_latency_us / 1e6)
     total = src.requests if src.kind == "closed_loop" else len(requests)
     with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
         task = bar.add_task("replay", total=total)

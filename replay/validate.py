@@ -4,19 +4,19 @@ Each dense-model, aggregated-serving row becomes a closed-loop benchmark (concur
 isl / osl) on the calibrated models of the row's `system`; rows the engine cannot express are listed with the
 reason, never dropped silently.
 
-How a row is measured: every client starts at once and sends ROUNDS requests back to back; the first round
-(the cold burst) is a warm-up and is left out of the means, as benchmark harnesses do.
+How a row is measured: its clients send ROUNDS requests each, back to back; the first round is a warm-up and
+is left out of the means, as benchmark harnesses do. How the clients start (all at once, or spread over part of a
+request's end-to-end time) differs between measurement campaigns and is not recorded in the CSV, so it is
+calibrated per campaign (the row's source file) on the calibration half, from RAMPS.
 
 Each row runs with its framework's default batching (config.FRAMEWORK_BATCHING).
 
-Two serving overheads are calibrated parameters: the per-iteration CPU overhead (scheduling, sampling, launch
-gaps) and the frontend latency (HTTP, tokenization) before a request reaches the scheduler. Rows are split in two
-by a stable hash of their id. On the calibration half, per (device, framework): the step overhead is the median
-gap between measured TPOT and the TPOT simulated without overheads (one iteration per output token in steady
-decode); then the frontend latency is the median gap between measured TTFT and the TTFT simulated with that step
-overhead. The other half is held out: its errors are the ones reported as the result, beside a plain roofline
-(the same simulation with speed-of-light op times and no overheads). The fitted overheads are written next to
-the device's cost models and used by every replay of that device and framework whose pool does not set them."""
+The per-iteration CPU overhead (scheduling, sampling, launch gaps) is a calibrated parameter. Rows are split in
+two by a stable hash of their id. On the calibration half, per (device, framework), the step overhead is the
+median gap between measured TPOT and the TPOT simulated without it (one iteration per output token in steady
+decode). The other half is held out: its errors are the ones reported as the result, beside a plain roofline
+(the same simulation with speed-of-light op times and no overhead). The fitted overheads are written next to
+the device's cost models and used by every replay of that device and framework whose pool does not set one."""
 
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ REQUIRED = (
     "silicon_tpot_ms",
 )
 ROUNDS = 8  # each client sends this many requests; the first round is the warm-up
+RAMPS = (0.0, 0.25, 0.5, 1.0)  # client start spreads tried per campaign (fractions of one request's E2E time)
 
 
 def _catalog_name(hf_name: str) -> str | None:
@@ -81,7 +82,7 @@ def why_not(row: pd.Series) -> str | None:
     return None
 
 
-def scenario_for(row: pd.Series, step_overhead_us: float = 0.0, frontend_latency_us: float = 0.0) -> Scenario:
+def scenario_for(row: pd.Series, step_overhead_us: float = 0.0) -> Scenario:
     concurrency = int(row["batch_size"])
     precision = str(row.get("precision")) if pd.notna(row.get("precision")) else "bfloat16"
     dtype = "fp8" if "fp8" in precision else "bfloat16"
@@ -106,7 +107,6 @@ def scenario_for(row: pd.Series, step_overhead_us: float = 0.0, frontend_latency
                     "framework": str(row.get("backend")) if pd.notna(row.get("backend")) else None,
                     "max_model_len": int(row["isl"]) + int(row["osl"]) + 16,
                     "step_overhead_us": step_overhead_us,
-                    "frontend_latency_us": frontend_latency_us,
                     "batching": {
                         **FRAMEWORK_BATCHING.get(_framework(row), FRAMEWORK_BATCHING["vllm"]),
                         "max_num_seqs": max(concurrency, 256),
@@ -126,9 +126,22 @@ def is_held_out(row_id: str) -> bool:
     return hashlib.sha256(str(row_id).encode()).digest()[0] % 2 == 1
 
 
-def steady_state(row: pd.Series, warehouse_root: Path, step_us: float = 0.0, frontend_us: float = 0.0) -> dict:
-    """Mean TTFT and TPOT (ms) of the rounds after the warm-up, and the cost tiers used."""
-    out = simulate(scenario_for(row, step_us, frontend_us), warehouse_root)
+def campaign(row: pd.Series) -> str:
+    """The measurement campaign a row came from (its source file): rows of one campaign share a client."""
+    text = str(row.get("silicon_data_source", ""))
+    return next((p.split("=", 1)[1] for p in text.split("; ") if p.startswith("source_file=")), "")
+
+
+def steady_state(row: pd.Series, warehouse_root: Path, step_us: float = 0.0, ramp: float = 0.0) -> dict:
+    """Mean TTFT and TPOT (ms) of the rounds after the warm-up, and the cost tiers used. With ramp > 0 the
+    clients start spread over that fraction of one request's end-to-end time (from a one-round pilot)."""
+    scenario = scenario_for(row, step_us)
+    if ramp:
+        pilot = scenario.model_copy(deep=True)
+        pilot.source.requests = pilot.source.concurrency
+        e2e_s = float(simulate(pilot, warehouse_root)["requests"].e2e_ms.mean()) / 1e3
+        scenario.source.ramp_up_s = ramp * e2e_s
+    out = simulate(scenario, warehouse_root)
     req = out["requests"]
     req = req[(req.request_id >= int(row["batch_size"])) & (req.status == "completed")]
     return {
@@ -146,6 +159,29 @@ def _fit(table: pd.DataFrame, measured: str, simulated: str) -> dict:
         gap_us = float(np.median(g[measured] - g[simulated])) * 1e3
         out.setdefault(dev, {})[fw] = {"value_us": round(max(gap_us, 0.0), 1), "calibration_rows": len(g)}
     return out
+
+
+def _fit_ramps(expressible: list, rows: list[dict], warehouse_root: Path, advance) -> dict:
+    """Per campaign: the client start spread (of RAMPS) whose simulated TTFT (no step overhead) is closest to the
+    measured one on the calibration half (median absolute percentage error). Each calibration row's TPOT at its
+    campaign's spread is kept in rows[i]["tpot_no_overhead_ms"] for the step-overhead fit."""
+    sims: dict[int, dict[float, dict]] = {}
+    errors: dict[str, dict[float, list[float]]] = {}
+    for i, (row, rec) in enumerate(zip(expressible, rows, strict=True)):
+        if rec["held_out"]:
+            continue
+        for ramp in RAMPS:
+            sims.setdefault(i, {})[ramp] = out = steady_state(row, warehouse_root, ramp=ramp)
+            ape = abs(out["ttft_ms"] - rec["measured_ttft_ms"]) / rec["measured_ttft_ms"]
+            errors.setdefault(campaign(row), {}).setdefault(ramp, []).append(ape)
+        advance()
+    chosen = {}
+    for name, by_ramp in errors.items():
+        best = min(RAMPS, key=lambda r: (float(np.median(by_ramp[r])), r))
+        chosen[name] = {"ramp": best, "calibration_rows": len(by_ramp[best])}
+    for i, by_ramp in sims.items():
+        rows[i]["tpot_no_overhead_ms"] = by_ramp[chosen[campaign(expressible[i])]["ramp"]]["tpot_ms"]
+    return chosen
 
 
 def _lookup(fitted: dict, row: pd.Series) -> float:
@@ -177,12 +213,12 @@ def validate(path: Path, warehouse_root: Path, limit: int | None = None, progres
             expressible.append(row)
     rows = []
     bar = Progress(console=Console(stderr=True), transient=True, disable=not progress)
-    task = bar.add_task("validate", total=4 * len(expressible))
+    calibration_rows = sum(not is_held_out(r["id"]) for r in expressible)
+    task = bar.add_task("validate", total=2 * len(expressible) + calibration_rows)
     with bar, tempfile.TemporaryDirectory() as empty:  # no cost models: every op at its roofline time
         for row in expressible:
-            bare = steady_state(row, warehouse_root)
             roof = steady_state(row, Path(empty))
-            bar.advance(task, 2)
+            bar.advance(task)
             rows.append(
                 {
                     "id": row["id"],
@@ -197,38 +233,37 @@ def validate(path: Path, warehouse_root: Path, limit: int | None = None, progres
                     "held_out": is_held_out(row["id"]),
                     "measured_ttft_ms": float(row["silicon_ttft_ms"]),
                     "measured_tpot_ms": float(row["silicon_tpot_ms"]),
-                    "tpot_no_overhead_ms": bare["tpot_ms"],
+                    "tpot_no_overhead_ms": np.nan,  # calibration rows: set by _fit_ramps
                     "roofline_ttft_ms": roof["ttft_ms"],
                     "roofline_tpot_ms": roof["tpot_ms"],
-                    "cost_tiers": bare["tiers"],
                 }
             )
         summary: dict = {"rows": len(rows), "not_expressed": len(skipped)}
         if rows:
-            # the step overhead from TPOT, then the frontend latency from what TTFT still misses
+            # each campaign's client start spread from TTFT, then the step overhead from TPOT at that spread
+            ramps = _fit_ramps(expressible, rows, warehouse_root, lambda: bar.advance(task))
             step = _fit(pd.DataFrame(rows), "measured_tpot_ms", "tpot_no_overhead_ms")
             for i, row in enumerate(expressible):
-                rows[i]["ttft_no_frontend_ms"] = steady_state(row, warehouse_root, _lookup(step, row))["ttft_ms"]
-                bar.advance(task)
-            frontend = _fit(pd.DataFrame(rows), "measured_ttft_ms", "ttft_no_frontend_ms")
-            for i, row in enumerate(expressible):
-                step_us, frontend_us = _lookup(step, row), _lookup(frontend, row)
-                pred = steady_state(row, warehouse_root, step_us, frontend_us)
+                step_us, ramp = _lookup(step, row), ramps.get(campaign(row), {}).get("ramp", 0.0)
+                pred = steady_state(row, warehouse_root, step_us, ramp=ramp)
                 rows[i].update(
+                    campaign=campaign(row),
+                    client_ramp=ramp,
                     step_overhead_us=step_us,
-                    frontend_latency_us=frontend_us,
                     predicted_ttft_ms=pred["ttft_ms"],
                     predicted_tpot_ms=pred["tpot_ms"],
+                    cost_tiers=pred["tiers"],
                 )
                 bar.advance(task)
             table = pd.DataFrame(rows)
             held = table[table.held_out]
-            fitted: dict = {}
-            for name, values in (("step_overhead_us", step), ("frontend_latency_us", frontend)):
-                for dev, fws in values.items():
-                    for fw, v in fws.items():
-                        entry = fitted.setdefault(dev, {}).setdefault(fw, {"calibration_rows": v["calibration_rows"]})
-                        entry[name] = v["value_us"]
+            fitted = {
+                dev: {
+                    fw: {"step_overhead_us": v["value_us"], "calibration_rows": v["calibration_rows"]}
+                    for fw, v in fws.items()
+                }
+                for dev, fws in step.items()
+            }
             summary.update(
                 {
                     "held_out_rows": len(held),
@@ -240,6 +275,7 @@ def validate(path: Path, warehouse_root: Path, limit: int | None = None, progres
                     ],
                     "all_rows": _errors(table),
                     "serving_overheads": fitted,
+                    "client_ramp_by_campaign": ramps,
                 }
             )
             if limit is None:

@@ -321,23 +321,26 @@ def test_prefix_aware_routing_finds_the_warm_replica(wh: Path, tmp_path: Path):
     assert hits("prefix_aware") == (40 - 2) * 2048
 
 
-def test_serving_overheads_come_from_the_calibrated_file_unless_the_pool_sets_them(wh: Path, tmp_path: Path):
-    from hermes_sim.replay.run import DEFAULT_OVERHEADS_US, serving_overhead_us
+def test_step_overhead_comes_from_the_calibrated_file_unless_the_pool_sets_one(wh: Path, tmp_path: Path):
+    from hermes_sim.replay.run import DEFAULT_STEP_OVERHEAD_US, step_overhead_us
 
     root = tmp_path / "wh"
     shutil.copytree(wh, root)
     pool = scenario().pools[0].model_copy(update={"framework": "vllm"})
-    assert serving_overhead_us(pool, root, "step_overhead_us") == DEFAULT_OVERHEADS_US["step_overhead_us"]
-    fitted = {"h100_sxm": {"vllm": {"step_overhead_us": 1500.0, "frontend_latency_us": 40000.0}}}
+    assert step_overhead_us(pool, root) == DEFAULT_STEP_OVERHEAD_US
+    fitted = {"h100_sxm": {"vllm": {"step_overhead_us": 1500.0, "calibration_rows": 3}}}
     (root / "models/serving_overheads.json").write_text(json.dumps(fitted))
-    assert serving_overhead_us(pool, root, "step_overhead_us") == 1500.0
-    assert serving_overhead_us(pool.model_copy(update={"step_overhead_us": 10.0}), root, "step_overhead_us") == 10.0
+    assert step_overhead_us(pool, root) == 1500.0
+    assert step_overhead_us(pool.model_copy(update={"step_overhead_us": 10.0}), root) == 10.0
     sc = scenario(**{"pools.framework": "vllm"})
     slow, fast = simulate(sc, root), simulate(sc, wh)
     assert slow["summary"]["tpot_ms"]["p50"] > fast["summary"]["tpot_ms"]["p50"] + 1.0  # 1.5 vs 0.25 ms an iteration
-    # the frontend delays every request by 40 ms before it is queued: TTFT grows by at least that
-    assert (slow["requests"].ttft_ms >= 40.0).all()
-    assert slow["requests"].queue_ms.min() >= 40.0
+
+
+def test_frontend_latency_delays_every_request_before_it_is_queued(wh: Path):
+    sc = scenario(**{"pools.frontend_latency_us": 40000.0})
+    req = simulate(sc, wh)["requests"]
+    assert (req.queue_ms >= 40.0).all() and (req.ttft_ms >= 40.0).all()
 
 
 def test_synthetic_lengths_fixed_lognormal_and_drawn_from_a_log(wh: Path):
