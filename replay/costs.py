@@ -109,21 +109,27 @@ class IterationCost:
     def iteration_us(self, prefill: list[tuple[int, int]], decode_count: int, decode_kv_sum: float) -> float:
         """One iteration. The same interpolation as the vectorized path, in plain Python: on scalars that is
         several times faster than numpy, and this runs once per simulated iteration."""
-        t, tokens, ll, rows = 0.0, decode_count, self._ll, self._rows
+        t, tokens, chunks = 0.0, decode_count, self._chunks
         for q, p in prefill:
             tokens += q
-            row = rows.get(("prefill", q)) or self._row("prefill", q)
-            t += _along(ll, row[1], p + 1)
+            c = chunks.get((q, p))
+            if c is None:  # chunk shapes repeat (budget-sized chunks, first chunks): each is interpolated once
+                c = chunks[q, p] = _along(self._ll, self._row("prefill", q)[1], p + 1)
+            t += c
         if tokens == 0:
             return 0.0
         t += _lookup(self._dense_table, tokens) + _lookup(self._head_table, len(prefill) + decode_count)
         if decode_count:
-            row = rows.get(("decode", decode_count)) or self._row("decode", decode_count)
-            t += _along(ll, row[1], decode_kv_sum / decode_count)
+            row = self._rows.get(("decode", decode_count)) or self._row("decode", decode_count)
+            t += _along(self._ll, row[1], decode_kv_sum / decode_count)
         return t + self.step_overhead_us
 
     @cached_property
     def _rows(self) -> dict[tuple[str, int], tuple[np.ndarray, list[float]]]:
+        return {}
+
+    @cached_property
+    def _chunks(self) -> dict[tuple[int, int], float]:
         return {}
 
     @cached_property
