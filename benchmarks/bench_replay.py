@@ -6,7 +6,7 @@ The warehouse must hold calibrated A100 models (`hermes-sim ingest ../shared/dat
 `hermes-sim calibrate --device a100_sxm`); without them the costs fall back to transferred / roofline tiers.
 - azure_conv: benchmarks/scenarios/azure_conv_a100_llama2_70b.yaml on AzureLLMInferenceTrace_conv.csv, in a fresh
   process pinned to one core: wall time, simulated requests per second, peak RSS (targets: <= 1 s, >= 20,000
-  requests/s, < 500 MB);
+  requests/s, < 500 MB); and the event loop alone, in process (engine_s);
 - sweep: 8 points (replicas x chunk budget) of that scenario on the whole log, serially and on a 2-worker local
   Dask cluster, both warmed by one point first; each side timed twice, best kept (target: >= 1.7x).
 """
@@ -34,6 +34,25 @@ def timed(fn, *args, **kwargs) -> float:
     return time.perf_counter() - t0
 
 
+def engine_seconds(log: Path, warehouse: Path, repeats: int = 3) -> float:
+    """The event loop alone (requests loaded and cost grids priced beforehand), best of `repeats`, in process."""
+    from hermes_sim.replay.config import load
+    from hermes_sim.replay.engine import Simulation
+    from hermes_sim.replay.policies import ROUTERS
+    from hermes_sim.replay.run import build_replicas, open_loop_requests
+
+    scenario = load(SCENARIO)
+    scenario.source.kind, scenario.source.log = "log", str(log)
+    best = float("inf")
+    for _ in range(repeats):
+        requests = open_loop_requests(scenario, warehouse)
+        sim = Simulation(build_replicas(scenario.pools[0], warehouse), ROUTERS[scenario.router]())
+        t0 = time.perf_counter()
+        sim.run(requests)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -59,6 +78,7 @@ def main() -> None:
     ]
     wall, peak, out = peak_rss(cmd)
     summary = json.loads(out)
+    engine = engine_seconds(log, args.warehouse)
 
     from hermes_sim.replay.config import load
     from hermes_sim.replay.parallel import dask_client, point_summary, run_sweep, sweep_points
@@ -82,6 +102,8 @@ def main() -> None:
             "wall_s_one_core_process": round(wall, 2),
             "requests": summary["requests"],
             "simulated_requests_per_s": round(summary["requests"] / wall),
+            "engine_s": round(engine, 2),
+            "engine_requests_per_s": round(summary["requests"] / engine),
             "peak_rss_mbytes": round(peak / 1e6, 1),
             "iterations": summary["iterations"],
             "ttft_p50_ms": summary["ttft_ms"].get("p50"),
