@@ -124,6 +124,7 @@ class Replica:
         victim = next(reversed(self.running))
         del self.running[victim]
         victim.preemptions += 1
+        plan.preempted = True
         decoding = victim.serial >= 0
         if decoding:
             self.cohort.leave(victim)
@@ -283,15 +284,15 @@ class Simulation:
     @staticmethod
     def _decode_run(rep: Replica, plan: BatchPlan, now: float) -> np.ndarray:
         """End times of the decode iterations before anything but an arrival could change the batch: the
-        next completion, or a KV block shortfall. The plan reserved the first iteration; this reserves the
-        rest."""
+        next completion, or the free KV blocks running out. The plan reserved the first iteration; this reserves
+        the rest."""
         cohort = rep.cohort
         extra = cohort.steps_to_finish()
         if extra:
             need = cohort.blocks_needed(extra)
-            if not rep.kv.ensure(need):  # the prefix cache gave back what it could
-                extra = cohort.steps_within(rep.kv.free, extra)
-                need = cohort.blocks_needed(extra)
+            if need > rep.kv.free:  # stop before the step that would evict prefix-cache entries (or preempt):
+                extra = cohort.steps_within(rep.kv.free, extra)  # it does so at its own boundary, as stepping
+                need = cohort.blocks_needed(extra)  # would, and a cut run then never has evicted ahead
             rep.kv.take(cohort.advance(extra, need))
         return now + np.cumsum(rep.cost.decode_steps_us(plan.decodes, plan.decode_kv_sum, 1 + extra) / 1e6)
 

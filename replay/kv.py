@@ -37,14 +37,16 @@ class BlockManager:
         self.total = total
         self.free = total
         self.block_tokens = block_tokens
-        self.reclaim = None  # callable(blocks wanted) that frees cached blocks, when a prefix cache is on
+        self.cache: PrefixCache | None = None  # whose unpinned blocks are reclaimed when free ones fall short
 
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_tokens)
 
     def _make_room(self, need: int) -> None:
-        if need > self.free and self.reclaim is not None:
-            self.reclaim(need - self.free)
+        """Evict unpinned prefix-cache entries to free `need` blocks, only if that suffices (as an allocator
+        counting cached blocks as free does): a request that cannot be served evicts nothing."""
+        if need > self.free and self.cache is not None and need <= self.free + self.cache.unpinned:
+            self.cache.evict(need - self.free)
 
     def can_grow(self, held: int, tokens: int) -> bool:
         """Whether a sequence holding `held` blocks can grow to `tokens`. Makes room first: unpinned prefix
@@ -113,15 +115,18 @@ class PrefixCache:
         self.hash_tokens = hash_tokens
         self.blocks_per_hash = kv.blocks_for(hash_tokens)
         self.entries: OrderedDict[int, int] = OrderedDict()  # hash -> pins
-        self.held = 0
+        self.held = 0  # blocks of all entries
+        self.unpinned = 0  # blocks of entries no running request uses (evictable)
         self.hit_tokens = 0
         self.lookup_tokens = 0
-        kv.reclaim = self.evict
+        kv.cache = self
 
     def match(self, hashes: tuple[int, ...], prompt: int) -> int:
         """Pin the longest cached prefix of `hashes`; return how many hash blocks it covers."""
         n = self.cached_prefix(hashes)
         for h in hashes[:n]:
+            if self.entries[h] == 0:
+                self.unpinned -= self.blocks_per_hash
             self.entries[h] += 1
             self.entries.move_to_end(h)
         self.lookup_tokens += prompt
@@ -140,6 +145,8 @@ class PrefixCache:
     def unpin(self, hashes: tuple[int, ...]) -> None:
         for h in hashes:
             self.entries[h] -= 1
+            if self.entries[h] == 0:
+                self.unpinned += self.blocks_per_hash
 
     def insert(self, hashes: tuple[int, ...]) -> None:
         """Keep these full prompt blocks (their request is done) if room can be made."""
@@ -147,12 +154,11 @@ class PrefixCache:
             if h in self.entries:
                 self.entries.move_to_end(h)
                 continue
-            if self.kv.free < self.blocks_per_hash:
-                self.evict(self.blocks_per_hash - self.kv.free)
-            if self.kv.free < self.blocks_per_hash:
+            if not self.kv.ensure(self.blocks_per_hash):
                 return
-            self.kv.free -= self.blocks_per_hash
+            self.kv.take(self.blocks_per_hash)
             self.held += self.blocks_per_hash
+            self.unpinned += self.blocks_per_hash
             self.entries[h] = 0
 
     def evict(self, wanted: int) -> None:
@@ -162,6 +168,7 @@ class PrefixCache:
                 break
             del self.entries[h]
             self.held -= self.blocks_per_hash
+            self.unpinned -= self.blocks_per_hash
             self.kv.free += self.blocks_per_hash
             freed += self.blocks_per_hash
 

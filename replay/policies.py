@@ -21,6 +21,7 @@ class BatchPlan:
     decode_kv_sum: float = 0.0  # their total context at the first iteration
     admitted: list = field(default_factory=list)
     transfer_us: float = 0.0  # KV swap traffic over the host link, charged to this iteration
+    preempted: bool = False  # blocks were freed while planning: a waiting request may fit at the next boundary
     steps: int = 1  # iterations this plan runs (more than one for a skipped-ahead decode run)
     start: float = 0.0  # seconds
     end: float = 0.0
@@ -33,7 +34,7 @@ class BatchPlan:
 
     @property
     def skippable(self) -> bool:
-        return not self.prefills and bool(self.decodes) and not self.transfer_us
+        return not self.prefills and bool(self.decodes) and not self.transfer_us and not self.preempted
 
     def tokens(self) -> int:
         return self.prefill_tokens + self.decodes * self.steps
