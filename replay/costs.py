@@ -24,6 +24,8 @@ from ..calibrate.catalog import ModelConfig
 from ..calibrate.model import CostModel
 from ..calibrate.ops import Batch, Parallelism, layer_ops
 
+SHORT_RUN = 32  # decode runs up to this many iterations are priced in plain Python (numpy's call overhead wins later)
+
 
 def _grid(top: int, points: int = 40) -> np.ndarray:
     return np.unique(np.round(np.geomspace(1, max(top, 2), points)).astype(int))
@@ -87,13 +89,21 @@ class IterationCost:
         return np.log(np.maximum(total, 1e-9)).reshape(len(g1), len(g2))
 
     # ---- evaluation ------------------------------------------------------------------------------
-    def decode_steps_us(self, batch_size: int, kv_sum_start: float, steps: int) -> np.ndarray:
-        """Times of `steps` decode-only iterations of a fixed batch whose total KV grows by batch_size a step:
-        the token-linear and LM-head parts are constant; only attention follows the growing KV length."""
-        fixed = _lookup(self._dense_table, batch_size) + _lookup(self._head_table, batch_size)
-        kv_mean = kv_sum_start / batch_size + np.arange(steps)
-        attention = np.exp(np.interp(np.log(kv_mean), self._l_log, self._row("decode", batch_size)[0]))
-        return attention + (fixed + self.step_overhead_us)
+    def decode_run_ends(self, batch_size: int, kv_sum_start: float, steps: int, start_s: float) -> list[float]:
+        """End times (s) of `steps` decode-only iterations of a fixed batch from start_s, its total KV growing by
+        batch_size a step: the token-linear and LM-head parts are constant; only attention follows the KV
+        length. Short runs (most) in plain Python, long ones vectorized."""
+        fixed = _lookup(self._dense_table, batch_size) + _lookup(self._head_table, batch_size) + self.step_overhead_us
+        values, row = self._row("decode", batch_size)
+        kv_mean = kv_sum_start / batch_size
+        if steps <= SHORT_RUN:
+            ends, t, ll = [], start_s, self._ll
+            for k in range(steps):
+                t += (fixed + _along(ll, row, kv_mean + k)) / 1e6
+                ends.append(t)
+            return ends
+        attention = np.exp(np.interp(np.log(kv_mean + np.arange(steps)), self._l_log, values))
+        return (start_s + np.cumsum((attention + fixed) / 1e6)).tolist()
 
     def _row(self, part: str, n: int) -> tuple[np.ndarray, list[float]]:
         """Log attention time over the KV-length grid at n decode sequences (part "decode") or a chunk of n

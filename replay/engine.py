@@ -22,9 +22,8 @@ step-by-step loop would have considered it."""
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from collections import deque
-
-import numpy as np
 
 from .cohort import DecodeCohort
 from .costs import IterationCost
@@ -236,11 +235,11 @@ class Simulation:
     def _cut(self, rep: Replica, now: float, ends: list) -> None:
         """End the replica's decode run at the first iteration boundary at or after `now`."""
         plan = rep.plan
-        keep = int(np.searchsorted(plan.ends, now, side="left")) + 1
+        keep = bisect_left(plan.ends, now) + 1
         if keep >= plan.steps:
             return
         rep.kv.release(rep.cohort.retreat(plan.steps - keep))
-        plan.steps, plan.ends, plan.end = keep, plan.ends[:keep], float(plan.ends[keep - 1])
+        plan.steps, plan.ends, plan.end = keep, plan.ends[:keep], plan.ends[keep - 1]
         plan.duration = plan.end - plan.start
         self._schedule(rep, plan.end, plan, ends)
 
@@ -273,7 +272,7 @@ class Simulation:
         plan.start = now
         if plan.skippable and self.skip_ahead:
             plan.ends = self._decode_run(rep, plan, now)
-            plan.steps, end = len(plan.ends), float(plan.ends[-1])
+            plan.steps, end = len(plan.ends), plan.ends[-1]
         else:
             us = rep.cost.iteration_us(plan.prefill_shape(), plan.decodes, plan.decode_kv_sum) + plan.transfer_us
             end = now + us / 1e6
@@ -282,7 +281,7 @@ class Simulation:
         return plan
 
     @staticmethod
-    def _decode_run(rep: Replica, plan: BatchPlan, now: float) -> np.ndarray:
+    def _decode_run(rep: Replica, plan: BatchPlan, now: float) -> list[float]:
         """End times of the decode iterations before anything but an arrival could change the batch: the
         next completion, or the free KV blocks running out. The plan reserved the first iteration; this reserves
         the rest."""
@@ -294,7 +293,7 @@ class Simulation:
                 extra = cohort.steps_within(rep.kv.free, extra)  # it does so at its own boundary, as stepping
                 need = cohort.blocks_needed(extra)  # would, and a cut run then never has evicted ahead
             rep.kv.take(cohort.advance(extra, need))
-        return now + np.cumsum(rep.cost.decode_steps_us(plan.decodes, plan.decode_kv_sum, 1 + extra) / 1e6)
+        return rep.cost.decode_run_ends(plan.decodes, plan.decode_kv_sum, 1 + extra, now)
 
     def _finish(self, rep: Replica, plan: BatchPlan, now: float, arrivals: list) -> None:
         rep.busy_us += plan.duration * 1e6

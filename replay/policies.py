@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from .config import Batching
 
 if TYPE_CHECKING:
@@ -26,7 +24,7 @@ class BatchPlan:
     start: float = 0.0  # seconds
     end: float = 0.0
     duration: float = 0.0
-    ends: np.ndarray | None = None  # end time of each iteration of a decode run
+    ends: list[float] | None = None  # end time (s) of each iteration of a decode run
 
     @property
     def empty(self) -> bool:
