@@ -17,7 +17,9 @@ simultaneous requests share the first batch). Decoding sequences live in a Decod
 iteration costs O(1) per replica rather than O(batch). A run of decode-only iterations whose batch cannot change (up
 to the next completion, within the free KV) is one event, priced in one vectorized call; an arrival routed to that
 replica that could join the batch cuts the run at the first iteration boundary at or after it, which is where a
-step-by-step loop would have considered it."""
+step-by-step loop would have considered it. Likewise, under chunked prefill, a prompt's consecutive full-budget
+chunks (with the same decodes) are one event: the budget goes to that partial prefill first, so no arrival can
+change them."""
 
 from __future__ import annotations
 
@@ -204,8 +206,8 @@ class Simulation:
                     if not rep.busy:  # wake it after every arrival of this instant has been queued
                         rep.busy = True
                         self._schedule(rep, now, None, ends)
-                    elif could_join and rep.plan is not None and rep.plan.steps > 1:
-                        self._cut(rep, now, ends)
+                    elif could_join and rep.plan is not None and rep.plan.ends is not None:
+                        self._cut(rep, now, ends)  # a decode run (a prefill run's budget is spoken for)
             else:
                 now, idx, event, plan = heapq.heappop(ends)
                 rep = replicas[idx]
@@ -273,6 +275,8 @@ class Simulation:
         if plan.skippable and self.skip_ahead:
             plan.ends = self._decode_run(rep, plan, now)
             plan.steps, end = len(plan.ends), plan.ends[-1]
+        elif self.skip_ahead and (chunk := rep.policy.chunk_budget(plan)):
+            end = self._prefill_run(rep, plan, chunk, now)
         else:
             us = rep.cost.iteration_us(plan.prefill_shape(), plan.decodes, plan.decode_kv_sum) + plan.transfer_us
             end = now + us / 1e6
@@ -294,6 +298,37 @@ class Simulation:
                 need = cohort.blocks_needed(extra)  # would, and a cut run then never has evicted ahead
             rep.kv.take(cohort.advance(extra, need))
         return rep.cost.decode_run_ends(plan.decodes, plan.decode_kv_sum, 1 + extra, now)
+
+    @staticmethod
+    def _prefill_run(rep: Replica, plan: BatchPlan, chunk: int, now: float) -> float:
+        """Extend a plan whose one prefill chunk took the whole budget by the following full-budget chunks of
+        the same prompt (the last may complete it), with the same decodes, until a member would finish or the
+        free KV runs out; price each iteration and reserve its blocks. Returns the run's end time."""
+        req, first = plan.prefills[0]
+        cohort, kv = rep.cohort, rep.kv
+        limit = cohort.steps_to_finish() if plan.decodes else req.target
+        chunks, left = [first], req.target - req.prefilled - first
+        while left >= chunk and len(chunks) <= limit:
+            chunks.append(chunk)
+            left -= chunk
+        while True:  # stop before a step that would need more than the free blocks
+            extra = len(chunks) - 1
+            need_cohort = cohort.blocks_needed(extra) if plan.decodes else 0
+            need_req = kv.blocks_for(req.prefilled + sum(chunks) - req.cached) - req.blocks
+            if need_cohort + need_req <= kv.free or not extra:
+                break
+            chunks.pop()
+        if extra:
+            kv.take(cohort.advance(extra, need_cohort) if plan.decodes else 0)
+            kv.take(need_req)
+            req.blocks += need_req
+        t, done, kv_sum = now, req.prefilled, plan.decode_kv_sum
+        for q in chunks:
+            t += rep.cost.iteration_us([(q, done)], plan.decodes, kv_sum) / 1e6
+            done += q
+            kv_sum += plan.decodes
+        plan.prefills, plan.prefill_tokens, plan.steps = [(req, sum(chunks))], sum(chunks), len(chunks)
+        return t
 
     def _finish(self, rep: Replica, plan: BatchPlan, now: float, arrivals: list) -> None:
         rep.busy_us += plan.duration * 1e6

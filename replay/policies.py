@@ -53,6 +53,12 @@ class BatchingPolicy:
     def plan(self, rep: Replica) -> BatchPlan:
         raise NotImplementedError
 
+    def chunk_budget(self, plan: BatchPlan) -> int:
+        """Tokens each following iteration would give the plan's one prefill chunk if nothing but its prompt
+        changed: the plan then extends into a run of full-budget chunks (arrivals cannot change it: the budget
+        goes to this partial prefill first). 0 when the plan cannot be extended."""
+        return 0
+
     # ---- shared steps --------------------------------------------------------------------------------
     @staticmethod
     def _decodes(rep: Replica, plan: BatchPlan) -> None:
@@ -127,6 +133,12 @@ class ChunkedPrefill(BatchingPolicy):
             budget = self._resume_or_prefill(rep, plan, budget, chunked=True)
             self._decodes(rep, plan)
         return plan
+
+    def chunk_budget(self, plan: BatchPlan) -> int:
+        if len(plan.prefills) != 1 or plan.transfer_us or plan.preempted:
+            return 0
+        budget = self.cfg.max_batched_tokens - (plan.decodes if self.cfg.order == "decode_first" else 0)
+        return budget if plan.prefills[0][1] == budget else 0
 
 
 class Continuous(BatchingPolicy):
