@@ -122,7 +122,7 @@ def _framework(row: pd.Series) -> str:
 
 
 def is_held_out(row_id: str) -> bool:
-    """The stable half of the rows kept out of the overhead calibration."""
+    """The stable half of the rows kept out of calibration (client start spread, step overhead)."""
     return hashlib.sha256(str(row_id).encode()).digest()[0] % 2 == 1
 
 
@@ -151,13 +151,13 @@ def steady_state(row: pd.Series, warehouse_root: Path, step_us: float = 0.0, ram
     }
 
 
-def _fit(table: pd.DataFrame, measured: str, simulated: str) -> dict:
-    """Per (device, framework): the median of measured minus simulated (ms) over the calibration half, in
-    microseconds, floored at 0."""
+def _fit_step_overheads(table: pd.DataFrame) -> dict:
+    """Per (device, framework): the median gap between measured TPOT and TPOT simulated without the overhead
+    over the calibration half, in microseconds, floored at 0."""
     out: dict = {}
     for (dev, fw), g in table[~table.held_out].groupby(["device", "backend"]):
-        gap_us = float(np.median(g[measured] - g[simulated])) * 1e3
-        out.setdefault(dev, {})[fw] = {"value_us": round(max(gap_us, 0.0), 1), "calibration_rows": len(g)}
+        gap_us = float(np.median(g.measured_tpot_ms - g.tpot_no_overhead_ms)) * 1e3
+        out.setdefault(dev, {})[fw] = {"step_overhead_us": round(max(gap_us, 0.0), 1), "calibration_rows": len(g)}
     return out
 
 
@@ -184,8 +184,8 @@ def _fit_ramps(expressible: list, rows: list[dict], warehouse_root: Path, advanc
     return chosen
 
 
-def _lookup(fitted: dict, row: pd.Series) -> float:
-    return fitted.get(row["system"], {}).get(_framework(row), {}).get("value_us", 0.0)
+def _step_overhead(fitted: dict, row: pd.Series) -> float:
+    return fitted.get(row["system"], {}).get(_framework(row), {}).get("step_overhead_us", 0.0)
 
 
 def _errors(table: pd.DataFrame, prefix: str = "predicted") -> dict:
@@ -242,9 +242,9 @@ def validate(path: Path, warehouse_root: Path, limit: int | None = None, progres
         if rows:
             # each campaign's client start spread from TTFT, then the step overhead from TPOT at that spread
             ramps = _fit_ramps(expressible, rows, warehouse_root, lambda: bar.advance(task))
-            step = _fit(pd.DataFrame(rows), "measured_tpot_ms", "tpot_no_overhead_ms")
+            fitted = _fit_step_overheads(pd.DataFrame(rows))
             for i, row in enumerate(expressible):
-                step_us, ramp = _lookup(step, row), ramps.get(campaign(row), {}).get("ramp", 0.0)
+                step_us, ramp = _step_overhead(fitted, row), ramps.get(campaign(row), {}).get("ramp", 0.0)
                 pred = steady_state(row, warehouse_root, step_us, ramp=ramp)
                 rows[i].update(
                     campaign=campaign(row),
@@ -257,13 +257,6 @@ def validate(path: Path, warehouse_root: Path, limit: int | None = None, progres
                 bar.advance(task)
             table = pd.DataFrame(rows)
             held = table[table.held_out]
-            fitted = {
-                dev: {
-                    fw: {"step_overhead_us": v["value_us"], "calibration_rows": v["calibration_rows"]}
-                    for fw, v in fws.items()
-                }
-                for dev, fws in step.items()
-            }
             summary.update(
                 {
                     "held_out_rows": len(held),
