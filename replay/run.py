@@ -63,6 +63,13 @@ def _iteration_cost(pool: Pool, warehouse_root: Path) -> IterationCost:
 def build_replicas(pool: Pool, warehouse_root: Path) -> list[Replica]:
     dev, mdl = catalog_device(pool.device), catalog_model(pool.model)
     blocks = kv_blocks(pool, dev, mdl)
+    log.info(
+        "%s: %d KV blocks per replica (%d tokens) after %s's weights",
+        pool.name,
+        blocks,
+        blocks * pool.memory.block_tokens,
+        mdl.id,
+    )
     cost = _iteration_cost(pool, warehouse_root)
     policy = BATCHING[pool.batching.policy](pool.batching)
     block_bytes = kv_block_bytes(pool, mdl)
@@ -283,6 +290,10 @@ def summarize(scenario: Scenario, requests: pd.DataFrame, timeline: pd.DataFrame
         "iterations": int(timeline.iterations.sum()),
         "swapped_blocks": [rep.swap.swapped_blocks for rep in replicas if rep.swap is not None],
         "utilization": [round(rep.busy_us / 1e6 / span, 4) if span else 0.0 for rep in replicas],
+        "kv_tokens_per_replica": replicas[0].kv.total * replicas[0].kv.block_tokens if replicas else 0,
+        "mean_batch_size": round(float(np.average(timeline.batch_size, weights=timeline.iterations)), 2)
+        if len(timeline)
+        else 0.0,
         "prefix_hit_rate": [round(rep.prefix.hit_rate, 4) for rep in replicas if rep.prefix is not None],
         "cost_tiers": dict(tiers),
     }
