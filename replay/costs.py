@@ -7,7 +7,8 @@ A batch's forward pass decomposes (calibrate.ops.layer_ops) into parts that depe
 - prefill attention: each chunk's new tokens q and cached tokens p.
 Each part is priced once on a log-spaced grid with the device's CostModel (every op carrying its tier; batches
 small enough to be CUDA-graph captured priced with graph-captured kernels where those were measured) and
-interpolated in log-log space afterwards, so one iteration costs a few numpy lookups instead of a model call."""
+interpolated in log-log space afterwards (1-D parts tabulated per integer), so one iteration costs a few list
+lookups and one or two interpolations instead of a model call."""
 
 from __future__ import annotations
 
