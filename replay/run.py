@@ -47,16 +47,17 @@ def _iteration_cost(pool: Pool, warehouse_root: Path) -> IterationCost:
     """Priced grids are reused while what prices them stays the same: the pool's hardware, model and
     parallelism, the grids' ranges, and the device's model artifact (sweeps over batching share them)."""
     artifact = models_path(warehouse_root, pool.device)
+    overhead_us = step_overhead_us(pool, warehouse_root)
     key = (
         pool.model_dump_json(exclude={"replicas", "name", "memory", "batching", "frontend_latency_us"}),
         max(pool.batching.max_batched_tokens, pool.max_model_len),
         pool.batching.max_num_seqs,
         str(Path(warehouse_root).resolve()),
         artifact.stat().st_mtime_ns if artifact.exists() else 0,
-        step_overhead_us(pool, warehouse_root),
+        overhead_us,
     )
     if key not in _COSTS:
-        _COSTS[key] = _build_cost(pool, warehouse_root)
+        _COSTS[key] = _build_cost(pool, warehouse_root, overhead_us)
     return _COSTS[key]
 
 
@@ -86,7 +87,7 @@ def build_replicas(pool: Pool, warehouse_root: Path) -> list[Replica]:
     return replicas
 
 
-def _build_cost(pool: Pool, warehouse_root: Path) -> IterationCost:
+def _build_cost(pool: Pool, warehouse_root: Path, overhead_us: float) -> IterationCost:
     mdl = catalog_model(pool.model)
     return IterationCost(
         model=mdl,
@@ -95,7 +96,7 @@ def _build_cost(pool: Pool, warehouse_root: Path) -> IterationCost:
         max_tokens=max(pool.batching.max_batched_tokens, pool.max_model_len),
         max_seqs=pool.batching.max_num_seqs,
         max_len=pool.max_model_len,
-        step_overhead_us=step_overhead_us(pool, warehouse_root),
+        step_overhead_us=overhead_us,
         cuda_graph_max_tokens=pool.cuda_graph_max_tokens,
     )
 

@@ -132,14 +132,21 @@ def campaign(row: pd.Series) -> str:
     return next((p.split("=", 1)[1] for p in text.split("; ") if p.startswith("source_file=")), "")
 
 
-def steady_state(row: pd.Series, warehouse_root: Path, step_us: float = 0.0, ramp: float = 0.0) -> dict:
+def pilot_e2e_s(row: pd.Series, warehouse_root: Path, step_us: float = 0.0) -> float:
+    """Mean end-to-end time (s) of one round with every client starting at once."""
+    pilot = scenario_for(row, step_us)
+    pilot.source.requests = pilot.source.concurrency
+    return float(simulate(pilot, warehouse_root)["requests"].e2e_ms.mean()) / 1e3
+
+
+def steady_state(
+    row: pd.Series, warehouse_root: Path, step_us: float = 0.0, ramp: float = 0.0, e2e_s: float | None = None
+) -> dict:
     """Mean TTFT and TPOT (ms) of the rounds after the warm-up, and the cost tiers used. With ramp > 0 the
-    clients start spread over that fraction of one request's end-to-end time (from a one-round pilot)."""
+    clients start spread over that fraction of one request's end-to-end time (e2e_s, else a one-round pilot)."""
     scenario = scenario_for(row, step_us)
     if ramp:
-        pilot = scenario.model_copy(deep=True)
-        pilot.source.requests = pilot.source.concurrency
-        e2e_s = float(simulate(pilot, warehouse_root)["requests"].e2e_ms.mean()) / 1e3
+        e2e_s = pilot_e2e_s(row, warehouse_root, step_us) if e2e_s is None else e2e_s
         scenario.source.ramp_up_s = ramp * e2e_s
     out = simulate(scenario, warehouse_root)
     req = out["requests"]
@@ -170,8 +177,9 @@ def _fit_ramps(expressible: list, rows: list[dict], warehouse_root: Path, advanc
     for i, (row, rec) in enumerate(zip(expressible, rows, strict=True)):
         if rec["held_out"]:
             continue
+        e2e_s = pilot_e2e_s(row, warehouse_root)  # one pilot serves every spread tried
         for ramp in RAMPS:
-            sims.setdefault(i, {})[ramp] = out = steady_state(row, warehouse_root, ramp=ramp)
+            sims.setdefault(i, {})[ramp] = out = steady_state(row, warehouse_root, ramp=ramp, e2e_s=e2e_s)
             ape = abs(out["ttft_ms"] - rec["measured_ttft_ms"]) / rec["measured_ttft_ms"]
             errors.setdefault(campaign(row), {}).setdefault(ramp, []).append(ape)
         advance()
