@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,21 +58,35 @@ FORMATS: dict[str, Format] = {
 _COMPANION_NAMES = {"collection_meta.yaml"} | {t for _, t, _, _ in request_logs.RAGPULSE_PARTS}
 
 
-def _head(path: Path) -> bytes:
+def _head(path: Path) -> tuple[bytes, bool]:
+    """The first bytes of a file's content (decompressed when gzipped, as far as the stream goes) and whether
+    a gzip stream ended before them."""
     with open(path, "rb") as f:
         head = f.read(HEAD_BYTES)
-    if head[:2] == b"\x1f\x8b":
-        try:
-            with gzip.open(path, "rb") as g:
-                head = g.read(HEAD_BYTES)
-        except (OSError, EOFError):
-            return head
-    return head
+        if head[:2] != b"\x1f\x8b":
+            return head, False
+        f.seek(0)
+        inflate = zlib.decompressobj(wbits=31)
+        out = b""
+        while len(out) < HEAD_BYTES and (chunk := f.read(HEAD_BYTES)):
+            try:
+                out += inflate.decompress(chunk, HEAD_BYTES - len(out))
+            except zlib.error as e:
+                raise IngestError(path, f"byte offset {f.tell() - len(chunk)}", f"corrupt gzip stream: {e}") from e
+        return out, len(out) < HEAD_BYTES and not inflate.eof
 
 
 def detect(path: Path) -> str | None:
     """The format of a file from its content, or None if it is none of ours."""
-    head = _head(path)
+    head, truncated = _head(path)
+    fmt = _detect(path, head)
+    if fmt is None and truncated:
+        size = path.stat().st_size
+        raise IngestError(path, f"byte offset {size}", "the gzip stream is truncated (the file is cut short)")
+    return fmt
+
+
+def _detect(path: Path, head: bytes) -> str | None:
     if head.startswith(b"PAR1"):
         return "aiconfigurator"
     text = head.decode("utf-8", errors="replace")

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from ..warehouse.batch import ROW_COLUMN, IngestError, SourceBatch
+from ..warehouse.batch import PROBLEM_COLUMN, ROW_COLUMN, IngestError, SourceBatch
 from ..warehouse.schema import TRACE_EVENTS
 from .devices import canonical_device
 
@@ -89,7 +89,14 @@ class _TextStream:
             self.pos = 0
         try:
             chunk = self.fh.read(CHUNK_CHARS)
-        except (OSError, EOFError, UnicodeDecodeError) as e:  # truncated gzip, bad bytes
+        except EOFError as e:
+            size = Path(self.path).stat().st_size
+            raise IngestError(
+                self.path,
+                f"byte offset {size} of the compressed file (text decoded up to character {self.base + len(self.buf)})",
+                "the gzip stream is truncated (the file is cut short)",
+            ) from e
+        except (OSError, UnicodeDecodeError) as e:  # corrupt gzip, bad bytes
             raise IngestError(self.path, f"offset {self.base + len(self.buf)}", f"unreadable data: {e}") from e
         if not chunk:
             self.eof = True
@@ -176,6 +183,7 @@ _EVENT_TYPE = pa.struct(
         ("tid", pa.int64()),
         ("ts", pa.float64()),
         ("dur", pa.float64()),
+        (PROBLEM_COLUMN, pa.string()),  # set by the slow path: a field present but not a number
         (
             "args",
             pa.struct(
@@ -207,6 +215,8 @@ _CONVERT_ARGS = {
 def _clean(event: dict) -> dict:
     """The slow path for events whose fields have stray types (a string stream id, a named tid)."""
     out = {k: conv(event.get(k)) for k, conv in _CONVERT.items()}
+    bad = [f"{k} {event[k]!r} is not a number" for k in ("ts", "dur") if event.get(k) is not None and out[k] is None]
+    out[PROBLEM_COLUMN] = "; ".join(bad) or None
     out["cat"], out["name"] = event.get("cat"), event.get("name")
     if not isinstance(out["name"], str):
         out["name"] = None
@@ -465,8 +475,9 @@ def _finish(raw: pa.Table, header: dict) -> pa.Table:
         "block": args.field("block"),
         "bytes": args.field("bytes"),
     }
-    arrays = [out[f.name] for f in TRACE_EVENTS] + [raw[ROW_COLUMN]]
-    return pa.Table.from_arrays(arrays, schema=TRACE_EVENTS.append(pa.field(ROW_COLUMN, pa.int64())))
+    arrays = [out[f.name] for f in TRACE_EVENTS] + [raw[ROW_COLUMN], raw[PROBLEM_COLUMN]]
+    schema = TRACE_EVENTS.append(pa.field(ROW_COLUMN, pa.int64())).append(pa.field(PROBLEM_COLUMN, pa.string()))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _enclosing(

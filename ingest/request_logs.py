@@ -12,7 +12,8 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from ..warehouse.batch import ROW_COLUMN, IngestError, QuarantinedRow, SourceBatch, build_table
+from ..warehouse.batch import ROW_COLUMN, IngestError, QuarantinedRow, SourceBatch, build_table, read_lines
+from .text import read_csv
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 BURSTGPT_COLUMNS = ("Timestamp", "Model", "Request tokens", "Response tokens")
@@ -40,14 +41,7 @@ def _relative(arrival: np.ndarray) -> np.ndarray:
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except pd.errors.EmptyDataError as e:
-        raise IngestError(path, "line 1", "empty file") from e
-    except pd.errors.ParserError as e:
-        raise IngestError(path, None, f"malformed CSV: {e}") from e
-    except UnicodeDecodeError as e:
-        raise IngestError(path, f"offset {e.start}", "not UTF-8 text (is this the right --format?)") from e
+    df = read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise IngestError(path, "line 1", f"missing column(s) {missing}; header is {list(df.columns)}")
@@ -70,6 +64,7 @@ def parse_azure(path: Path, batch: SourceBatch) -> SourceBatch:
     }
     batch.note = {"first_arrival_utc": str(stamps.dropna().iloc[0]) if stamps.notna().any() else None}
     batch.tables["requests"] = build_table("requests", cols, n)
+    batch.raw_text = lambda rows: read_lines(path, rows)
     return batch
 
 
@@ -89,6 +84,7 @@ def parse_burstgpt(path: Path, batch: SourceBatch) -> SourceBatch:
         "session_id": df["Log Type"].to_numpy(dtype=object) if "Log Type" in df.columns else None,
     }
     batch.tables["requests"] = build_table("requests", {k: v for k, v in cols.items() if v is not None}, n)
+    batch.raw_text = lambda rows: read_lines(path, rows)
     return batch
 
 
@@ -114,7 +110,7 @@ def _jsonl(path: Path, batch: SourceBatch, required: tuple[str, ...]) -> tuple[l
             if not records:
                 raise IngestError(path, f"line {lineno}", f"malformed JSON line: {e}") from e
             batch.quarantine.append(
-                QuarantinedRow("requests", lineno, f"malformed JSON line: {e}", raw[:500].decode(errors="replace"))
+                QuarantinedRow("requests", lineno, f"malformed JSON line: {e}", raw.decode(errors="replace").rstrip())
             )
             continue
         if not records:
@@ -125,6 +121,7 @@ def _jsonl(path: Path, batch: SourceBatch, required: tuple[str, ...]) -> tuple[l
         lines.append(lineno)
     if not records:
         raise IngestError(path, "line 1", "empty file")
+    batch.raw_text = lambda rows: read_lines(path, rows)
     return records, lines
 
 

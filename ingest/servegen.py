@@ -21,6 +21,7 @@ import orjson
 import pandas as pd
 
 from ..warehouse.batch import ROW_COLUMN, IngestError, SourceBatch, build_table
+from .text import read_csv
 
 WINDOW_S = 600.0
 PDF_FIELDS = ("input_tokens", "output_tokens", "reason_ratio")
@@ -92,10 +93,7 @@ def _parse_pdf(path: Path, window: str, field: str, text) -> tuple[np.ndarray, n
 
 
 def _read_trace(path: Path) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path, header=None)
-    except pd.errors.EmptyDataError as e:
-        raise IngestError(path, "line 1", "empty file") from e
+    df = read_csv(path, header=None)
     if df.shape[1] != 6:
         raise IngestError(path, "line 1", f"expected 6 columns (window, rate, cv, dist, p1, p2), got {df.shape[1]}")
     df.columns = ["window_start_s", "rate", "cv", "dist", "param1", "param2"]

@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..warehouse.batch import ROW_COLUMN, IngestError, SourceBatch, build_table
 from .devices import canonical_device
+from .text import read_csv
 
 MS_TO_US = 1000.0
 VIDUR_DTYPE = "float16"
@@ -74,12 +75,7 @@ def _model_and_device(path: Path) -> tuple[str | None, str]:
 
 
 def _read(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path)
-    except pd.errors.ParserError as e:
-        raise IngestError(path, None, f"malformed CSV: {e}") from e
-    except pd.errors.EmptyDataError as e:
-        raise IngestError(path, None, "empty file") from e
+    return read_csv(path)
 
 
 def _int(df: pd.DataFrame, column: str) -> np.ndarray:

@@ -152,7 +152,7 @@ def warehouse_sql(
 ) -> None:
     """Run a read-only SQL query and print the result as a plain table."""
     with _errors(), Warehouse(warehouse, read_only=True) as wh:
-        cols, rows = wh.query(query)
+        cols, rows = wh.user_query(query)
     sys.stdout.write(_plain_table(cols, rows) + "\n")
 
 

@@ -47,11 +47,21 @@ def test_truncated_trace_json(seeded: Warehouse, tmp_path: Path):
     expect_error(seeded, bad, r"offset \d+: truncated JSON")
 
 
-def test_truncated_gzip_stream(seeded: Warehouse, tmp_path: Path):
+@pytest.mark.parametrize("keep", [0.5, 0.02])
+@pytest.mark.parametrize("fmt", [None, "kineto"])
+def test_truncated_gzip_stream_says_so(seeded: Warehouse, tmp_path: Path, keep: float, fmt: str | None):
     data = AMD_TRACE.read_bytes()
     bad = tmp_path / "truncated.json.gz"
-    bad.write_bytes(data[: len(data) - 200])
-    expect_error(seeded, bad, r"offset \d+: (unreadable data|truncated JSON)", fmt="kineto")
+    bad.write_bytes(data[: int(len(data) * keep)])
+    expect_error(seeded, bad, r"byte offset \d+.*: the gzip stream is truncated", fmt=fmt)
+
+
+def test_non_utf8_byte_is_reported_at_its_offset_in_the_file(seeded: Warehouse, tmp_path: Path):
+    head = b"TIMESTAMP,ContextTokens,GeneratedTokens\n" + b"2023-11-16 18:15:46.0000000,100,10\n" * 5
+    bad = tmp_path / "azure.csv"
+    bad.write_bytes(head + b"2023-11-16 18:15:47.0000000,1\xff0,10\n")
+    at = len(head) + len("2023-11-16 18:15:47.0000000,1")
+    expect_error(seeded, bad, rf"line 7, byte offset {at}: not UTF-8")
 
 
 def test_malformed_trace_json_names_the_offset(seeded: Warehouse, tmp_path: Path):
@@ -142,8 +152,86 @@ def test_non_monotone_timestamps_are_quarantined(seeded: Warehouse, tmp_path: Pa
     report = ingest(seeded, [bad], progress=False)
     assert (report.rows_accepted, report.rows_quarantined) == (3, 1)
     q = seeded.query("SELECT path, row_number, reason, record FROM quarantine")[1]
-    assert q[0][:3] == (str(bad), 4, "arrival time goes back (earlier than the previous request)")
-    assert '"input_tokens": 300' in q[0][3]
+    assert q[0][:3] == (str(bad), 4, "arrival -1 s goes back: earlier than the last accepted row (line 3: 1 s)")
+    assert q[0][3] == "2023-11-16 18:15:45.0000000,300,30"  # the row as written
+
+
+def test_a_row_that_jumps_ahead_is_quarantined_not_the_good_row_after_it(seeded: Warehouse, tmp_path: Path):
+    bad = tmp_path / "azure.csv"
+    bad.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.0000000,100,10\n"
+        "2023-11-17 18:15:47.0000000,200,20\n"  # a day ahead of its neighbours
+        "2023-11-16 18:15:47.0000000,300,30\n"
+        "2023-11-16 18:15:48.0000000,400,40\n"
+    )
+    report = ingest(seeded, [bad], progress=False)
+    assert (report.rows_accepted, report.rows_quarantined) == (3, 1)
+    row, reason = seeded.query("SELECT row_number, reason FROM quarantine")[1][0]
+    assert row == 3 and reason.startswith("arrival 86401 s jumps ahead of the rows around it")
+    kept = seeded.query(f"SELECT input_tokens FROM requests WHERE source_id != '{_first_source(seeded)}'")[1]
+    assert [r[0] for r in kept] == [100, 300, 400]
+
+
+def test_a_clock_reset_starts_a_segment_that_never_goes_back(seeded: Warehouse, tmp_path: Path):
+    lines = [json.dumps({"timestamp": t, "input_length": 10, "output_length": 5}) for t in (0, 10, 20, 30)]
+    lines += [json.dumps({"timestamp": t, "input_length": 20, "output_length": 5}) for t in (2, 12, 22)]
+    bad = tmp_path / "mooncake.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    report = ingest(seeded, [bad], progress=False)
+    assert (report.rows_accepted, report.rows_quarantined) == (7, 0)
+    rows = seeded.query(
+        "SELECT segment, round(arrival_s, 9) FROM requests WHERE log_name LIKE 'mooncake/%' ORDER BY request_id"
+    )
+    assert rows[1] == [(0, 0.0), (0, 0.01), (0, 0.02), (0, 0.03), (1, 0.0), (1, 0.01), (1, 0.02)]
+
+
+def _first_source(w: Warehouse) -> str:
+    return w.query("SELECT source_id FROM sources ORDER BY ingested_at LIMIT 1")[1][0][0]
+
+
+def test_huge_counts_keep_their_value_and_get_the_right_reason(seeded: Warehouse, tmp_path: Path, capfd):
+    bad = tmp_path / "azure.csv"
+    bad.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.0000000,100,10\n"
+        "2023-11-16 18:15:47.0000000,1e308,20\n"
+        "2023-11-16 18:15:48.0000000,400,40\n"
+    )
+    report = ingest(seeded, [bad], progress=False)
+    assert (report.rows_accepted, report.rows_quarantined) == (2, 1)
+    row, reason, record = seeded.query("SELECT row_number, reason, record FROM quarantine")[1][0]
+    assert (row, reason) == (3, "input_tokens exceeds 2^63 - 1 (no real count)")
+    assert record == "2023-11-16 18:15:47.0000000,1e308,20"
+    assert "RuntimeWarning" not in capfd.readouterr().err
+
+
+def test_long_quarantined_records_are_kept_whole(seeded: Warehouse, tmp_path: Path):
+    rec = {"timestamp": 0, "input_length": 10, "output_length": 5, "hash_ids": list(range(3000))}
+    good = json.dumps(rec)
+    bad = tmp_path / "mooncake.jsonl"
+    bad.write_text(good + "\n" + good.replace('"input_length": 10', '"input_length": -1') + "\n" + good + "\n")
+    ingest(seeded, [bad], progress=False)
+    record = seeded.query("SELECT record FROM quarantine")[1][0][0]
+    assert len(record) > 10000 and json.loads(record)["hash_ids"] == list(range(3000))
+
+
+def test_kineto_unparseable_and_absurd_times_are_quarantined(seeded: Warehouse, tmp_path: Path):
+    doc = json.loads(gzip.decompress(AMD_TRACE.read_bytes()))
+    kernels = [i for i, e in enumerate(doc["traceEvents"]) if e.get("cat") == "kernel"][:3]
+    doc["traceEvents"][kernels[0]]["dur"] = "abc"
+    doc["traceEvents"][kernels[1]]["dur"] = 1e308
+    doc["traceEvents"][kernels[2]]["ts"] = 1e308
+    bad = tmp_path / "trace.json"
+    bad.write_text(json.dumps(doc))
+    report = ingest(seeded, [bad], progress=False)
+    reasons = sorted(r for (r,) in seeded.query("SELECT reason FROM quarantine")[1])
+    assert report.rows_quarantined == 3
+    assert reasons == [
+        "dur 'abc' is not a number",
+        "dur_us exceeds 1e12 us (11.6 days)",
+        "ts_us is more than 1e12 us after the trace start",
+    ]
 
 
 def test_unparseable_values_are_quarantined_with_line_numbers(seeded: Warehouse, tmp_path: Path):

@@ -267,11 +267,21 @@ def test_ragpulse_parts_and_sessions(wh: Warehouse):
 
 
 @pytest.mark.shared
-def test_ragpulse_full_log_quarantines_its_one_out_of_order_request(tmp_path: Path):
+def test_ragpulse_full_log_clock_reset_splits_it_into_two_segments_that_never_go_back(tmp_path: Path):
+    """The real trace's clock resets once (line 3,801: 0 s after 604,453 s). Every row is kept; the rows from
+    the reset on are segment 1, with arrivals from their own start; no segment goes backwards."""
     with Warehouse(tmp_path / "wh") as w:
         report = ingest(w, [shared_path("requests/ragpulse/data/0_trace.jsonl")], progress=False)
-        assert report.rows_accepted == 7105 and report.rows_quarantined == 1
-        assert "goes back" in one(w, "SELECT reason FROM quarantine")
+        assert report.rows_accepted == 7106 and report.rows_quarantined == 0
+        rows = w.query("SELECT segment, count(*), min(arrival_s) FROM requests GROUP BY 1 ORDER BY 1")[1]
+        assert rows == [(0, 3800, 0.0), (1, 3306, 0.0)]
+        backwards = w.query(
+            "SELECT count(*) FROM (SELECT arrival_s - lag(arrival_s) OVER (PARTITION BY segment ORDER BY request_id)"
+            " AS step FROM requests) WHERE step < 0"
+        )[1][0][0]
+        assert backwards == 0
+        note = json.loads(one(w, "SELECT note FROM sources"))
+        assert note["segments"] == 2 and note["segment_start_lines"] == [3801]
 
 
 def test_servegen_is_seeded_and_follows_the_rates(tmp_path: Path):

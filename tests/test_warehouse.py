@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import duckdb
 import pytest
 from conftest import SAMPLES, copy_sample, counts, files_under
 from hermes_sim.ingest.runner import ingest
@@ -121,3 +122,48 @@ def test_ingest_of_a_single_nested_sample_folder(wh: Warehouse, tmp_path: Path):
     report = ingest(wh, [folder], progress=False)
     assert [b.format for b in report.committed] == ["servegen"]
     assert report.skipped and all(p.name in ("LICENSE", "chunk-10-dataset.json") for p in report.skipped)
+
+
+@pytest.fixture
+def committed(tmp_path: Path) -> Path:
+    root = tmp_path / "wh"
+    with Warehouse(root) as w:
+        ingest(w, [SAMPLES / "requests/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"], progress=False)
+    return root
+
+
+WRITES = [
+    "COPY (SELECT 1 AS a) TO '{part}'",
+    "COPY requests TO '{root}/out.csv'",
+    "ATTACH '{root}/catalog.duckdb' AS rw (READ_WRITE); INSERT INTO rw.sources SELECT * FROM rw.sources",
+    "ATTACH '{root}/other.duckdb' AS other",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "CREATE TABLE t AS SELECT 1",
+    "CREATE TEMP TABLE t AS SELECT 1",
+    "SET enable_external_access = true",
+    "DELETE FROM quarantine",
+    "SELECT 1; DROP VIEW requests",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_text('{root}/catalog.duckdb')",
+    "SELECT * FROM read_parquet('{root}/../*.parquet')",
+]
+
+
+@pytest.mark.parametrize("sql", WRITES)
+def test_user_sql_cannot_write_or_read_outside_the_warehouse(committed: Path, sql: str):
+    part = next((committed / "tables" / "requests").rglob("part-0.parquet"))
+    before = part.read_bytes(), sorted(p.name for p in committed.rglob("*"))
+    with Warehouse(committed, read_only=True) as w, pytest.raises((PermissionError, duckdb.Error)):
+        w.user_query(sql.format(part=part, root=committed))
+    assert part.read_bytes() == before[0] and sorted(p.name for p in committed.rglob("*")) == before[1]
+    with Warehouse(committed, read_only=True) as w:
+        assert w.user_query("SELECT count(*) FROM requests")[1] == [(3000,)]
+
+
+def test_user_sql_reads_the_tables(committed: Path):
+    with Warehouse(committed, read_only=True) as w:
+        cols, rows = w.user_query("WITH r AS (SELECT * FROM requests) SELECT count(*) AS n FROM r")
+        assert (cols, rows) == (["n"], [(3000,)])
+        assert w.user_query("DESCRIBE requests")[1]
+        assert w.user_query("EXPLAIN SELECT * FROM kernel_samples")[1]

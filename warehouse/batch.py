@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,10 @@ import pyarrow as pa
 from .schema import DATA_TABLES
 
 ROW_COLUMN = "_row"  # 1-based row (line, event) number in the source file; dropped before writing
+# Optional: a parser's reason to quarantine the row (a value present but unparseable); dropped before writing
+PROBLEM_COLUMN = "_problem"
+HIDDEN_COLUMNS = (ROW_COLUMN, PROBLEM_COLUMN)
+INT64_MAX = 2**63 - 1
 
 
 class IngestError(Exception):
@@ -46,6 +51,9 @@ class SourceBatch:
     tables: dict[str, pa.Table] = field(default_factory=dict)
     quarantine: list[QuarantinedRow] = field(default_factory=list)
     note: dict = field(default_factory=dict)
+    # The source's own text of rows by row number (line-oriented formats), so a quarantined row keeps its whole
+    # original record; None: the record is rebuilt from the parsed row
+    raw_text: Callable[[list[int]], dict[int, str]] | None = None
 
     @property
     def source_id(self) -> str:
@@ -68,15 +76,19 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
 
 def build_table(table_name: str, columns: dict, num_rows: int) -> pa.Table:
     """An Arrow table with the table's full schema. A column may be an array (numpy, Arrow, list), a scalar
-    repeated on every row, or absent / None (all null). `_row` must be given."""
+    repeated on every row, or absent / None (all null). `_row` must be given; `_problem` may be.
+
+    An integer column given as floats with a value beyond int64 stays float64 here, so the data checks see (and
+    quarantine) the value as written; the commit casts the accepted rows to the schema."""
     schema = DATA_TABLES[table_name]
-    unknown = set(columns) - set(schema.names) - {ROW_COLUMN}
+    unknown = set(columns) - set(schema.names) - set(HIDDEN_COLUMNS)
     if unknown:
         raise ValueError(f"{table_name}: unknown columns {sorted(unknown)}")
     fields = [*schema, pa.field(ROW_COLUMN, pa.int64())]
-    return pa.Table.from_arrays(
-        [_column(columns.get(f.name), f.type, num_rows) for f in fields], schema=pa.schema(fields)
-    )
+    if columns.get(PROBLEM_COLUMN) is not None:
+        fields.append(pa.field(PROBLEM_COLUMN, pa.string()))
+    arrays = [_column(columns.get(f.name), f.type, num_rows) for f in fields]
+    return pa.Table.from_arrays(arrays, names=[f.name for f in fields])
 
 
 def _column(values, type_: pa.DataType, num_rows: int) -> pa.Array:
@@ -90,5 +102,44 @@ def _column(values, type_: pa.DataType, num_rows: int) -> pa.Array:
         return pa.array([values], type=type_).take(pa.array(np.zeros(num_rows, dtype=np.int64)))
     if pa.types.is_integer(type_) and isinstance(values, np.ndarray) and values.dtype.kind == "f":
         missing = ~np.isfinite(values)  # NaN marks a missing value in float-typed counts
+        if (np.abs(values[~missing]) > INT64_MAX).any():
+            return pa.array(values, type=pa.float64(), from_pandas=True)
         return pa.array(np.where(missing, 0, values).astype(np.int64), type=type_, mask=missing)
     return pa.array(values, type=type_, from_pandas=True)
+
+
+def utf8_error(path: Path, chunk_bytes: int = 1 << 20) -> tuple[int, int, str] | None:
+    """(byte offset, line, reason) of a text file's first invalid UTF-8 byte, or None if it decodes."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 1
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(chunk_bytes)
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                at = offset - pending + e.start
+                with open(path, "rb") as g:
+                    lines = g.read(at).count(b"\n") + 1
+                return at, lines, e.reason
+            if not chunk:
+                return None
+            offset += len(chunk)
+
+
+def read_lines(path: Path, numbers: list[int]) -> dict[int, str]:
+    """The text of the given 1-based lines of a text file (for quarantined rows' original records)."""
+    wanted, out = set(numbers), {}
+    if not wanted:
+        return out
+    last = max(wanted)
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno in wanted:
+                out[lineno] = raw.rstrip(b"\r\n").decode("utf-8", errors="replace")
+            if lineno >= last:
+                break
+    return out

@@ -74,7 +74,8 @@ REQUESTS = pa.schema(
         ("source_id", pa.string()),
         ("log_name", pa.string()),
         ("request_id", pa.int64()),
-        ("arrival_s", pa.float64()),  # relative to the log's first request
+        ("arrival_s", pa.float64()),  # relative to the first request of its segment
+        ("segment", pa.int64()),  # clock segment: 0, then 1, 2, ... after each reset of the log's clock
         ("input_tokens", pa.int64()),
         ("output_tokens", pa.int64()),
         ("session_id", pa.string()),

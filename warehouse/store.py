@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import __version__
-from .batch import ROW_COLUMN, SourceBatch
+from .batch import HIDDEN_COLUMNS, SourceBatch
 from .schema import CATALOG_DDL, DATA_TABLES
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 ENV_VAR = "HERMES_WAREHOUSE"
 DEFAULT_DIR = ".hermes"
 CATALOG_FILE = "catalog.duckdb"
+READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
 
 def default_location() -> Path:
@@ -57,6 +58,7 @@ class Warehouse:
     def __init__(self, root: Path | str | None = None, read_only: bool = False):
         self.root = Path(root) if root is not None else default_location()
         self.read_only = read_only
+        self._locked = False  # user queries lock the connection's configuration for good
         catalog = self.root / CATALOG_FILE
         if read_only and not catalog.exists():
             raise FileNotFoundError(
@@ -83,6 +85,43 @@ class Warehouse:
         cur = self.con.execute(sql, params or [])
         columns = [d[0] for d in cur.description] if cur.description else []
         return columns, cur.fetchall()
+
+    def user_query(self, sql: str) -> tuple[list[str], list[tuple]]:
+        """Run a user's SQL with no way to change anything: only SELECT / EXPLAIN statements, on a read-only
+        catalog, with file access limited to the committed Parquet parts and the configuration locked (so no
+        COPY ... TO, ATTACH, INSTALL / LOAD, CREATE, SET, or file readers outside the warehouse)."""
+        if not self.read_only:
+            raise PermissionError("user queries run on a warehouse opened read-only")
+        try:
+            statements = duckdb.extract_statements(sql)
+        except duckdb.Error as e:
+            raise ValueError(f"SQL does not parse: {e}") from e
+        if not statements:
+            raise ValueError("empty SQL query")
+        for st in statements:
+            if st.type not in READ_STATEMENTS:
+                kind = str(st.type).rsplit(".", 1)[-1]
+                raise PermissionError(
+                    f"`warehouse sql` is read-only: {kind} statements are refused ({st.query.strip()[:80]!r}); "
+                    "only SELECT, WITH ... SELECT, DESCRIBE / SHOW / SUMMARIZE and EXPLAIN run"
+                )
+        self._lock_down()
+        columns: list[str] = []
+        rows: list[tuple] = []
+        for st in statements:
+            cur = self.con.execute(st)
+            columns = [d[0] for d in cur.description] if cur.description else []
+            rows = cur.fetchall()
+        return columns, rows
+
+    def _lock_down(self) -> None:
+        files = [
+            str((self.root / rel).resolve()) for (rel,) in self.con.execute("SELECT relpath FROM parts").fetchall()
+        ]
+        self.con.execute("SET allowed_directories = []")
+        self.con.execute("SET allowed_paths = ?", [files])
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET lock_configuration = true")
 
     def arrow(self, sql: str, params: list | None = None) -> pa.Table:
         return self.con.sql(sql, params=params or None).to_arrow_table()
@@ -180,7 +219,7 @@ class Warehouse:
         for name, table in batch.tables.items():
             if table.num_rows == 0:
                 continue
-            table = table.drop_columns([ROW_COLUMN])
+            table = table.drop_columns([c for c in HIDDEN_COLUMNS if c in table.column_names])
             sid = pa.array([batch.source_id] * table.num_rows, pa.string())
             table = table.set_column(table.schema.get_field_index("source_id"), "source_id", sid)
             table = table.cast(DATA_TABLES[name])
