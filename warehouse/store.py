@@ -115,6 +115,9 @@ class Warehouse:
         return columns, rows
 
     def _lock_down(self) -> None:
+        if self._locked:
+            return
+        self._locked = True
         files = [
             str((self.root / rel).resolve()) for (rel,) in self.con.execute("SELECT relpath FROM parts").fetchall()
         ]
