@@ -41,11 +41,13 @@ class Device(BaseModel):
     on_chip_bytes: PositiveInt
     interconnects: dict[str, Link]
     power_watts: PositiveFloat | None
+    devices_per_node: PositiveInt = Field(description="devices one node holds (TP beyond it crosses nodes)")
+    price_per_hour_usd: PositiveFloat | None = Field(description="on-demand rental per device-hour, or null")
     sources: dict[str, str]
 
     @model_validator(mode="after")
     def _has_sources(self) -> Device:
-        missing = {"compute", "memory", "interconnect", "power"} - set(self.sources)
+        missing = {"compute", "memory", "interconnect", "power", "node", "price"} - set(self.sources)
         if missing:
             raise ValueError(f"sources missing for {sorted(missing)}")
         if "bfloat16" not in self.peak_flops and "float32" not in self.peak_flops:
@@ -189,11 +191,15 @@ def local_cpu() -> Device:
         on_chip_bytes=32 * 2**20,
         interconnects={"pcie": Link(bandwidth=16e9, latency_s=1e-5)},
         power_watts=None,
+        devices_per_node=1,
+        price_per_hour_usd=None,
         sources={
             "compute": f"estimated: {cores} cores x {ghz:.2f} GHz x 32 fp32 flops/cycle",
             "memory": "estimated: 20 GB/s per 4 cores; capacity from the OS",
             "interconnect": "assumed PCIe 4.0 x8",
             "power": "unknown",
+            "node": "this machine",
+            "price": "unknown",
         },
     )
 
@@ -232,5 +238,14 @@ def import_aiconfigurator_system(path: Path) -> Device:
         on_chip_bytes=1,
         interconnects=links,
         power_watts=gpu.get("power"),
-        sources={"compute": src, "memory": src, "interconnect": src, "power": src},
+        devices_per_node=int(node.get("num_gpus_per_node", 8)),
+        price_per_hour_usd=None,
+        sources={
+            "compute": src,
+            "memory": src,
+            "interconnect": src,
+            "power": src,
+            "node": src,
+            "price": "not in AIConfigurator's spec sheets",
+        },
     )

@@ -28,8 +28,11 @@ _DTYPE_TWINS = {"float16": "bfloat16", "bfloat16": "float16", "fp8_block": "fp8"
 
 
 class CostModel:
-    def __init__(self, device_name: str, warehouse_root: Path, framework: str | None = None):
-        self.device: Device = device(device_name)
+    def __init__(
+        self, device_name: str, warehouse_root: Path, framework: str | None = None, share: Device | None = None
+    ):
+        # share: the part of the device a pool replica uses (a CPU replica's cores), priced at its own rates
+        self.device: Device = share or device(device_name)
         self.root = Path(warehouse_root)
         self.framework = framework
         self.models = self._index(load(self.root, device_name))
@@ -63,6 +66,8 @@ class CostModel:
             if name == self.device.id or name not in devices():
                 continue
             other = device(name)
+            if (other.kind == "cpu") != (self.device.kind == "cpu"):
+                continue  # a CPU's kernel efficiency says nothing about an accelerator's, nor the reverse
             idx = self._index(load(self.root, name))
             if any(f == family for f, _ in idx):
                 rank = (

@@ -39,6 +39,9 @@ class Parallelism:
     dtype: str = "bfloat16"
     kv_cache_dtype: str | None = None
     extra: dict = field(default_factory=dict)
+    # set when a replica's GPUs span nodes of this many devices: collectives that cross a node use the
+    # inter-node link (None: the replica fits in one node)
+    devices_per_node: int | None = None
 
 
 def layer_ops(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism()) -> pd.DataFrame:
@@ -102,10 +105,22 @@ def layer_ops(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism()
         add("mlp_down", "gemm", m=T, n=model.hidden, k=model.ffn // tp)
     add("norms", "norm", count=2 * layers, dtype=act, m=T, n=model.hidden)
     add("activation", "elementwise", dtype=act, m=T, n=model.ffn // tp)
+    node = {"devices_per_node": par.devices_per_node} if par.devices_per_node else {}
     if tp > 1:
-        add("tp_all_reduce", "all_reduce", count=2 * layers, dtype=act, message_bytes=T * model.hidden * 2, num_gpus=tp)
-    if par.pp > 1:
-        add("pp_send_recv", "send_recv", count=1, dtype=act, message_bytes=T * model.hidden * 2, num_gpus=2)
+        add(
+            "tp_all_reduce",
+            "all_reduce",
+            count=2 * layers,
+            dtype=act,
+            message_bytes=T * model.hidden * 2,
+            num_gpus=tp,
+            **node,
+        )
+    if par.pp > 1:  # stage to stage: across nodes when the replica spans them (the next stage is elsewhere)
+        send_node = {"devices_per_node": 1} if par.devices_per_node and tp * par.pp > par.devices_per_node else {}
+        add(
+            "pp_send_recv", "send_recv", count=1, dtype=act, message_bytes=T * model.hidden * 2, num_gpus=2, **send_node
+        )
     if model.kind == "decoder":
         logits = batch.sequences  # one next-token distribution per sequence
         add("lm_head", "gemm", count=1, dtype=act, m=logits, n=model.vocab // tp, k=model.hidden)

@@ -67,6 +67,34 @@ def attention_terms(df: pd.DataFrame, prefill: bool) -> tuple[np.ndarray, np.nda
     return flops, bytes_
 
 
+def vector_search_terms(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Search of m queries over an index of n vectors of dimension k (float32), by layout (`kernel_source`):
+    - numpy (hermes profile's brute force): a (m x k) by (k x n) GEMM writing every score;
+    - faiss-flat: the index is scanned once per batch, scores reduced to top-k heaps as they are made;
+    - faiss-ivf: the m x nlist coarse quantizer, then nprobe of nlist lists (`search_width`, `num_lists`) per
+      query; bytes count the distinct lists a batch touches at most once;
+    - faiss-hnsw: about ef_search x M distance evaluations per query (`search_width` = ef, `num_lists` = M),
+      each a random read of one vector: no reuse."""
+    m, n, k = _col(df, "m"), _col(df, "n"), _col(df, "k")
+    src = df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else np.full(len(df), "")
+    width, lists = _col(df, "search_width", 1), _col(df, "num_lists", 1)
+    b = 4.0
+    flops = 2 * m * n * k
+    bytes_ = (m * k + k * n) * b + m * n * b
+    flat = src == "faiss-flat"
+    bytes_ = np.where(flat, (m * k + k * n) * b, bytes_)
+    ivf = src == "faiss-ivf"
+    per_list = n / np.maximum(lists, 1)
+    touched = np.minimum(lists, m * width)
+    flops = np.where(ivf, 2 * m * lists * k + 2 * m * width * per_list * k, flops)
+    bytes_ = np.where(ivf, (lists * k + touched * per_list * k + m * k) * b, bytes_)
+    hnsw = src == "faiss-hnsw"
+    visits = width * lists + np.log2(np.maximum(n, 2)) * lists
+    flops = np.where(hnsw, 2 * m * visits * k, flops)
+    bytes_ = np.where(hnsw, m * visits * k * b, bytes_)
+    return flops, bytes_
+
+
 def collective_bus_bytes(family: np.ndarray, size: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Bytes each device sends over its link in the ring algorithm, for NCCL-tests' message sizes."""
     n = np.maximum(n, 1)
@@ -85,9 +113,12 @@ def roofline(df: pd.DataFrame, device: Device) -> pd.DataFrame:
     bytes_ = np.zeros(len(df))
     comm_us = np.zeros(len(df))
 
-    is_gemm = (fam == GEMM) | (fam == VECTOR_SEARCH)
+    is_gemm = fam == GEMM
     if is_gemm.any():
         flops[is_gemm], bytes_[is_gemm] = gemm_terms(df[is_gemm])
+    search = fam == VECTOR_SEARCH
+    if search.any():
+        flops[search], bytes_[search] = vector_search_terms(df[search])
     for family, prefill in ((PREFILL, True), (DECODE, False)):
         mask = fam == family
         if mask.any():

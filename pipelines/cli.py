@@ -165,7 +165,7 @@ def run_main_job(warehouse: WarehouseOpt = None) -> None:
     cost models on them, replay the bundled Azure log on H100s, and print the summary of each step."""
     from ..calibrate.pipeline import calibrate_device
     from ..calibrate.report import markdown
-    from ..replay.config import load
+    from ..replay.scenario import load
     from ..replay.run import simulate
 
     ingest([SAMPLES], None, warehouse, None, 0, quiet=False)
@@ -292,16 +292,23 @@ def replay(
         Path | None, typer.Option("--out", help="Write requests / timeline Parquet and summary here.")
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="Summary as text or json on stdout.")] = "text",
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a scenario field: dotted.path=value (repeatable; YAML values)."),
+    ] = None,
     warehouse: WarehouseOpt = None,
 ) -> None:
-    """Simulate serving a request log (or a synthetic / closed-loop source) on a pool of replicas."""
-    from ..replay.config import load
+    """Simulate serving request logs (or synthetic / closed-loop sources) through a scenario's pools and
+    pipelines."""
+    from ..replay.scenario import load
     from ..replay.run import simulate
 
     root = warehouse or default_location()
     with _errors():
-        scenario = load(config)
+        scenario = load(config, sets or ())
         if log_path:
+            if len(scenario.clients) != 1:
+                raise ValueError(f"--log sets the one client's log; {config} has {len(scenario.clients)} clients")
             scenario.source.kind, scenario.source.log = "log", log_path
         if sweep:
             from ..replay.parallel import dask_client, run_sweep, sweep_points

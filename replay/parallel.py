@@ -1,11 +1,13 @@
 """Dask: parameter sweeps as tasks, and one long log split across replicas under a static router.
 
 A local cluster (loopback only, no dashboard) is started unless a scheduler address is given. Results come
-back in the order of the inputs, so a parallel run gives the same output as a serial one."""
+back in the order of the inputs, so a parallel run gives the same output as a serial one. Tasks return plain
+data (frames, dicts), never engine objects: a worker may still be using what built them."""
 
 from __future__ import annotations
 
 import itertools
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,23 +15,40 @@ import pandas as pd
 import yaml
 from rich.progress import Progress
 
-from .config import Scenario
-from .engine import Req, Simulation
-from .policies import ROUTERS
-from .run import build_replicas, collect, log_requests, open_loop_requests, simulate
+from .errors import ScenarioError
+from .outputs.tables import facts, merge_facts, requests_frame, summarize, timeline_frame
+from .run import simulate
+from .scenario import Scenario, with_overrides
+from .simulation import Simulation
+from .sources import SOURCES
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10
 
 
 @contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None):
     from dask.distributed import Client, LocalCluster
 
+    for name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.nanny"):
+        logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.WARNING))
     if scheduler:
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError) as e:
+            raise ConnectionError(f"no Dask scheduler answered at {scheduler} within {CONNECT_TIMEOUT_S} s: {e}") from e
+        with client:
             yield client
         return
     with (
         LocalCluster(
-            n_workers=workers or 2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+            n_workers=workers or 2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            worker_dashboard_address=None,
         ) as cluster,
         Client(cluster) as client,
     ):
@@ -37,25 +56,22 @@ def dask_client(workers: int | None = None, scheduler: str | None = None):
 
 
 def sweep_points(scenario: Scenario, sweep_file: Path) -> list[tuple[dict, Scenario]]:
-    """The grid of a sweep YAML: {parameters: {"pools.0.replicas": [2, 4], "router": [...]}}."""
+    """The grid of a sweep YAML: {parameters: {"pools.0.replicas": [2, 4], "router": [...]}}; each path is
+    any `--set` path."""
     doc = yaml.safe_load(Path(sweep_file).read_text()) or {}
-    params = doc.get("parameters")
-    if not isinstance(params, dict) or not params:
-        raise ValueError(f"{sweep_file}: expected `parameters:` mapping dotted paths to lists of values")
-    points = []
+    params = doc.get("parameters") if isinstance(doc, dict) else None
+    if not isinstance(params, dict) or not params or not all(isinstance(v, list) and v for v in params.values()):
+        raise ScenarioError(
+            "parameters", "expected `parameters:` mapping dotted scenario paths to non-empty lists", str(sweep_file)
+        )
     keys = list(params)
+    points = []
     for values in itertools.product(*(params[k] for k in keys)):
-        doc = scenario.model_dump()
-        for key, value in zip(keys, values, strict=True):
-            target = doc
-            *path, last = key.split(".")
-            for p in path:
-                target = target[int(p)] if isinstance(target, list) else target[p]
-            if isinstance(target, list) or last not in target:
-                raise ValueError(f"{sweep_file}: {key!r} is not a scenario field")
-            target[last] = value
-        point = dict(zip(keys, values, strict=True))
-        points.append((point, Scenario.model_validate(doc)))
+        sets = [
+            f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in zip(keys, values, strict=True)
+        ]
+        points.append((dict(zip(keys, values, strict=True)), with_overrides(scenario, sets, str(sweep_file))))
     return points
 
 
@@ -63,12 +79,39 @@ def point_summary(scenario: Scenario, warehouse_root: str, skip_ahead: bool = Tr
     return simulate(scenario, Path(warehouse_root), skip_ahead)["summary"]
 
 
+def summary_row(point: dict, summary: dict) -> dict:
+    return {
+        **point,
+        "completed": summary["completed"],
+        "rejected": summary["rejected"],
+        "ttft_p50_ms": summary["ttft_ms"].get("p50"),
+        "ttft_p99_ms": summary["ttft_ms"].get("p99"),
+        "tpot_p50_ms": summary["tpot_ms"].get("p50"),
+        "tpot_p99_ms": summary["tpot_ms"].get("p99"),
+        "e2e_p99_ms": summary["e2e_ms"].get("p99"),
+        "throughput_req_per_s": summary["throughput_req_per_s"],
+        "throughput_output_tokens_per_s": summary["throughput_output_tokens_per_s"],
+        "goodput_req_per_s": summary["goodput_req_per_s"],
+        "energy_j": summary["energy_j"],
+        "cost_usd": summary["cost_usd"],
+        "tokens_per_dollar": summary["tokens_per_dollar"],
+    }
+
+
+def prepare_logs(scenario: Scenario, warehouse_root: Path) -> None:
+    """Ingest every log file a scenario reads, here and once: workers then only read the warehouse."""
+    from .sources.logs import log_frame
+
+    for c in scenario.clients:
+        if c.source.kind == "log" or (c.source.kind == "synthetic" and c.source.lengths == "log"):
+            log_frame(c.source, warehouse_root, f"clients.{c.name}.source.log")
+
+
 def run_sweep(points: list[tuple[dict, Scenario]], warehouse_root: Path, client=None, progress: bool = True):
     """Summaries of every point, serially (client None) or as Dask tasks; a DataFrame in point order."""
     results: list[dict | None] = [None] * len(points)
-    for _, sc in points[:1]:
-        if sc.source.kind == "log":
-            log_requests(sc, warehouse_root)  # ingest here, once: workers then only read the warehouse
+    if points:
+        prepare_logs(points[0][1], warehouse_root)
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("sweep", total=len(points))
         if client is None:
@@ -79,56 +122,51 @@ def run_sweep(points: list[tuple[dict, Scenario]], warehouse_root: Path, client=
             from dask.distributed import as_completed
 
             futures = {
-                client.submit(point_summary, sc, str(warehouse_root), pure=False): i for i, (_, sc) in enumerate(points)
+                client.submit(point_summary, sc, str(warehouse_root), pure=False, retries=2): i
+                for i, (_, sc) in enumerate(points)
             }
             for fut in as_completed(futures):
                 results[futures[fut]] = fut.result()
                 bar.advance(task)
-    rows = []
-    for (point, _), summary in zip(points, results, strict=True):
-        rows.append(
-            {
-                **point,
-                "completed": summary["completed"],
-                "rejected": summary["rejected"],
-                "ttft_p50_ms": summary["ttft_ms"].get("p50"),
-                "ttft_p99_ms": summary["ttft_ms"].get("p99"),
-                "tpot_p50_ms": summary["tpot_ms"].get("p50"),
-                "tpot_p99_ms": summary["tpot_ms"].get("p99"),
-                "throughput_req_per_s": summary["throughput_req_per_s"],
-                "goodput_req_per_s": summary["goodput_req_per_s"],
-            }
-        )
-    return pd.DataFrame(rows)
+    return pd.DataFrame([summary_row(p, s) for (p, _), s in zip(points, results, strict=True)])
 
 
-def _one_replica(scenario: Scenario, warehouse_root: str, requests: list[Req], index: int):
-    pool = scenario.pools[0].model_copy(update={"replicas": 1})
-    rep = build_replicas(pool, Path(warehouse_root))[0]
-    sim = Simulation([rep], ROUTERS["round_robin"]())
-    sim.run(requests)
-    rep.index = index  # its place in the whole pool
-    for r in sim.done:  # rejected requests keep -1, as in the serial run
-        r.replica = index
-    return sim.done, sim.rejected, rep
+def _one_replica(scenario: Scenario, warehouse_root: str, specs: list, index: int) -> tuple:
+    """One replica's share of a round-robin log, as plain data: its requests, timeline and facts."""
+    pool = scenario.pools[0]
+    sim = Simulation(
+        scenario.model_copy(update={"pools": [pool.model_copy(update={"replicas": 1})]}), Path(warehouse_root)
+    )
+    sim.run(initial=[specs])
+    req, tl = requests_frame(sim), timeline_frame(sim)
+    req.loc[req.replica >= 0, "replica"] = index  # rejected requests keep -1, as in the serial run
+    tl["replica"] = index
+    return req, tl, facts(sim)
 
 
 def simulate_partitioned(scenario: Scenario, warehouse_root: Path, client) -> dict:
     """A round-robin log split by replica: replicas never interact, so each runs as its own task and the
     merged result equals the serial run's."""
-    if scenario.router != "round_robin" or scenario.source.kind == "closed_loop":
-        raise ValueError("partitioned replay needs a static router (round_robin) and an open-loop source")
-    requests = open_loop_requests(scenario, warehouse_root)
-    n = scenario.pools[0].replicas
-    parts = [[r for r in requests if r.id % n == i] for i in range(n)]
+    pools = scenario.pools
+    single = (
+        len(pools) == 1 and len(scenario.clients) == 1 and all(len(p.stages) == 1 for p in scenario.pipelines.values())
+    )
+    src = scenario.source
+    if not single or (pools[0].router or scenario.router) != "round_robin" or src.kind == "closed_loop":
+        raise ScenarioError(
+            "--partition",
+            "needs one pool, one client, one-stage pipelines, a round_robin router and an open-loop source",
+        )
+    specs = SOURCES[src.kind](src, warehouse_root, scenario.seed).initial()
+    for i, s in enumerate(specs):
+        s.key = i
+    n = pools[0].replicas
+    parts = [[s for s in specs if s.key % n == i] for i in range(n)]
     futures = [
         client.submit(_one_replica, scenario, str(warehouse_root), part, i, pure=False) for i, part in enumerate(parts)
     ]
-    sim = Simulation([], ROUTERS["round_robin"]())
-    replicas = []
-    for fut in futures:
-        done, rejected, rep = fut.result()
-        sim.done += done
-        sim.rejected += rejected
-        replicas.append(rep)
-    return collect(scenario, sim, replicas)
+    results = [f.result() for f in futures]
+    requests = pd.concat([r for r, _, _ in results]).sort_values("request_id").reset_index(drop=True)
+    timeline = pd.concat([t for _, t, _ in results], ignore_index=True)
+    merged = merge_facts([f for _, _, f in results])
+    return {"requests": requests, "timeline": timeline, "summary": summarize(scenario, merged, requests, timeline)}

@@ -33,8 +33,10 @@ from rich.progress import Progress
 
 from ..calibrate.artifacts import MODELS_DIR
 from ..calibrate.catalog import devices, models
-from .config import FRAMEWORK_BATCHING, Scenario
-from .run import OVERHEADS_FILE, simulate
+from .pools.llm.build import OVERHEADS_FILE
+from .run import simulate
+from .scenario import FRAMEWORK_BATCHING, Scenario
+from .simulation import Simulation
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +79,26 @@ def why_not(row: pd.Series) -> str | None:
     for col in ("attention_dp_size", "moe_ep_size"):
         if col in row and pd.notna(row[col]) and float(row[col]) > 1:
             return f"{col} = {row[col]} is not expressed yet"
-    if pd.isna(row["tp_size"]) or pd.isna(row["batch_size"]):
-        return "tp_size or batch_size missing"
+    for col in ("tp_size", "batch_size", "isl", "osl", "silicon_ttft_ms", "silicon_tpot_ms"):
+        value = pd.to_numeric(pd.Series([row[col]]), errors="coerce").iloc[0]
+        if pd.isna(value) or value <= 0:
+            return f"{col} = {row[col]!r} is not a positive number"
+        if col in ("tp_size", "batch_size", "isl", "osl") and value != int(value):
+            return f"{col} = {row[col]!r} is not a whole number"
+    return None
+
+
+def preflight(row: pd.Series, warehouse_root: Path) -> str | None:
+    """None when the row's deployment builds (its model fits its devices, ...), else why not."""
+    try:
+        Simulation(scenario_for(row), warehouse_root)
+    except ValueError as e:
+        return str(e)
     return None
 
 
 def scenario_for(row: pd.Series, step_overhead_us: float = 0.0) -> Scenario:
-    concurrency = int(row["batch_size"])
+    concurrency = _int(row, "batch_size")
     precision = str(row.get("precision")) if pd.notna(row.get("precision")) else "bfloat16"
     dtype = "fp8" if "fp8" in precision else "bfloat16"
     return Scenario.model_validate(
@@ -93,19 +108,19 @@ def scenario_for(row: pd.Series, step_overhead_us: float = 0.0) -> Scenario:
                 "kind": "closed_loop",
                 "concurrency": concurrency,
                 "requests": concurrency * ROUNDS,
-                "input_tokens": int(row["isl"]),
-                "output_tokens": int(row["osl"]),
+                "input_tokens": _int(row, "isl"),
+                "output_tokens": _int(row, "osl"),
             },
             "pools": [
                 {
                     "device": row["system"],
                     "model": _catalog_name(row["model_path"]),
-                    "tp": int(row["tp_size"]),
-                    "pp": int(row["pp_size"]) if pd.notna(row.get("pp_size")) else 1,
+                    "tp": _int(row, "tp_size"),
+                    "pp": _int(row, "pp_size") if pd.notna(row.get("pp_size")) else 1,
                     "dtype": dtype,
                     "kv_cache_dtype": dtype,
                     "framework": str(row.get("backend")) if pd.notna(row.get("backend")) else None,
-                    "max_model_len": int(row["isl"]) + int(row["osl"]) + 16,
+                    "max_model_len": _int(row, "isl") + _int(row, "osl") + 16,
                     "step_overhead_us": step_overhead_us,
                     "batching": {
                         **FRAMEWORK_BATCHING.get(_framework(row), FRAMEWORK_BATCHING["vllm"]),
@@ -115,6 +130,10 @@ def scenario_for(row: pd.Series, step_overhead_us: float = 0.0) -> Scenario:
             ],
         }
     )
+
+
+def _int(row: pd.Series, col: str) -> int:
+    return int(float(row[col]))
 
 
 def _framework(row: pd.Series) -> str:
@@ -150,7 +169,7 @@ def steady_state(
         scenario.source.ramp_up_s = ramp * e2e_s
     out = simulate(scenario, warehouse_root)
     req = out["requests"]
-    req = req[(req.request_id >= int(row["batch_size"])) & (req.status == "completed")]
+    req = req[(req.request_id >= _int(row, "batch_size")) & (req.status == "completed")]
     return {
         "ttft_ms": float(req.ttft_ms.mean()),
         "tpot_ms": float(req.tpot_ms.mean()),
@@ -211,12 +230,14 @@ def validate(path: Path, warehouse_root: Path, limit: int | None = None, progres
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}")
     expressible, skipped = [], []
-    for _, row in df.iterrows():
+    for i, row in df.iterrows():
         reason = why_not(row)
         if reason is None and limit is not None and len(expressible) >= limit:
             reason = f"beyond --limit {limit}"
+        if reason is None:
+            reason = preflight(row, warehouse_root)
         if reason:
-            skipped.append({"id": row["id"], "model": row["model_path"], "reason": reason})
+            skipped.append({"id": row["id"], "line": int(i) + 2, "model": row["model_path"], "reason": reason})
         else:
             expressible.append(row)
     rows = []
@@ -234,10 +255,10 @@ def validate(path: Path, warehouse_root: Path, limit: int | None = None, progres
                     "device": row["system"],
                     "backend": _framework(row),
                     "precision": row.get("precision"),
-                    "tp": int(row["tp_size"]),
-                    "isl": int(row["isl"]),
-                    "osl": int(row["osl"]),
-                    "concurrency": int(row["batch_size"]),
+                    "tp": _int(row, "tp_size"),
+                    "isl": _int(row, "isl"),
+                    "osl": _int(row, "osl"),
+                    "concurrency": _int(row, "batch_size"),
                     "held_out": is_held_out(row["id"]),
                     "measured_ttft_ms": float(row["silicon_ttft_ms"]),
                     "measured_tpot_ms": float(row["silicon_tpot_ms"]),

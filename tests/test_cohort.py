@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from hermes_sim.replay.cohort import DecodeCohort
-from hermes_sim.replay.engine import Req
+from hermes_sim.replay.pools.llm.cohort import DecodeCohort
+from hermes_sim.replay.pools.llm.engine import Req
 
 
 def ceil_div(a: int, b: int) -> int:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import heapq
 from typing import TYPE_CHECKING
 
+from ...errors import KVBlocksNotConserved
+
 if TYPE_CHECKING:
     from .engine import Req
 
@@ -126,6 +128,8 @@ class DecodeCohort:
         """Recompute the aggregates member by member (tests only: O(members))."""
         bt, ran = self.block_tokens, [self.step - r.join_step for r in self.members]
         blocks = sum(-(-(r.join_own + k) // bt) for r, k in zip(self.members, ran, strict=True))
-        assert blocks == self.blocks, f"cohort holds {self.blocks} blocks, its members {blocks}"
+        if blocks != self.blocks:
+            raise KVBlocksNotConserved(f"cohort holds {self.blocks} blocks, its members {blocks}")
         context = sum(r.prompt + r.join_generated + k for r, k in zip(self.members, ran, strict=True))
-        assert context == self.context_sum, "cohort context sum drifted"
+        if context != self.context_sum:
+            raise KVBlocksNotConserved("cohort context sum drifted")

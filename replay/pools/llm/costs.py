@@ -8,7 +8,10 @@ A batch's forward pass decomposes (calibrate.ops.layer_ops) into parts that depe
 Each part is priced once on a log-spaced grid with the device's CostModel (every op carrying its tier; batches
 small enough to be CUDA-graph captured priced with graph-captured kernels where those were measured) and
 interpolated in log-log space afterwards (1-D parts tabulated per integer), so one iteration costs a few list
-lookups and one or two interpolations instead of a model call."""
+lookups and one or two interpolations instead of a model call.
+
+Under pipeline parallelism an iteration passes through every stage in turn: the per-stage parts (layers / pp,
+with the stage-to-stage send) count pp times, the LM head once."""
 
 from __future__ import annotations
 
@@ -21,9 +24,9 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from ..calibrate.catalog import ModelConfig
-from ..calibrate.model import CostModel
-from ..calibrate.ops import Batch, Parallelism, layer_ops
+from ....calibrate.catalog import ModelConfig
+from ....calibrate.model import CostModel
+from ....calibrate.ops import Batch, Parallelism, layer_ops
 
 SHORT_RUN = 32  # decode runs up to this many iterations are priced in plain Python (numpy's call overhead wins later)
 
@@ -48,14 +51,15 @@ class IterationCost:
         self.t_grid = _grid(self.max_tokens)
         self.s_grid = _grid(self.max_seqs)
         self.l_grid = _grid(self.max_len)
-        self.dense_us = self._price_1d(
+        stages = np.log(self.par.pp)  # the grids hold log times: x pp is + log(pp)
+        self.dense_us = stages + self._price_1d(
             self.t_grid,
             lambda t: Batch(prefill=((int(t), 0),)),
             exclude={"attention_prefill", "attention_decode", "lm_head"},
         )
         self.head_us = self._price_1d(self.s_grid, lambda s: Batch(decode=(1,) * int(s)), only={"lm_head"})
-        self.decode_us = self._price_2d("attention_decode", self.s_grid, self.l_grid)
-        self.prefill_us = self._price_2d("attention_prefill", self.t_grid, self.l_grid)
+        self.decode_us = stages + self._price_2d("attention_decode", self.s_grid, self.l_grid)
+        self.prefill_us = stages + self._price_2d("attention_prefill", self.t_grid, self.l_grid)
 
     # ---- pricing on the grids ----------------------------------------------------------------------
     def _predict(self, ops: pd.DataFrame) -> pd.DataFrame:

@@ -1,57 +1,73 @@
-"""Discrete-event serving simulation: requests flow through prefill and decode stages on replicas of a pool.
-
-Invariants (each has a test in tests/test_replay.py):
-1. every request is completed or rejected with a reason;
-2. the clock never goes back (iterations on a replica are contiguous and ordered);
-3. KV blocks are conserved: free + held by prefilling sequences + held by decoding sequences + held by the
-   prefix cache = total on every replica, at every iteration boundary (checked in aggregate on every boundary,
-   member by member when the simulation runs with audit=True);
-4. TTFT >= queueing + the prefill iterations' time;
-5. simulated throughput never exceeds the hardware roofline bound.
+"""An LLM serving pool: replicas of one model that batch prefill and decode iterations (the fast engine).
 
 Each replica runs iterations back to back while it has work. An iteration's batch comes from the pool's batching
-policy; its duration from the calibrated iteration cost, plus any KV swap traffic over the host link. Arrivals pass
-the frontend (a fixed latency: HTTP, tokenization), are routed and join the replica's queue; they are considered at
-the replica's next iteration boundary, and an idle replica wakes once every arrival of that instant is queued (so
-simultaneous requests share the first batch). Decoding sequences live in a DecodeCohort (cohort.py), so a decode
-iteration costs O(1) per replica rather than O(batch). A run of decode-only iterations whose batch cannot change (up
-to the next completion, within the free KV) is one event, priced in one vectorized call; an arrival routed to that
-replica that could join the batch cuts the run at the first iteration boundary at or after it, which is where a
-step-by-step loop would have considered it. Likewise, under chunked prefill, a prompt's consecutive full-budget
-chunks (with the same decodes) are one event: the budget goes to that partial prefill first, so no arrival can
-change them."""
+policy; its duration from the calibrated iteration cost, plus any KV swap traffic over the host link. Sequences
+are submitted by pipeline stages (a request's generation, or its prefill or decode half when disaggregated),
+routed to a replica and queued; they are considered at the replica's next iteration boundary, and an idle
+replica wakes once every submission of that instant is queued (so simultaneous requests share the first batch).
+
+Decoding sequences live in a DecodeCohort (cohort.py), so a decode iteration costs O(1) per replica rather than
+O(batch). A run of decode-only iterations whose batch cannot change (up to the next completion, within the free
+KV) is one event, priced in one vectorized call; a submission to that replica that could join the batch cuts
+the run at the first iteration boundary at or after it, which is where a step-by-step loop would have
+considered it. Likewise, under chunked prefill, a prompt's consecutive full-budget chunks (with the same
+decodes) are one event: the budget goes to that partial prefill first, so no arrival can change them. A replica
+keeps iterating locally while its next boundary comes before every other event in the loop.
+
+Pipeline parallelism: a replica of PP degree p runs p virtual engines (vLLM's), each with its own batch and 1/p
+of the KV; an iteration passes through the p stages in turn (p x a stage's time plus the stage-to-stage sends),
+so per-token latency never falls with PP while p batches are in flight.
+
+KV hand-off (disaggregated prefill): a sequence submitted with hold_kv keeps its blocks after its last prefill
+token until the pipeline releases it (its KV transfer has ended); a sequence submitted with kv_ready arrives
+with its prompt's KV (transferred) and joins the decode batch as soon as its blocks fit.
+
+Completions and rejections are reported through each sequence's `on_done(seq, now)`; the pipeline never
+re-enters the pool from inside that call (it defers its next steps to a timer)."""
 
 from __future__ import annotations
 
-import heapq
 from bisect import bisect_left
 from collections import deque
 
+from ...errors import KVBlocksNotConserved
+from ...loop import EventLoop
+from .batching import BatchingPolicy, BatchPlan
 from .cohort import DecodeCohort
 from .costs import IterationCost
 from .kv import BlockManager, PrefixCache, SwapSpace
-from .policies import BatchingPolicy, BatchPlan, Router
+from .routers import Router
 
 
 class Req:
+    """One sequence on an LLM pool."""
+
     __slots__ = (
         "admitted",
         "arrival",
         "blocks",
+        "cache_output",
         "cached",
         "client",
         "completion",
+        "fetch_from",
+        "fetch_to",
         "first_token",
         "generated",
         "hashes",
         "hit_tokens",
         "hits",
+        "hold_kv",
         "id",
         "join_generated",
         "join_own",
         "join_step",
+        "kv_ready",
+        "on_done",
         "output",
+        "owner",
         "preemptions",
+        "prefill_s",
         "prefilled",
         "prompt",
         "reason",
@@ -62,13 +78,23 @@ class Req:
     )
 
     def __init__(
-        self, rid: int, arrival: float, prompt: int, output: int, session=None, client: int = -1, hashes: tuple = ()
+        self,
+        rid: int,
+        arrival: float,
+        prompt: int,
+        output: int,
+        session=None,
+        client: int = -1,
+        hashes: tuple = (),
+        on_done=None,
     ):
         self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, max(output, 1)
-        self.session, self.client, self.hashes = session, client, hashes
+        self.session, self.client, self.hashes, self.on_done = session, client, hashes, on_done
+        self.owner = None  # the pipeline's (stage, request) this sequence serves
         self.cached = 0  # leading prompt tokens whose KV is shared from the prefix cache (not held privately)
         self.hits = 0  # prefix-cache hash blocks pinned by this request
         self.hit_tokens = 0  # prompt tokens served from the prefix cache, over all its prefills
+        self.fetch_from = self.fetch_to = 0  # prompt tokens [from, to) whose KV a tier fetch put in HBM
         self.replica = -1
         self.prefilled = 0
         self.target = prompt  # tokens to prefill: the prompt, plus generated tokens after a recompute
@@ -78,12 +104,17 @@ class Req:
         self.join_step = self.join_generated = self.join_own = 0
         self.admitted = self.first_token = self.completion = None
         self.preemptions = 0
+        self.prefill_s = 0.0  # time of the iterations that prefilled it (TTFT >= queueing + this)
         self.reason = None
+        self.hold_kv = False  # prefill of a disaggregated pair: keep the KV until released
+        self.kv_ready = False  # decode of a disaggregated pair: arrives with the prompt's KV
+        self.cache_output = False  # keep generated tokens' full blocks in the prefix cache (multi-round context)
 
 
 class Replica:
-    """One model instance: its queues, KV cache and decode cohort. `running` holds every admitted sequence in
-    admission order (prefilling or decoding); the newest is the first preemption victim."""
+    """One model instance (or one virtual engine of a PP replica): its queues, KV cache and decode cohort.
+    `running` holds every admitted sequence in admission order (prefilling or decoding); the newest is the first
+    preemption victim."""
 
     def __init__(
         self,
@@ -97,10 +128,14 @@ class Replica:
     ):
         self.index, self.cost, self.kv, self.policy, self.max_model_len = index, cost, kv, policy, max_model_len
         self.prefix, self.swap = prefix, swap
+        self.pool = None  # the LLMPool it belongs to
+        self.gid = index  # its key in the event loop
         self.waiting: deque[Req] = deque()
+        self.incoming: deque[Req] = deque()  # arrived with their KV: join the decode batch when blocks fit
         self.running: dict[Req, None] = {}
         self.prefilling: list[Req] = []
         self.swapped: deque[Req] = deque()
+        self.handoff: dict[Req, None] = {}  # prefilled, KV held until the pipeline releases it
         self.cohort = DecodeCohort(kv.block_tokens)
         self.busy = False
         self.plan: BatchPlan | None = None  # the plan in flight, while busy
@@ -110,11 +145,13 @@ class Replica:
 
     @property
     def outstanding(self) -> int:
-        return len(self.waiting) + len(self.running) + len(self.swapped)
+        return len(self.waiting) + len(self.running) + len(self.swapped) + len(self.incoming)
 
     def held_blocks(self) -> int:
         held = self.cohort.blocks + (self.prefix.held if self.prefix is not None else 0)
         for r in self.prefilling:
+            held += r.blocks
+        for r in self.handoff:
             held += r.blocks
         return held
 
@@ -148,6 +185,8 @@ class Replica:
                 self.swapped.append(victim)
                 return
         victim.blocks = victim.hits = victim.cached = victim.prefilled = 0
+        victim.fetch_from = victim.fetch_to = 0  # fetched KV is gone with the rest
+        victim.kv_ready = False
         victim.target = context
         self.waiting.appendleft(victim)
 
@@ -162,79 +201,111 @@ class Replica:
             self.running[req] = None
             self.cohort.join(req)
 
+    def admit_incoming(self, plan: BatchPlan, max_seqs: int) -> None:
+        """Sequences whose prompt KV arrived (disaggregated decode) join the cohort, oldest first, while their
+        blocks fit; they decode in this very iteration."""
+        while self.incoming and len(self.running) < max_seqs:
+            req = self.incoming[0]
+            need = self.kv.blocks_for(req.prompt + req.generated - 1)
+            if not self.kv.ensure(need):
+                return
+            self.incoming.popleft()
+            self.kv.take(need)
+            req.blocks = need
+            self.running[req] = None
+            plan.admitted.append(req)
+            self.cohort.join(req)
 
-class Simulation:
-    def __init__(
-        self,
-        replicas: list[Replica],
-        router: Router,
-        closed_loop=None,
-        skip_ahead: bool = True,
-        audit: bool = False,
-        frontend_s: float = 0.0,
-    ):
-        self.replicas = replicas
+
+class LLMPool:
+    kind = "llm"
+
+    def __init__(self, name: str, replicas: list[Replica], router: Router, loop: EventLoop, skip_ahead: bool = True):
+        self.name, self.replicas, self.router, self.loop = name, replicas, router, loop
         self.skip_ahead = skip_ahead
-        self.audit = audit  # recheck the cohort and KV member by member at every boundary (tests)
-        self.router = router
-        self.closed_loop = closed_loop  # callable(completed Req, now) -> next Req or None
-        self.frontend_s = frontend_s  # from a request's arrival to its routing (HTTP, tokenization)
-        self.done: list[Req] = []
-        self.rejected: list[Req] = []
-        self.clock = 0.0
+        self.audit = False  # recheck the cohort and KV member by member at every boundary (tests)
+        for rep in replicas:
+            rep.pool = self
+            rep.gid = len(loop.replicas)
+            loop.replicas.append(rep)
 
-    # ---- the loop -----------------------------------------------------------------------------------
-    def run(self, requests: list[Req], on_progress=None) -> None:
-        """Serve `requests` to the end; on_progress(requests finished) is called now and then."""
-        arrivals = [(r.arrival + self.frontend_s, r.id, r) for r in requests]
-        heapq.heapify(arrivals)
-        ends: list = []  # (time, replica index, event serial, plan or None for a wake-up)
-        replicas, route = self.replicas, self.router.route
-        events = 0
-        while arrivals or ends:
-            events += 1
-            if on_progress is not None and events % 8192 == 0:
-                on_progress(len(self.done) + len(self.rejected))
-            if arrivals and (not ends or arrivals[0][0] <= ends[0][0]):
-                now, _, req = heapq.heappop(arrivals)
-                self._advance(now)
-                rep = replicas[route(req, replicas)]
-                if self._admissible(req, rep):
-                    req.replica = rep.index
-                    could_join = not rep.waiting and not rep.swapped  # else it queues behind a blocked head
-                    rep.waiting.append(req)
-                    if not rep.busy:  # wake it after every arrival of this instant has been queued
-                        rep.busy = True
-                        self._schedule(rep, now, None, ends)
-                    elif could_join and rep.plan is not None and rep.plan.ends is not None:
-                        self._cut(rep, now, ends)  # a decode run (a prefill run's budget is spoken for)
-            else:
-                now, idx, event, plan = heapq.heappop(ends)
-                rep = replicas[idx]
-                if event != rep.event:
-                    continue
-                self._advance(now)
-                while True:  # iterate this replica locally while its next boundary comes before any other event
-                    if plan is not None:
-                        self._finish(rep, plan, now, arrivals)
-                    plan = self._start(rep, now)
-                    if plan is None:
-                        break
-                    if (arrivals and arrivals[0][0] <= plan.end) or (ends and ends[0][0] <= plan.end):
-                        self._schedule(rep, plan.end, plan, ends)
-                        break
-                    now = plan.end
-                    self._advance(now)
-        if on_progress is not None:
-            on_progress(len(self.done) + len(self.rejected))
+    # ---- submissions ---------------------------------------------------------------------------------
+    def route(self, req: Req) -> int:
+        return self.router.route(req, self.replicas)
 
-    @staticmethod
-    def _schedule(rep: Replica, at: float, plan: BatchPlan | None, ends: list) -> None:
+    def kv_block_bytes_at(self, tokens: int) -> float:
+        """KV bytes of `tokens` tokens over the whole replica (what a tier transfer moves)."""
+        return tokens * self.kv_bytes_per_token
+
+    @property
+    def devices(self) -> int:
+        """Devices the pool occupies (engines of a PP replica share its devices)."""
+        return self.spec.replicas * self.spec.tp * self.spec.pp
+
+    def submit(self, req: Req, now: float, replica: int | None = None) -> None:
+        """Queue a sequence on a replica (the router's choice unless given); rejected ones are reported at once."""
+        rep = self.replicas[self.route(req) if replica is None else replica]
+        if not self._admissible(req, rep, now):
+            return
+        req.replica = rep.index
+        if req.kv_ready:
+            rep.incoming.append(req)
+            could_join = True
+        else:
+            could_join = not rep.waiting and not rep.swapped  # else it queues behind a blocked head
+            rep.waiting.append(req)
+        if not rep.busy:  # wake it after every arrival of this instant has been queued
+            rep.busy = True
+            self._schedule(rep, now, None)
+        elif could_join and rep.plan is not None and rep.plan.ends is not None:
+            self._cut(rep, now)  # a decode run (a prefill run's budget is spoken for)
+
+    def release(self, req: Req, now: float) -> None:
+        """Free the KV a hand-off sequence kept (its transfer has ended); wake its replica if idle."""
+        rep = self.replicas[req.replica]
+        del rep.handoff[req]
+        rep.kv.release(req.blocks)
+        req.blocks = 0
+        if not rep.busy and (rep.waiting or rep.incoming or rep.swapped):
+            rep.busy = True
+            self._schedule(rep, now, None)
+
+    def _admissible(self, req: Req, rep: Replica, now: float) -> bool:
+        if req.prompt + req.output > rep.max_model_len:
+            req.reason = f"prompt + output ({req.prompt + req.output}) exceeds max_model_len {rep.max_model_len}"
+        elif rep.kv.blocks_for(req.prompt + req.output) > rep.kv.total:
+            req.reason = f"needs more KV blocks than a replica has ({rep.kv.total})"
+        else:
+            return True
+        req.completion = now
+        req.on_done(req, now)
+        return False
+
+    # ---- events ----------------------------------------------------------------------------------------
+    def on_end(self, rep: Replica, plan: BatchPlan | None, now: float) -> None:
+        """An iteration (run) ended, or an idle replica woke: finish it, then iterate locally while the next
+        boundary comes before every other event."""
+        loop = self.loop
+        arrivals, events = loop.arrivals, loop.events
+        while True:
+            if plan is not None:
+                self._finish(rep, plan, now)
+            plan = self._start(rep, now)
+            if plan is None:
+                return
+            end = plan.end
+            if (arrivals and arrivals[0][0] <= end) or (events and events[0][0] <= end):
+                self._schedule(rep, end, plan)
+                return
+            now = end
+            loop.advance(now)
+
+    def _schedule(self, rep: Replica, at: float, plan: BatchPlan | None) -> None:
         rep.event += 1
         rep.plan = plan
-        heapq.heappush(ends, (at, rep.index, rep.event, plan))
+        self.loop.end_at(at, rep.gid, rep.event, plan)
 
-    def _cut(self, rep: Replica, now: float, ends: list) -> None:
+    def _cut(self, rep: Replica, now: float) -> None:
         """End the replica's decode run at the first iteration boundary at or after `now`."""
         plan = rep.plan
         keep = bisect_left(plan.ends, now) + 1
@@ -243,22 +314,7 @@ class Simulation:
         rep.kv.release(rep.cohort.retreat(plan.steps - keep))
         plan.steps, plan.ends, plan.end = keep, plan.ends[:keep], plan.ends[keep - 1]
         plan.duration = plan.end - plan.start
-        self._schedule(rep, plan.end, plan, ends)
-
-    def _advance(self, now: float) -> None:
-        assert now >= self.clock - 1e-9, f"clock went back from {self.clock} to {now}"
-        self.clock = now
-
-    def _admissible(self, req: Req, rep: Replica) -> bool:
-        if req.prompt + req.output > rep.max_model_len:
-            req.reason = f"prompt + output ({req.prompt + req.output}) exceeds max_model_len {rep.max_model_len}"
-        elif rep.kv.blocks_for(req.prompt + req.output) > rep.kv.total:
-            req.reason = f"needs more KV blocks than a replica has ({rep.kv.total})"
-        else:
-            return True
-        req.completion = self.clock
-        self.rejected.append(req)
-        return False
+        self._schedule(rep, plan.end, plan)
 
     # ---- iterations ---------------------------------------------------------------------------------
     def _start(self, rep: Replica, now: float) -> BatchPlan | None:
@@ -330,38 +386,44 @@ class Simulation:
         plan.prefills, plan.prefill_tokens, plan.steps = [(req, sum(chunks))], sum(chunks), len(chunks)
         return t
 
-    def _finish(self, rep: Replica, plan: BatchPlan, now: float, arrivals: list) -> None:
+    def _finish(self, rep: Replica, plan: BatchPlan, now: float) -> None:
         rep.busy_us += plan.duration * 1e6
         for req in rep.cohort.finished():
-            self._complete(rep, req, now, arrivals)
+            self._complete(rep, req, now)
         for req, q in plan.prefills:
             req.prefilled += q
+            req.prefill_s += plan.duration
             if req.prefilled >= req.target:  # the last chunk's pass emits the first (or next) token
                 req.generated += 1
                 if req.first_token is None:
                     req.first_token = now
                 rep.prefilling.remove(req)
                 if req.generated >= req.output:
-                    self._complete(rep, req, now, arrivals)
+                    self._complete(rep, req, now)
                 else:
                     rep.cohort.join(req)
         batch = len(plan.prefills) + plan.decodes
         rep.timeline.append((now - plan.duration, now, plan.steps, batch, plan.tokens(), rep.kv.total - rep.kv.free))
-        assert rep.held_blocks() + rep.kv.free == rep.kv.total, "KV blocks not conserved"
+        if rep.held_blocks() + rep.kv.free != rep.kv.total:
+            raise KVBlocksNotConserved(
+                f"pool {self.name} replica {rep.index}: {rep.held_blocks()} held + {rep.kv.free} free != "
+                f"{rep.kv.total} at {now} s"
+            )
         if self.audit:
             rep.cohort.audit()
-            assert set(rep.running) == set(rep.prefilling) | set(rep.cohort.members)
+            if set(rep.running) != set(rep.prefilling) | set(rep.cohort.members):
+                raise KVBlocksNotConserved(f"pool {self.name} replica {rep.index}: running set drifted")
 
-    def _complete(self, rep: Replica, req: Req, now: float, arrivals: list) -> None:
+    def _complete(self, rep: Replica, req: Req, now: float) -> None:
         req.completion = now
         del rep.running[req]
-        rep.kv.release(req.blocks)
-        req.blocks = 0
+        if req.hold_kv:
+            rep.handoff[req] = None
+        else:
+            rep.kv.release(req.blocks)
+            req.blocks = 0
         if rep.prefix is not None:
             rep.prefix.unpin(req.hashes[: req.hits])
-            rep.prefix.insert(req.hashes[: req.prompt // rep.prefix.hash_tokens])
-        self.done.append(req)
-        if self.closed_loop is not None:
-            nxt = self.closed_loop(req, now)
-            if nxt is not None:
-                heapq.heappush(arrivals, (nxt.arrival + self.frontend_s, nxt.id, nxt))
+            kept = req.prompt + req.generated if req.cache_output else req.prompt
+            rep.prefix.insert(req.hashes[: kept // rep.prefix.hash_tokens])
+        req.on_done(req, now)

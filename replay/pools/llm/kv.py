@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ..calibrate.catalog import DTYPE_BYTES, Device, ModelConfig
-from .config import Pool
+from ....calibrate.catalog import DTYPE_BYTES, Device, ModelConfig
+from ...errors import KVBlocksNotConserved, ScenarioError
+from ...scenario import LLMPoolSpec
 
 
-def kv_block_bytes(pool: Pool, model: ModelConfig) -> float:
+def kv_block_bytes(pool: LLMPoolSpec, model: ModelConfig) -> float:
     """Bytes of one KV block on one GPU of the replica. Each GPU holds its share of the KV heads (replicated
     when there are fewer KV heads than TP ranks) for its pipeline stage's layers."""
     kv_b = DTYPE_BYTES.get(pool.kv_cache_dtype or pool.dtype, 2)
@@ -16,7 +17,7 @@ def kv_block_bytes(pool: Pool, model: ModelConfig) -> float:
     return 2 * (model.layers / pool.pp) * kv_heads_per_gpu * model.head_dim * kv_b * pool.memory.block_tokens
 
 
-def kv_blocks(pool: Pool, device: Device, model: ModelConfig) -> int:
+def kv_blocks(pool: LLMPoolSpec, device: Device, model: ModelConfig) -> int:
     """Blocks that fit in one replica: device memory x utilization, minus weights and activations, per GPU."""
     dtype_b = DTYPE_BYTES.get(pool.dtype, 2)
     gpus = pool.tp * pool.pp
@@ -25,11 +26,20 @@ def kv_blocks(pool: Pool, device: Device, model: ModelConfig) -> int:
     free -= pool.memory.activation_reserve_bytes
     blocks = int(free // kv_block_bytes(pool, model))
     if blocks <= 0:
-        raise ValueError(
+        raise ScenarioError(
+            f"pools.{pool.name}",
             f"{model.id} at TP={pool.tp} PP={pool.pp} does not fit on {device.id}: "
-            f"{weights_per_gpu / 2**30:.1f} GiB of weights per GPU"
+            f"{weights_per_gpu / 2**30:.1f} GiB of weights per GPU of {device.memory_bytes / 2**30:.0f} GiB "
+            f"(x gpu_memory_utilization {pool.memory.gpu_memory_utilization}, minus "
+            f"{pool.memory.activation_reserve_bytes / 2**30:.1f} GiB of activations)",
         )
     return blocks
+
+
+def kv_bytes_per_token(pool: LLMPoolSpec, model: ModelConfig) -> float:
+    """KV bytes of one token over the whole replica (every layer, every KV head): what a transfer moves."""
+    kv_b = DTYPE_BYTES.get(pool.kv_cache_dtype or pool.dtype, 2)
+    return 2 * model.layers * model.kv_heads * model.head_dim * kv_b
 
 
 class BlockManager:
@@ -79,7 +89,8 @@ class BlockManager:
 
     def release(self, held: int) -> None:
         self.free += held
-        assert self.free <= self.total, "KV blocks released twice"
+        if self.free > self.total:
+            raise KVBlocksNotConserved(f"KV blocks released twice: {self.free} free of {self.total}")
 
 
 class SwapSpace:

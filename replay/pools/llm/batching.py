@@ -1,11 +1,11 @@
-"""Batching policies and routers: small classes behind one interface each, chosen by name in the scenario."""
+"""Batching policies: small classes behind one interface, chosen by name in the scenario (`batching.policy`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .config import Batching
+from ...scenario import Batching
 
 if TYPE_CHECKING:
     from .engine import Replica, Req
@@ -97,6 +97,8 @@ class BatchingPolicy:
                 req.hits = rep.prefix.match(req.hashes, req.target)
                 req.cached = req.prefilled = min(req.hits * rep.prefix.hash_tokens, req.target - 1)
                 req.hit_tokens += req.cached
+            if req.fetch_to and req.prefilled >= req.fetch_from:  # KV fetched from a tier continues the prefix
+                req.prefilled = max(req.prefilled, min(req.fetch_to, req.target - 1))
             if req.admitted is None:
                 plan.admitted.append(req)
             budget = self._add_chunk(rep, plan, req, budget, chunked)
@@ -125,6 +127,7 @@ class ChunkedPrefill(BatchingPolicy):
 
     def plan(self, rep: Replica) -> BatchPlan:
         plan = BatchPlan()
+        rep.admit_incoming(plan, self.cfg.max_num_seqs)
         budget = self.cfg.max_batched_tokens
         if self.cfg.order == "decode_first":
             self._decodes(rep, plan)
@@ -150,6 +153,7 @@ class Continuous(BatchingPolicy):
 
     def plan(self, rep: Replica) -> BatchPlan:
         plan = BatchPlan()
+        rep.admit_incoming(plan, self.cfg.max_num_seqs)
         if self.cfg.order == "prefill_first":
             self._resume_or_prefill(rep, plan, self.cfg.max_batched_tokens, chunked=False)
             if not plan.prefills:
@@ -168,6 +172,8 @@ class Static(BatchingPolicy):
     def plan(self, rep: Replica) -> BatchPlan:
         plan = BatchPlan()
         if not rep.running:
+            rep.admit_incoming(plan, self.cfg.max_num_seqs)
+        if not rep.running:
             self._resume_or_prefill(rep, plan, self.cfg.max_batched_tokens, chunked=False)
             return plan
         self._decodes(rep, plan)
@@ -175,64 +181,3 @@ class Static(BatchingPolicy):
 
 
 BATCHING = {cls.name: cls for cls in (ChunkedPrefill, Continuous, Static)}
-
-
-class Router:
-    name = ""
-
-    def route(self, req: Req, replicas: list[Replica]) -> int:
-        raise NotImplementedError
-
-
-class RoundRobin(Router):
-    name = "round_robin"
-
-    def __init__(self):
-        self.next = 0
-
-    def route(self, req: Req, replicas: list[Replica]) -> int:
-        i = self.next % len(replicas)
-        self.next += 1
-        return i
-
-
-class LeastOutstanding(Router):
-    name = "least_outstanding"
-
-    def route(self, req: Req, replicas: list[Replica]) -> int:
-        return min(range(len(replicas)), key=lambda i: (replicas[i].outstanding, i))
-
-
-class SessionAffinity(Router):
-    """Requests of one session go to one replica (its KV prefix stays warm there); others round-robin."""
-
-    name = "session_affinity"
-
-    def __init__(self):
-        self.fallback = RoundRobin()
-        self.home: dict = {}
-
-    def route(self, req: Req, replicas: list[Replica]) -> int:
-        if req.session is None:
-            return self.fallback.route(req, replicas)
-        if req.session not in self.home:
-            self.home[req.session] = self.fallback.route(req, replicas)
-        return self.home[req.session]
-
-
-class PrefixAware(Router):
-    """To the replica whose prefix cache holds the longest prefix of the request's block hashes; ties (and
-    requests without hashes, or pools without prefix caching) go to the least outstanding work."""
-
-    name = "prefix_aware"
-
-    def route(self, req: Req, replicas: list[Replica]) -> int:
-        def score(i: int) -> tuple[int, int, int]:
-            rep = replicas[i]
-            hit = rep.prefix.cached_prefix(req.hashes) if rep.prefix is not None and req.hashes else 0
-            return (-hit, rep.outstanding, i)
-
-        return min(range(len(replicas)), key=score)
-
-
-ROUTERS = {cls.name: cls for cls in (RoundRobin, LeastOutstanding, SessionAffinity, PrefixAware)}

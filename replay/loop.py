@@ -1,0 +1,80 @@
+"""The event queue and the clock. The loop knows events, not stages or pools.
+
+Two heaps of (time, kind, key, serial, payload) tuples, ordered on the first four fields (payloads are never
+compared: (kind, key, serial) is unique):
+- `arrivals`: requests entering the system (kind ARRIVAL, key: the request's global id);
+- `events`: timers (kind TIMER, key: a running counter, payload: (callback, argument)) and LLM replica
+  iteration ends (kind END, key: the replica's global index, serial: the replica's event serial, payload: its
+  plan; an end whose serial is no longer the replica's is stale and skipped).
+At equal times arrivals go first, then timers, then iteration ends: work that becomes ready at a boundary is
+queued before the boundary is processed, so it is considered there, as a step-by-step engine would."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+
+from .errors import ClockWentBack
+
+ARRIVAL, TIMER, END = 0, 1, 2
+INF = float("inf")
+
+
+class EventLoop:
+    def __init__(self):
+        self.arrivals: list[tuple] = []
+        self.events: list[tuple] = []
+        self.clock = 0.0
+        self.replicas: list = []  # every LLM replica of every pool, by global index (END keys)
+        self._timer_keys = itertools.count()
+        self.on_arrival: Callable | None = None  # (request, now)
+        self.processed = 0
+
+    # ---- scheduling ------------------------------------------------------------------------------
+    def arrive(self, at: float, key: int, request) -> None:
+        heapq.heappush(self.arrivals, (at, ARRIVAL, key, 0, request))
+
+    def call_at(self, at: float, callback: Callable, arg=None) -> None:
+        """Run callback(arg, now) at `at`, after arrivals and before iteration ends of that instant."""
+        heapq.heappush(self.events, (at, TIMER, next(self._timer_keys), 0, (callback, arg)))
+
+    def end_at(self, at: float, replica_key: int, serial: int, plan) -> None:
+        heapq.heappush(self.events, (at, END, replica_key, serial, plan))
+
+    def next_time(self) -> float:
+        a = self.arrivals[0][0] if self.arrivals else INF
+        e = self.events[0][0] if self.events else INF
+        return a if a < e else e
+
+    def advance(self, now: float) -> None:
+        if now < self.clock - 1e-9:
+            raise ClockWentBack(f"clock went back from {self.clock} s to {now} s")
+        self.clock = now
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def run(self, on_progress: Callable[[], None] | None = None) -> None:
+        arrivals, events, replicas = self.arrivals, self.events, self.replicas
+        heapq.heapify(arrivals)
+        pop = heapq.heappop
+        while arrivals or events:
+            self.processed += 1
+            if on_progress is not None and self.processed % 8192 == 0:
+                on_progress()
+            if arrivals and (not events or arrivals[0][0] <= events[0][0]):
+                now, _, _, _, request = pop(arrivals)
+                self.advance(now)
+                self.on_arrival(request, now)
+                continue
+            now, kind, key, serial, payload = pop(events)
+            if kind == END:
+                rep = replicas[key]
+                if serial != rep.event:
+                    continue
+                self.advance(now)
+                rep.pool.on_end(rep, payload, now)
+            else:
+                self.advance(now)
+                payload[0](payload[1], now)
+        if on_progress is not None:
+            on_progress()

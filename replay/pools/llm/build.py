@@ -1,0 +1,120 @@
+"""Building an LLM pool from its spec: KV capacity, calibrated iteration costs (shared while what prices them
+is unchanged), batching policy, router, prefix cache and swap space per replica (PP: per virtual engine)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from ....calibrate.artifacts import MODELS_DIR, models_path
+from ....calibrate.catalog import device as catalog_device
+from ....calibrate.catalog import model as catalog_model
+from ....calibrate.model import CostModel
+from ....calibrate.ops import Parallelism
+from ...loop import EventLoop
+from ...scenario import LLMPoolSpec
+from .batching import BATCHING
+from .costs import IterationCost
+from .engine import LLMPool, Replica
+from .kv import BlockManager, PrefixCache, SwapSpace, kv_block_bytes, kv_blocks, kv_bytes_per_token
+from .routers import ROUTERS
+
+log = logging.getLogger(__name__)
+
+OVERHEADS_FILE = "serving_overheads.json"  # under <warehouse>/models, written by validate: {device: {framework:}}
+DEFAULT_STEP_OVERHEAD_US = 250.0  # a stand-in when nothing is calibrated: named in the summary's assumptions
+
+
+def step_overhead(pool: LLMPoolSpec, warehouse_root: Path) -> tuple[float, str]:
+    """A pool's per-iteration CPU overhead and where it came from: its own setting, else the one calibrated
+    for its device and framework against measured serving runs (`hermes-sim validate silicon`), else a
+    default."""
+    if pool.step_overhead_us is not None:
+        return pool.step_overhead_us, "scenario"
+    path = Path(warehouse_root) / MODELS_DIR / OVERHEADS_FILE
+    fitted = json.loads(path.read_text()).get(pool.device, {}) if path.exists() else {}
+    if pool.framework in fitted:
+        return fitted[pool.framework]["step_overhead_us"], f"calibrated ({path.name}, {pool.device}/{pool.framework})"
+    known = ", ".join(f"{pool.device}/{fw}" for fw in fitted) or "none"
+    return DEFAULT_STEP_OVERHEAD_US, (
+        f"default: no step overhead calibrated for {pool.device}/{pool.framework} (calibrated: {known}); "
+        "run `hermes-sim validate silicon`, name a pool framework, or set step_overhead_us"
+    )
+
+
+_COSTS: dict[tuple, IterationCost] = {}
+
+
+def iteration_cost(pool: LLMPoolSpec, warehouse_root: Path, overhead_us: float) -> IterationCost:
+    """Priced grids are reused while what prices them stays the same: the pool's hardware, model and
+    parallelism, the grids' ranges, and the device's model artifact (sweeps over batching share them)."""
+    artifact = models_path(warehouse_root, pool.device)
+    key = (
+        pool.model_dump_json(
+            exclude={"replicas", "name", "memory", "batching", "frontend_latency_us", "router", "price_per_hour_usd"}
+        ),
+        max(pool.batching.max_batched_tokens, pool.max_model_len),
+        pool.batching.max_num_seqs,
+        str(Path(warehouse_root).resolve()),
+        artifact.stat().st_mtime_ns if artifact.exists() else 0,
+        overhead_us,
+    )
+    if key not in _COSTS:
+        dev, mdl = catalog_device(pool.device), catalog_model(pool.model)
+        _COSTS[key] = IterationCost(
+            model=mdl,
+            par=Parallelism(
+                tp=pool.tp,
+                pp=pool.pp,
+                dtype=pool.dtype,
+                kv_cache_dtype=pool.kv_cache_dtype,
+                devices_per_node=dev.devices_per_node if pool.tp * pool.pp > dev.devices_per_node else None,
+            ),
+            cost=CostModel(pool.device, warehouse_root, pool.framework),
+            max_tokens=max(pool.batching.max_batched_tokens, pool.max_model_len),
+            max_seqs=pool.batching.max_num_seqs,
+            max_len=pool.max_model_len,
+            step_overhead_us=overhead_us,
+            # CUDA graphs are NVIDIA's: other devices run every iteration's kernels as launched
+            cuda_graph_max_tokens=pool.cuda_graph_max_tokens if dev.vendor == "nvidia" else 0,
+        )
+    return _COSTS[key]
+
+
+def build_llm_pool(
+    pool: LLMPoolSpec, warehouse_root: Path, loop: EventLoop, default_router: str, skip_ahead: bool = True
+) -> LLMPool:
+    dev, mdl = catalog_device(pool.device), catalog_model(pool.model)
+    blocks = kv_blocks(pool, dev, mdl)
+    engines = pool.replicas * pool.pp  # PP: pp virtual engines per replica, each with 1/pp of the KV
+    per_engine = blocks // pool.pp
+    log.info(
+        "%s: %d KV blocks per replica (%d tokens) after %s's weights",
+        pool.name,
+        blocks,
+        blocks * pool.memory.block_tokens,
+        mdl.id,
+    )
+    overhead_us, overhead_source = step_overhead(pool, warehouse_root)
+    cost = iteration_cost(pool, warehouse_root, overhead_us)
+    policy = BATCHING[pool.batching.policy](pool.batching)
+    block_bytes = kv_block_bytes(pool, mdl)
+    host = dev.interconnects.get("pcie") or dev.scale_up_link()
+    replicas = []
+    for i in range(engines):
+        kv = BlockManager(per_engine, pool.memory.block_tokens)
+        prefix = PrefixCache(kv, pool.memory.prefix_block_tokens) if pool.memory.prefix_caching else None
+        swap = None
+        if pool.memory.preemption == "swap":
+            space = int(pool.memory.swap_space_bytes // block_bytes)
+            swap = SwapSpace(space, block_bytes, host.bandwidth, host.latency_s)
+        replicas.append(Replica(i, cost, kv, policy, pool.max_model_len, prefix, swap))
+    out = LLMPool(pool.name, replicas, ROUTERS[pool.router or default_router](), loop, skip_ahead)
+    out.spec, out.device, out.model_id = pool, dev, mdl.id
+    out.frontend_s = pool.frontend_latency_us / 1e6
+    out.kv_bytes_per_token = kv_bytes_per_token(pool, mdl)
+    out.hash_tokens = pool.memory.prefix_block_tokens
+    out.devices_per_replica = pool.tp * pool.pp
+    out.step_overhead_us, out.step_overhead_source = overhead_us, overhead_source
+    return out

@@ -1,0 +1,85 @@
+"""KV-cache memory tiers (host DRAM, CXL, local NVMe, a remote pool): stores of prefix blocks with a capacity
+in bytes and an eviction policy chosen by name. A block is keyed by (model, block hash): equal hashes of one
+model are the same KV bytes. Occupancy never exceeds capacity (TierOverCapacity)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from ..errors import TierOverCapacity
+
+
+class Eviction:
+    """Which block leaves when room is needed; notified of every hit."""
+
+    name = ""
+
+    def hit(self, blocks: OrderedDict, key) -> None:
+        pass
+
+
+class LRU(Eviction):
+    """Least recently used first (a hit moves a block to the back)."""
+
+    name = "lru"
+
+    def hit(self, blocks: OrderedDict, key) -> None:
+        blocks.move_to_end(key)
+
+
+class FIFO(Eviction):
+    """First written, first evicted (hits do not refresh)."""
+
+    name = "fifo"
+
+
+EVICTION = {cls.name: cls for cls in (LRU, FIFO)}
+
+
+class Tier:
+    def __init__(self, name: str, capacity_bytes: float, eviction: str = "lru"):
+        self.name = name
+        self.capacity = float(capacity_bytes)
+        self.policy = EVICTION[eviction]()
+        self.blocks: OrderedDict[tuple, float] = OrderedDict()  # key -> bytes, oldest first
+        self.used = 0.0
+        self.peak = 0.0
+        self.hits = self.lookups = self.writes = self.evictions = 0
+        self.below: Tier | None = None  # where evicted blocks are demoted (admit: on_evict below)
+
+    def __contains__(self, key) -> bool:
+        return key in self.blocks
+
+    def prefix(self, keys: list[tuple]) -> int:
+        """How many of `keys`, in order, this tier holds from the first (a hit refreshes each)."""
+        n = 0
+        for k in keys:
+            if k not in self.blocks:
+                break
+            self.policy.hit(self.blocks, k)
+            n += 1
+        self.lookups += len(keys)
+        self.hits += n
+        return n
+
+    def put(self, key, nbytes: float) -> list[tuple[tuple, float]]:
+        """Store a block, evicting as the policy says; returns the evicted (key, bytes). A block larger than the
+        whole tier is not stored."""
+        if key in self.blocks:
+            self.policy.hit(self.blocks, key)
+            return []
+        if nbytes > self.capacity:
+            return []
+        evicted = []
+        while self.used + nbytes > self.capacity:
+            old, size = self.blocks.popitem(last=False)
+            self.used -= size
+            self.evictions += 1
+            evicted.append((old, size))
+        self.blocks[key] = nbytes
+        self.used += nbytes
+        self.writes += 1
+        self.peak = max(self.peak, self.used)
+        if self.used > self.capacity * (1 + 1e-12):
+            raise TierOverCapacity(f"tier {self.name}: {self.used:.0f} bytes held, capacity {self.capacity:.0f}")
+        return evicted

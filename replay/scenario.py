@@ -1,0 +1,686 @@
+"""Scenarios: YAML validated by pydantic, every field documented here. Policies, stage types and pool kinds are
+chosen by name. `load(path, overrides)` reads a file, applies `--set dotted.path=value` overrides and checks every
+cross-reference (pools, links, tiers, models, devices, stage graphs) before anything runs.
+
+A scenario names:
+- pools: LLM serving pools (`kind: llm`, today's replica engine) and service pools for non-LLM stages
+  (`kind: service`: an embedding or reranker model, a classifier, a vector index) on GPUs, ASICs or CPUs;
+- links (interconnects between pools) and tiers (KV memory tiers) that concurrent transfers contend for;
+- pipelines: per request class, a small graph of stages (see replay/pipeline/);
+- clients: request sources (a log, a synthetic process, a closed loop), each choosing a pipeline per request.
+A single-pool scenario written without `pipelines` and `clients` (one `source`) is a one-stage pipeline on that
+pool, served exactly as before."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+
+from .errors import ScenarioError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- LLM pools ---------------------------------------------------------------------------------------
+class Batching(_Strict):
+    policy: Literal["static", "continuous", "chunked_prefill"] = Field(
+        "chunked_prefill", description="iteration batching policy (replay/pools/llm/batching.py)"
+    )
+    max_num_seqs: PositiveInt = Field(256, description="most sequences running on a replica at once")
+    max_batched_tokens: PositiveInt = Field(8192, description="tokens per iteration: the chunk budget")
+    order: Literal["decode_first", "prefill_first"] = "decode_first"
+
+
+# How each serving framework batches in the measured deployments: SGLang runs prefill batches ahead of decodes
+# and does not mix them (mixed chunks are opt-in); TRT-LLM (chunked context on, as AIConfigurator's generated
+# configs set it) and vLLM V1 chunk prefills into decode batches, decodes first. All use a token budget of 8192.
+FRAMEWORK_BATCHING = {
+    "sglang": {"policy": "continuous", "order": "prefill_first", "max_batched_tokens": 8192},
+    "trtllm": {"policy": "chunked_prefill", "order": "decode_first", "max_batched_tokens": 8192},
+    "vllm": {"policy": "chunked_prefill", "order": "decode_first", "max_batched_tokens": 8192},
+}
+
+
+class Memory(_Strict):
+    block_tokens: PositiveInt = 16
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    activation_reserve_bytes: float = Field(2 * 2**30, ge=0)
+    preemption: Literal["recompute", "swap"] = "recompute"  # swap: decoding victims' KV goes to host memory
+    swap_space_bytes: float = Field(4 * 2**30, ge=0)  # host memory per GPU for swapped KV (vLLM's default)
+    prefix_caching: bool = False  # reuse KV of equal prompt block hashes (Mooncake / RAGPulse logs) in HBM
+    prefix_block_tokens: PositiveInt = 512  # tokens per hash block in the log (Mooncake: 512)
+
+
+ROUTER_NAMES = Literal["round_robin", "least_outstanding", "session_affinity", "prefix_aware"]
+
+
+class LLMPoolSpec(_Strict):
+    """A pool of LLM replicas (GPUs or ASICs): the fast iteration-level engine of replay/pools/llm/."""
+
+    kind: Literal["llm"] = "llm"
+    name: str = "main"
+    device: str
+    replicas: PositiveInt = 1
+    model: str
+    tp: PositiveInt = 1
+    pp: PositiveInt = 1
+    dtype: str = "bfloat16"
+    kv_cache_dtype: str | None = None
+    framework: str | None = Field(None, description="serving framework whose calibrated models price this pool")
+    max_model_len: PositiveInt = 32768
+    # scheduler + launch gap per iteration (CPU side); None: calibrated for the device and framework by
+    # `validate silicon`; a pool with neither names the default it used in the summary's assumptions
+    step_overhead_us: float | None = Field(None, ge=0)
+    # HTTP, tokenization and queueing in the serving frontend, between a request's arrival and its routing
+    frontend_latency_us: float = Field(0.0, ge=0)
+    # iterations of up to this many tokens run as CUDA graphs (vLLM's default capture size; 0: always eager):
+    # their kernels are priced with the graph-captured variant where one was measured (NVIDIA GPUs only)
+    cuda_graph_max_tokens: int = Field(512, ge=0)
+    router: ROUTER_NAMES | None = Field(None, description="replica router (None: the scenario's `router`)")
+    spans_nodes: bool = Field(False, description="allow TP x PP beyond one node (collectives cross nodes)")
+    price_per_hour_usd: PositiveFloat | None = Field(None, description="per device; None: the catalog's price")
+    batching: Batching = Batching()
+    memory: Memory = Memory()
+
+
+# ---- service pools -------------------------------------------------------------------------------------
+class VectorIndex(_Strict):
+    """A vector index a `vector_search` stage queries (faiss layouts)."""
+
+    type: Literal["flat", "ivf", "hnsw"] = "hnsw"
+    vectors: PositiveInt = Field(description="vectors in the index")
+    dim: PositiveInt = 1024
+    nlist: PositiveInt = Field(4096, description="IVF: inverted lists")
+    nprobe: PositiveInt = Field(16, description="IVF: lists scanned per query")
+    m: PositiveInt = Field(32, description="HNSW: links per node")
+    ef_search: PositiveInt = Field(64, description="HNSW: candidate list size per query")
+
+
+class ServicePoolSpec(_Strict):
+    """Replicas of a non-LLM service (an encoder model, or a vector index) with dynamic batching: a batch
+    starts when `max_batch` jobs wait or the oldest has waited `max_wait_us`."""
+
+    kind: Literal["service"]
+    name: str
+    device: str
+    replicas: PositiveInt = 1
+    cores: PositiveInt | None = Field(None, description="CPU devices: cores per replica (default: the socket)")
+    model: str | None = Field(None, description="encoder model (embed, rerank, classifier stages)")
+    index: VectorIndex | None = Field(None, description="vector index (vector_search stages)")
+    max_batch: PositiveInt = 32
+    max_wait_us: NonNegativeFloat = 0.0
+    max_tokens: PositiveInt = Field(512, description="encoder sequence length cap (longer inputs truncated)")
+    dtype: str = "bfloat16"
+    price_per_hour_usd: PositiveFloat | None = None
+
+
+def _pool_kind(value) -> str:
+    return (value.get("kind") or "llm") if isinstance(value, dict) else value.kind
+
+
+PoolSpec = Annotated[
+    Annotated[LLMPoolSpec, Tag("llm")] | Annotated[ServicePoolSpec, Tag("service")],
+    Discriminator(_pool_kind),
+]
+
+
+# ---- links and tiers -----------------------------------------------------------------------------------
+class LinkSpec(_Strict):
+    """An interconnect that transfers share (processor sharing). Either `bandwidth` and `latency_s`, or `like`
+    (a device's catalog interconnect, e.g. `h100_sxm.network`), whose figures and source the output names."""
+
+    name: str
+    like: str | None = None
+    bandwidth: PositiveFloat | None = Field(None, description="bytes / s per direction")
+    latency_s: NonNegativeFloat | None = None
+    # shared: one link for every transfer; per_replica: one per sending replica (its own NICs / PCIe lanes),
+    # whose bandwidth is `bandwidth` x the replica's devices (each device moves its own KV shard)
+    scope: Literal["shared", "per_replica"] = "per_replica"
+
+
+class TierSpec(_Strict):
+    """A KV memory tier. `like` names a catalog tier (calibrate/catalog/tiers.yaml); any field overrides it."""
+
+    name: str
+    like: str | None = None
+    bandwidth: PositiveFloat | None = Field(None, description="bytes / s one device sees, per direction")
+    latency_s: NonNegativeFloat | None = None
+    capacity_bytes: PositiveFloat | None = None
+    # pool: one store every replica reads (a remote pool); replica: each replica has its own (host DRAM, NVMe)
+    scope: Literal["pool", "replica"] = "pool"
+    link_scope: Literal["shared", "per_replica"] = "per_replica"
+    eviction: Literal["lru", "fifo"] = "lru"
+    # write: every newly prefilled prompt block is written here after generation; on_evict: blocks evicted from
+    # the tier before it in a kv_retrieval stage land here; none: read-only (pre-populated by other tiers only)
+    admit: Literal["write", "on_evict", "none"] = "write"
+
+
+# ---- stages --------------------------------------------------------------------------------------------
+class _Stage(_Strict):
+    name: str
+    after: list[str] | None = Field(None, description="stages this one waits for (None: the previous one)")
+
+
+class LLMStage(_Stage):
+    """Prefill and decode on one LLM pool (colocated): the request's answer tokens."""
+
+    type: Literal["llm"]
+    pool: str = Field(description="an LLM pool, or a route stage that picks one")
+
+
+class PrefillStage(_Stage):
+    """Disaggregated prefill: emits the first token; its KV stays until the following kv_transfer ends."""
+
+    type: Literal["prefill"]
+    pool: str
+
+
+class KVTransferStage(_Stage):
+    """Moves the prompt's KV from the prefill replica to the decode pool over a named link."""
+
+    type: Literal["kv_transfer"]
+    link: str
+
+
+class DecodeStage(_Stage):
+    """Disaggregated decode: the remaining output tokens, on a pool that received the KV."""
+
+    type: Literal["decode"]
+    pool: str
+
+
+class KVRetrievalStage(_Stage):
+    """The prompt's reusable prefix blocks (the log's block hashes) looked up tier by tier beyond what the
+    target replica's HBM prefix cache holds; hits are fetched over each tier's link, misses are prefilled."""
+
+    type: Literal["kv_retrieval"]
+    tiers: list[str] = Field(min_length=1)
+    pool: str = Field(description="the LLM pool (or route stage) whose prefill follows")
+
+
+class EmbedStage(_Stage):
+    type: Literal["embed"]
+    pool: str
+    query_tokens: PositiveInt | None = Field(None, description="None: the log's user-input tokens, else 64")
+
+
+class VectorSearchStage(_Stage):
+    type: Literal["vector_search"]
+    pool: str
+    top_k: PositiveInt = 20
+
+
+class RerankStage(_Stage):
+    """A cross-encoder scores (query, passage) pairs; the kept passages' tokens join the prompt (already in
+    it for logs with per-part lengths, such as RAGPulse; else keep x passage_tokens are added)."""
+
+    type: Literal["rerank"]
+    pool: str
+    passages: PositiveInt | None = Field(None, description="pairs scored (None: the search's top_k)")
+    keep: PositiveInt = 5
+    passage_tokens: PositiveInt = 256
+    query_tokens: PositiveInt | None = None
+
+
+class RouteRule(_Strict):
+    max_input_tokens: PositiveInt
+    pool: str
+
+
+class RouteStage(_Stage):
+    """Dynamic model routing to one of several LLM pools; a stage with `pool: <this route>` runs there."""
+
+    type: Literal["route"]
+    method: Literal["rule", "probability", "classifier"] = "rule"
+    rules: list[RouteRule] = []  # first rule whose max_input_tokens the prompt does not exceed
+    default: str | None = None
+    weights: dict[str, PositiveFloat] = {}  # probability (seeded), or the classifier's decision mix
+    classifier_pool: str | None = Field(None, description="classifier: a service pool running the classifier")
+
+
+class ReasoningStage(_Stage):
+    """Reasoning tokens generated as decode in `rounds` rounds, each optionally followed by a tool call."""
+
+    type: Literal["reasoning"]
+    pool: str
+    rounds: PositiveInt = 1
+    share: float | Literal["log"] = Field("log", description="reasoning share of output tokens, or the log's")
+    tool_ms: NonNegativeFloat = 0.0  # after each round but the last: a tool / retrieval call's duration
+    tool_tokens: NonNegativeInt = 0  # tokens the tool result adds to the context
+    think_ms: NonNegativeFloat = 0.0  # client-side gap before the next round
+
+
+class ToolStage(_Stage):
+    """An external call: a fixed duration, adding tokens to the prompt."""
+
+    type: Literal["tool"]
+    duration_ms: NonNegativeFloat
+    tokens: NonNegativeInt = 0
+
+
+StageSpec = Annotated[
+    LLMStage
+    | PrefillStage
+    | KVTransferStage
+    | DecodeStage
+    | KVRetrievalStage
+    | EmbedStage
+    | VectorSearchStage
+    | RerankStage
+    | RouteStage
+    | ReasoningStage
+    | ToolStage,
+    Field(discriminator="type"),
+]
+
+
+class Pipeline(_Strict):
+    stages: list[StageSpec] = Field(min_length=1)
+
+
+# ---- clients -------------------------------------------------------------------------------------------
+class Source(_Strict):
+    kind: Literal["log", "synthetic", "closed_loop"] = "log"
+    log: str | None = None  # a request-log file (ingested on the fly) or a log name in the warehouse
+    segment: NonNegativeInt | None = Field(None, description="clock segment of a log whose clock resets")
+    time_scale: PositiveFloat = 1.0  # arrival times multiplied by this
+    rate_scale: PositiveFloat = 1.0  # arrival rate multiplied by this (= times divided)
+    limit: PositiveInt | None = None
+    # synthetic
+    rate_per_s: PositiveFloat = 1.0
+    arrival: Literal["poisson", "gamma"] = "poisson"
+    cv: PositiveFloat = 1.0
+    requests: PositiveInt = 1000
+    input_tokens: PositiveInt = 1024  # fixed lengths, or the means of lognormal ones
+    output_tokens: PositiveInt = 128
+    # fixed; lognormal (mean input/output_tokens, coefficient of variation length_cv); or log: (input, output)
+    # pairs drawn with replacement from the rows of `log`, so real length mixes meet chosen arrival processes
+    lengths: Literal["fixed", "lognormal", "log"] = "fixed"
+    length_cv: PositiveFloat = 1.0
+    # closed loop: `concurrency` clients, each sending its next request when the last one completes; client i
+    # starts at i * ramp_up_s / concurrency (0: all at once)
+    concurrency: PositiveInt = 1
+    ramp_up_s: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _log_named(self) -> Source:
+        if self.kind == "synthetic" and self.lengths == "log" and not self.log:
+            raise ValueError("lengths: log needs `log`: a request-log file or a log name to draw lengths from")
+        return self
+
+
+class PipelineRule(_Strict):
+    max_input_tokens: PositiveInt
+    pipeline: str
+
+
+class PipelineChoice(_Strict):
+    """How a client's requests pick their pipeline: by a seeded probability, by input length, or by whether a
+    log field is present (e.g. RAGPulse passage tokens)."""
+
+    by: Literal["probability", "input_tokens", "field"]
+    weights: dict[str, PositiveFloat] = {}
+    rules: list[PipelineRule] = []
+    default: str | None = None
+    field: str | None = None
+    present: str | None = None
+    absent: str | None = None
+
+
+class Client(_Strict):
+    name: str
+    source: Source = Source()
+    pipeline: str | PipelineChoice
+
+
+class Slo(_Strict):
+    ttft_ms: PositiveFloat = 2000.0
+    tpot_ms: PositiveFloat = 200.0
+    e2e_ms: PositiveFloat | None = None
+
+
+STAGE_POOL_KIND = {
+    "llm": "llm",
+    "prefill": "llm",
+    "decode": "llm",
+    "reasoning": "llm",
+    "kv_retrieval": "llm",
+    "embed": "service",
+    "vector_search": "service",
+    "rerank": "service",
+}
+
+
+class Scenario(_Strict):
+    name: str = "scenario"
+    seed: int = 0
+    clients: list[Client] = Field(min_length=1)
+    pools: list[PoolSpec] = Field(min_length=1)
+    links: list[LinkSpec] = []
+    tiers: list[TierSpec] = []
+    pipelines: dict[str, Pipeline]
+    router: ROUTER_NAMES = "round_robin"
+    slo: Slo = Slo()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_stage_default(cls, doc):
+        """A scenario without pipelines / clients: one client (`source`) and one generation stage on its one
+        LLM pool."""
+        if not isinstance(doc, dict):
+            return doc
+        doc = dict(doc)
+        source = doc.pop("source", None)
+        if "pipelines" not in doc:
+            llm = [p for p in doc.get("pools") or [] if isinstance(p, dict) and (p.get("kind") or "llm") == "llm"]
+            if len(llm) == 1:
+                name = llm[0].get("name", "main")
+                doc["pipelines"] = {"default": {"stages": [{"name": "generate", "type": "llm", "pool": name}]}}
+        if "clients" not in doc and isinstance(doc.get("pipelines"), dict) and len(doc["pipelines"]) == 1:
+            doc["clients"] = [{"name": "default", "source": source or {}, "pipeline": next(iter(doc["pipelines"]))}]
+        elif source is not None:
+            raise ValueError("`source` is for scenarios without `clients`: give each client its own source")
+        return doc
+
+    @property
+    def source(self) -> Source:
+        """The first client's source (single-source scenarios)."""
+        return self.clients[0].source
+
+    @model_validator(mode="after")
+    def _references(self) -> Scenario:
+        check_references(self)
+        return self
+
+    def pool(self, name: str):
+        return next(p for p in self.pools if p.name == name)
+
+
+def _known(names) -> str:
+    return ", ".join(sorted(names)) or "(none)"
+
+
+def check_references(sc: Scenario) -> None:
+    """Every name a scenario uses exists and fits its use; every pipeline is an acyclic graph."""
+    from ..calibrate.catalog import devices, models, tiers
+
+    for what, items in (("pools", sc.pools), ("links", sc.links), ("tiers", sc.tiers), ("clients", sc.clients)):
+        names = [x.name for x in items]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ScenarioError(what, f"names must be unique; repeated: {', '.join(dup)}")
+    pools = {p.name: p for p in sc.pools}
+    for p in sc.pools:
+        if p.device not in devices():
+            raise ScenarioError(f"pools.{p.name}.device", f"unknown device {p.device!r}; known: {_known(devices())}")
+        if p.model is not None and p.model not in models():
+            raise ScenarioError(f"pools.{p.name}.model", f"unknown model {p.model!r}; known: {_known(models())}")
+        dev = devices()[p.device]
+        if p.kind == "llm":
+            if dev.kind == "cpu":
+                raise ScenarioError(f"pools.{p.name}.device", f"{p.device} is a CPU: LLM pools run on GPUs or ASICs")
+            if models()[p.model].role != "generation":
+                raise ScenarioError(
+                    f"pools.{p.name}.model", f"{p.model} is an {models()[p.model].role} model, not a text generator"
+                )
+            if p.tp * p.pp > dev.devices_per_node and not p.spans_nodes:
+                raise ScenarioError(
+                    f"pools.{p.name}.tp",
+                    f"TP {p.tp} x PP {p.pp} = {p.tp * p.pp} devices exceeds a {p.device} node "
+                    f"({dev.devices_per_node}); set spans_nodes: true to run its collectives over the network",
+                )
+        else:
+            if p.cores is not None and dev.kind != "cpu":
+                raise ScenarioError(f"pools.{p.name}.cores", f"{p.device} is not a CPU; cores apply to CPU pools")
+            if p.cores is not None and p.cores > dev.compute_units:
+                raise ScenarioError(f"pools.{p.name}.cores", f"{p.device} has {dev.compute_units} cores")
+    links = {x.name: x for x in sc.links}
+    for x in sc.links:
+        if x.like is None and (x.bandwidth is None or x.latency_s is None):
+            raise ScenarioError(f"links.{x.name}", "give bandwidth and latency_s, or `like: <device>.<interconnect>`")
+        if x.like is not None:
+            dev, _, link = x.like.partition(".")
+            if dev not in devices() or link not in devices()[dev].interconnects:
+                known = [f"{d}.{i}" for d, spec in devices().items() for i in spec.interconnects]
+                raise ScenarioError(f"links.{x.name}.like", f"unknown interconnect {x.like!r}; known: {_known(known)}")
+    tier_specs = {t.name: t for t in sc.tiers}
+    for t in sc.tiers:
+        if t.like is not None and t.like not in tiers():
+            raise ScenarioError(f"tiers.{t.name}.like", f"unknown catalog tier {t.like!r}; known: {_known(tiers())}")
+        if t.like is None and None in (t.bandwidth, t.latency_s, t.capacity_bytes):
+            raise ScenarioError(f"tiers.{t.name}", "give bandwidth, latency_s and capacity_bytes, or `like: <tier>`")
+    for pname, pipe in sc.pipelines.items():
+        check_pipeline(f"pipelines.{pname}", pipe, pools, links, tier_specs)
+    for c in sc.clients:
+        choice = c.pipeline
+        named = [choice] if isinstance(choice, str) else _choice_targets(choice)
+        for target in named:
+            if target not in sc.pipelines:
+                raise ScenarioError(
+                    f"clients.{c.name}.pipeline", f"unknown pipeline {target!r}; known: {_known(sc.pipelines)}"
+                )
+
+
+def _choice_targets(choice: PipelineChoice) -> list[str]:
+    if choice.by == "probability":
+        if not choice.weights:
+            raise ScenarioError("pipeline.weights", "a probability choice needs weights")
+        return list(choice.weights)
+    if choice.by == "input_tokens":
+        if not choice.default:
+            raise ScenarioError("pipeline.default", "an input_tokens choice needs a default pipeline")
+        return [r.pipeline for r in choice.rules] + [choice.default]
+    if not (choice.field and choice.present and choice.absent):
+        raise ScenarioError("pipeline", "a field choice needs field, present and absent")
+    return [choice.present, choice.absent]
+
+
+def check_pipeline(where: str, pipe: Pipeline, pools: dict, links: dict, tiers: dict) -> None:
+    from ..calibrate.catalog import devices, models
+
+    stages = {s.name: s for s in pipe.stages}
+    if len(stages) != len(pipe.stages):
+        raise ScenarioError(f"{where}.stages", "stage names must be unique")
+    routes = {s.name: s for s in pipe.stages if s.type == "route"}
+    llm_pools = {n for n, p in pools.items() if p.kind == "llm"}
+    for i, s in enumerate(pipe.stages):
+        field = f"{where}.stages.{s.name}"
+        for dep in deps_of(pipe, i):
+            if dep not in stages:
+                raise ScenarioError(f"{field}.after", f"unknown stage {dep!r}; known: {_known(stages)}")
+        want = STAGE_POOL_KIND.get(s.type)
+        if want == "llm":
+            if s.pool in routes:
+                if s.pool not in ancestors(pipe, s.name):
+                    raise ScenarioError(f"{field}.pool", f"route stage {s.pool!r} must come before this stage")
+            elif s.pool not in llm_pools:
+                raise ScenarioError(
+                    f"{field}.pool",
+                    f"{s.pool!r} is not an LLM pool or route stage; known: {_known(llm_pools | set(routes))}",
+                )
+        elif want == "service":
+            p = pools.get(s.pool)
+            if p is None or p.kind != "service":
+                known = {n for n, q in pools.items() if q.kind == "service"}
+                raise ScenarioError(f"{field}.pool", f"{s.pool!r} is not a service pool; known: {_known(known)}")
+            dev = devices()[p.device]
+            if s.type == "vector_search":
+                if p.index is None:
+                    raise ScenarioError(f"pools.{p.name}.index", f"stage {s.name} searches it: give the pool an index")
+                if dev.kind == "asic":
+                    raise ScenarioError(f"{field}.pool", f"vector search does not run on {p.device} ({dev.kind})")
+            else:
+                role = {"embed": "embedding", "rerank": "reranker"}[s.type]
+                if p.model is None or models()[p.model].role != role:
+                    raise ScenarioError(f"pools.{p.name}.model", f"stage {s.name} ({s.type}) needs an {role} model")
+        if s.type == "kv_transfer" and s.link not in links:
+            raise ScenarioError(f"{field}.link", f"unknown link {s.link!r}; known: {_known(links)}")
+        if s.type == "kv_retrieval":
+            for t in s.tiers:
+                if t not in tiers:
+                    raise ScenarioError(f"{field}.tiers", f"unknown tier {t!r}; known: {_known(tiers)}")
+        if s.type == "route":
+            targets = [r.pool for r in s.rules] + ([s.default] if s.default else []) + list(s.weights)
+            if not targets:
+                raise ScenarioError(field, "a route needs rules and a default, or weights")
+            if s.method == "rule" and not s.default:
+                raise ScenarioError(f"{field}.default", "a rule route needs a default pool")
+            for t in targets:
+                if t not in llm_pools:
+                    raise ScenarioError(f"{field}", f"routes to {t!r}, not an LLM pool; known: {_known(llm_pools)}")
+            if s.method == "classifier":
+                p = pools.get(s.classifier_pool or "")
+                if p is None or p.kind != "service" or p.model is None:
+                    raise ScenarioError(
+                        f"{field}.classifier_pool", "a classifier route needs a service pool with a model"
+                    )
+    if s_cycle := cycle(pipe):
+        raise ScenarioError(f"{where}.stages", f"the stage graph has a cycle: {' -> '.join(s_cycle)}")
+    kinds = [s.type for s in pipe.stages]
+    if ("prefill" in kinds) != ("decode" in kinds) or ("kv_transfer" in kinds) != ("prefill" in kinds):
+        raise ScenarioError(f"{where}.stages", "disaggregated serving needs prefill, kv_transfer and decode stages")
+    gen = [s for s in pipe.stages if s.type in ("llm", "decode")]
+    if len(gen) != 1:
+        raise ScenarioError(
+            f"{where}.stages", f"a pipeline generates its answer in one llm or decode stage, not {len(gen)}"
+        )
+
+
+def deps_of(pipe: Pipeline, i: int) -> list[str]:
+    s = pipe.stages[i]
+    if s.after is not None:
+        return list(s.after)
+    return [pipe.stages[i - 1].name] if i else []
+
+
+def ancestors(pipe: Pipeline, name: str) -> set[str]:
+    index = {s.name: i for i, s in enumerate(pipe.stages)}
+    seen: set[str] = set()
+    todo = list(deps_of(pipe, index[name]))
+    while todo:
+        n = todo.pop()
+        if n in seen or n not in index:
+            continue
+        seen.add(n)
+        todo += deps_of(pipe, index[n])
+    return seen
+
+
+def cycle(pipe: Pipeline) -> list[str] | None:
+    """A cycle of stage names, or None (depth-first search over the `after` edges)."""
+    index = {s.name: i for i, s in enumerate(pipe.stages)}
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        path.append(n)
+        for d in deps_of(pipe, index[n]):
+            if d not in index:
+                continue
+            if state.get(d) == 1:
+                return [*path[path.index(d) :], d]
+            if d not in state and (found := visit(d)):
+                return found
+        state[n] = 2
+        path.pop()
+        return None
+
+    for s in pipe.stages:
+        if s.name not in state and (found := visit(s.name)):
+            return found
+    return None
+
+
+# ---- loading and overrides ---------------------------------------------------------------------------
+def parse(doc: dict, where: str | None = None) -> Scenario:
+    try:
+        return Scenario.model_validate(doc)
+    except ScenarioError as e:
+        raise e.at(where) if where else e from None
+    except ValidationError as e:
+        raise ScenarioError(*_first_error(e), path=where) from None
+
+
+def _first_error(e: ValidationError) -> tuple[str, str]:
+    err = e.errors()[0]
+    inner = err.get("ctx", {}).get("error")
+    if isinstance(inner, ScenarioError):
+        return inner.field, inner.message
+    loc = ".".join(str(x) for x in err["loc"] if not (isinstance(x, str) and x in _TAGS))
+    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return loc or "scenario", f"{err['msg']}{more}"
+
+
+_TAGS = {"llm", "service"} | {t for t in STAGE_POOL_KIND} | {"kv_transfer", "route", "tool"}
+
+
+def load(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
+    """Read a scenario file and apply `dotted.path=value` overrides (values in YAML syntax)."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise ScenarioError("yaml", f"invalid YAML: {e}", str(path)) from e
+    if not isinstance(doc, dict):
+        raise ScenarioError("scenario", "expected a mapping at the top level", str(path))
+    scenario = parse(doc, str(path))
+    return with_overrides(scenario, overrides, str(path)) if overrides else scenario
+
+
+def with_overrides(scenario: Scenario, overrides, where: str | None = None) -> Scenario:
+    """A copy with each `dotted.path=value` set. A path is any field of the full scenario (defaults included);
+    list items by index or by name (`pools.decode.replicas=4`)."""
+    doc = scenario.model_dump()
+    for item in overrides:
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise ScenarioError("--set", f"expected dotted.path=value, got {item!r}", where)
+        set_path(doc, key.strip(), yaml.safe_load(raw), where)
+    return parse(doc, where)
+
+
+def set_path(doc: dict, key: str, value, where: str | None = None) -> None:
+    target = doc
+    *path, last = key.split(".")
+    for i, part in enumerate([*path, last]):
+        final = i == len(path)
+        if isinstance(target, list):
+            names = [x.get("name") for x in target if isinstance(x, dict)]
+            if part.isdigit() and int(part) < len(target):
+                idx = int(part)
+            elif part in names:
+                idx = names.index(part)
+            else:
+                raise ScenarioError(
+                    key, f"no item {part!r} in this list; known: {_known(n for n in names if n)}", where
+                )
+            if final:
+                target[idx] = value
+                return
+            target = target[idx]
+        elif isinstance(target, dict):
+            if part not in target:
+                raise ScenarioError(key, f"{part!r} is not a field here; known: {_known(target)}", where)
+            if final:
+                target[part] = value
+                return
+            target = target[part]
+        else:
+            raise ScenarioError(key, f"{part!r}: {'.'.join([*path, last][:i])} is a value, not a section", where)

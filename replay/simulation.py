@@ -1,0 +1,289 @@
+"""One simulation: pools, links and tiers built from a scenario, its pipelines' stage graphs, its clients'
+requests; the event loop run to the end; the invariants checked. Stages reach the rest only through the
+methods here (pools by name, links, tiers, done / reject).
+
+Request ids are global and deterministic: each client's requests take a block of ids in client order, so at
+equal arrival times the client listed first goes first, serially or on any Dask worker."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..calibrate.catalog import device as catalog_device
+from ..calibrate.catalog import tiers as catalog_tiers
+from .draws import pick, uniform
+from .errors import RequestLost, ScenarioError, StageOrderViolated
+from .loop import EventLoop
+from .pipeline.graph import PipelineGraph
+from .pools.build import build_service_pool
+from .pools.llm.build import build_llm_pool
+from .request import Request
+from .resources.link import Link
+from .resources.tier import Tier
+from .scenario import Client, Scenario
+from .sources import SOURCES, Spec, total_requests
+
+log = logging.getLogger(__name__)
+
+
+class ClientRun:
+    """A client while the simulation runs: its source, its pipeline choice and its block of request ids."""
+
+    def __init__(self, index: int, spec: Client, sim: Simulation):
+        self.index, self.spec, self.sim = index, spec, sim
+        self.source = SOURCES[spec.source.kind](spec.source, sim.root, sim.scenario.seed + index)
+        self.first_id = 0
+        self.next_id = 0
+        self.total = 0
+
+    def pipeline(self, spec: Spec, key: int) -> PipelineGraph:
+        choice = self.spec.pipeline
+        if isinstance(choice, str):
+            return self.sim.graphs[choice]
+        if choice.by == "input_tokens":
+            name = next((r.pipeline for r in choice.rules if spec.prompt <= r.max_input_tokens), choice.default)
+        elif choice.by == "field":
+            name = choice.present if spec.fields.get(choice.field) else choice.absent
+        else:
+            name = pick(choice.weights, uniform(self.sim.scenario.seed, key, -1))
+        return self.sim.graphs[name]
+
+    def request(self, spec: Spec) -> Request:
+        key = spec.key if spec.key >= 0 else self.next_id
+        self.next_id += 1
+        return Request(
+            key,
+            self.index,
+            self.pipeline(spec, key),
+            spec.arrival,
+            spec.prompt,
+            spec.output,
+            spec.session,
+            spec.hashes,
+            spec.fields,
+            spec.seat,
+        )
+
+
+class Simulation:
+    def __init__(self, scenario: Scenario, warehouse_root: Path, skip_ahead: bool = True, audit: bool = False):
+        self.scenario, self.root = scenario, Path(warehouse_root)
+        self.loop = EventLoop()
+        self.loop.on_arrival = self._arrive
+        self.assumptions: dict[str, dict] = {}
+        self._seq_ids = 0
+        self.pools: dict = {}
+        max_seqs = self._service_batch_sizes()
+        for spec in scenario.pools:
+            if spec.kind == "llm":
+                pool = build_llm_pool(spec, self.root, self.loop, scenario.router, skip_ahead)
+                pool.audit = audit
+                if pool.step_overhead_source.startswith("default"):
+                    self.assume(f"pools.{spec.name}.step_overhead_us", pool.step_overhead_us, pool.step_overhead_source)
+            else:
+                pool = build_service_pool(spec, self.root, self.loop, max_seqs.get(spec.name, spec.max_batch))
+            self.pools[spec.name] = pool
+        self.link_specs = {x.name: x for x in scenario.links}
+        self.tier_specs = {t.name: self._tier_figures(t) for t in scenario.tiers}
+        self.links: dict[tuple, Link] = {}
+        self.tiers: dict[tuple, Tier] = {}
+        self.graphs = {name: PipelineGraph(name, spec, self) for name, spec in scenario.pipelines.items()}
+        self.clients = [ClientRun(i, c, self) for i, c in enumerate(scenario.clients)]
+        self.requests: list[Request] = []
+        self.finished = 0
+        self.keep_transfers = False  # every link transfer logged (outputs: transfers.parquet, Perfetto)
+
+    # ---- building ------------------------------------------------------------------------------------
+    def _service_batch_sizes(self) -> dict[str, int]:
+        """Per service pool, the most sequences a batch may hold: max_batch, or a bigger single job."""
+        out: dict[str, int] = {}
+        for spec in self.scenario.pools:
+            if spec.kind == "service":
+                out[spec.name] = spec.max_batch
+        for pipe in self.scenario.pipelines.values():
+            for s in pipe.stages:
+                if s.type == "rerank":
+                    searches = [x for x in pipe.stages if x.type == "vector_search"]
+                    n = s.passages or (searches[0].top_k if searches else 20)
+                    out[s.pool] = max(out.get(s.pool, 1), n * 4)
+        return out
+
+    def _tier_figures(self, t):
+        """A tier spec with every figure filled in (catalog values unless overridden), sources named."""
+        base = catalog_tiers()[t.like] if t.like else None
+        figures = {
+            k: getattr(t, k) if getattr(t, k) is not None else getattr(base, k)
+            for k in ("bandwidth", "latency_s", "capacity_bytes")
+        }
+        t = t.model_copy(update=figures)
+        t._source = base.source if base is not None else "scenario"  # type: ignore[attr-defined]
+        return t
+
+    def _link_figures(self, name: str) -> tuple[float, float, str]:
+        spec = self.link_specs[name]
+        bw, lat, source = spec.bandwidth, spec.latency_s, "scenario"
+        if spec.like:
+            dev, _, which = spec.like.partition(".")
+            link = catalog_device(dev).interconnects[which]
+            bw = bw if bw is not None else link.bandwidth
+            lat = lat if lat is not None else link.latency_s
+            source = f"{dev} {which} ({catalog_device(dev).sources.get('interconnect', '')})"
+        return bw, lat, source
+
+    # ---- what stages use --------------------------------------------------------------------------------
+    def next_seq_id(self) -> int:
+        self._seq_ids += 1
+        return self._seq_ids
+
+    def assume(self, key: str, value, why: str) -> None:
+        """Record a stand-in for a measurement; the summary lists each under `assumptions`."""
+        self.assumptions.setdefault(key, {"value": value, "why": why})
+
+    def uniform(self, run: Request, salt: int) -> float:
+        return uniform(self.scenario.seed, run.id, salt)
+
+    def llm_pool_for(self, run: Request, name: str):
+        """The LLM pool a stage names, or the one its route stage chose for this request."""
+        return self.pools[run.route.get(name, name)]
+
+    def link(self, name: str, pool, replica: int) -> Link:
+        spec = self.link_specs[name]
+        key = (name,) if spec.scope == "shared" else (name, pool.name, replica)
+        if key not in self.links:
+            bw, lat, _ = self._link_figures(name)
+            lanes = 1 if spec.scope == "shared" else getattr(pool, "devices_per_replica", 1)
+            label = name if spec.scope == "shared" else f"{name}[{pool.name}/{replica}]"
+            self.links[key] = Link(label, bw * lanes, lat, self.loop, log=[] if self.keep_transfers else None)
+        return self.links[key]
+
+    def tier_spec(self, name: str):
+        return self.tier_specs[name]
+
+    def tier(self, name: str, pool, replica: int) -> Tier:
+        spec = self.tier_specs[name]
+        key = (name,) if spec.scope == "pool" else (name, pool.name, replica)
+        if key not in self.tiers:
+            label = name if spec.scope == "pool" else f"{name}[{pool.name}/{replica}]"
+            self.tiers[key] = Tier(label, spec.capacity_bytes, spec.eviction)
+        return self.tiers[key]
+
+    def tier_link(self, name: str, direction: str, pool, replica: int) -> Link:
+        """A tier's read or write channel (links are full duplex: reads and writes do not share bandwidth)."""
+        spec = self.tier_specs[name]
+        key = (name, direction) if spec.link_scope == "shared" else (name, direction, pool.name, replica)
+        if key not in self.links:
+            lanes = 1 if spec.link_scope == "shared" else pool.devices_per_replica
+            label = f"{name}.{direction}" + ("" if spec.link_scope == "shared" else f"[{pool.name}/{replica}]")
+            self.links[key] = Link(
+                label, spec.bandwidth * lanes, spec.latency_s, self.loop, log=[] if self.keep_transfers else None
+            )
+        return self.links[key]
+
+    def context_hashes(self, run: Request, pool) -> tuple:
+        """Block hashes of a request's growing context (multi-round reasoning): the log's where it has them,
+        then ids of this request's own blocks, so a later round's prefill can reuse an earlier round's KV."""
+        ht = pool.hash_tokens
+        need = -(-(run.context + run.output) // ht)
+        if len(run.hashes) >= need:
+            return run.hashes
+        own = tuple(-(run.id * 1_000_003 + i + 1) for i in range(len(run.hashes), need))
+        run.hashes = run.hashes + own
+        return run.hashes
+
+    # ---- stage transitions ---------------------------------------------------------------------------
+    def _arrive(self, run: Request, now: float) -> None:
+        for i in run.graph.roots:
+            self._start(run, i, now)
+
+    def _start(self, run: Request, i: int, now: float) -> None:
+        for d in run.graph.deps[i]:
+            if run.end[d] is None or run.end[d] > now + 1e-12:
+                raise StageOrderViolated(
+                    f"request {run.id}: stage {run.graph.stages[i].name} starts at {now} s before "
+                    f"{run.graph.stages[d].name} ended ({run.end[d]})"
+                )
+        run.ready[i] = now
+        run.graph.stages[i].start(run, now)
+
+    def _start_later(self, arg, now: float) -> None:
+        run, i = arg
+        if run.reason is None:
+            self._start(run, i, now)
+
+    def done(self, run: Request, stage, now: float) -> None:
+        """A stage ended for this request: start every successor whose dependencies have all ended (at this
+        instant, through the loop, never from inside the pool that reported), or finish the request."""
+        if run.reason is not None:
+            return  # rejected on another branch; this one's work is moot
+        i = stage.index
+        run.end[i] = now
+        if run.start[i] is None:
+            run.start[i] = run.ready[i]
+        run.left -= 1
+        if run.left == 0:
+            self._finish(run, now)
+            return
+        for j in run.graph.succ[i]:
+            run.waiting[j] -= 1
+            if run.waiting[j] == 0:
+                self.loop.call_at(now, self._start_later, (run, j))
+
+    def reject(self, run: Request, stage, reason: str, now: float) -> None:
+        if run.reason is not None:
+            return
+        where = run.pools[stage.index] or stage.name
+        run.reason = f"{stage.name} on {where}: {reason}"
+        self._finish(run, now)
+
+    def _finish(self, run: Request, now: float) -> None:
+        run.completion = now
+        self.finished += 1
+        if run.reason is None:
+            for hook in run.hooks:
+                hook(run, now)
+        client = self.clients[run.client]
+        nxt = client.source.follow_up(run.seat, now)
+        if nxt is not None:
+            self._admit(client, nxt)
+
+    def _admit(self, client: ClientRun, spec: Spec) -> Request:
+        run = client.request(spec)
+        self.requests.append(run)
+        self.loop.arrive(spec.arrival, run.id, run)
+        return run
+
+    # ---- running ------------------------------------------------------------------------------------
+    def run(self, on_progress=None, initial: list[list[Spec]] | None = None) -> None:
+        """Serve every client's requests (its source's, or `initial`'s) to the end; on_progress(finished, total)
+        now and then."""
+        offset, total = 0, 0
+        for c, client in enumerate(self.clients):
+            specs = client.source.initial() if initial is None else initial[c]
+            client.first_id = client.next_id = offset
+            client.total = total_requests(client.spec.source, len(specs))
+            offset += client.total
+            total += client.total
+            for spec in specs:
+                run = client.request(spec)
+                self.requests.append(run)
+                self.loop.arrivals.append((spec.arrival, 0, run.id, 0, run))
+        if not self.requests:
+            raise ScenarioError("clients", "no requests to replay")
+        self.total = total
+        self.loop.run(None if on_progress is None else lambda: on_progress(self.finished, total))
+        self.check()
+
+    def check(self) -> None:
+        lost = [r.id for r in self.requests if r.completion is None]
+        if lost:
+            raise RequestLost(f"{len(lost)} request(s) neither completed nor rejected, e.g. {lost[:5]}")
+        for pool in self.pools.values():
+            if pool.kind == "llm":
+                stuck = sum(len(r.waiting) + len(r.running) + len(r.incoming) + len(r.handoff) for r in pool.replicas)
+                if stuck:
+                    raise RequestLost(f"pool {pool.name}: {stuck} sequence(s) still queued or running at the end")
+            elif pool.queue:
+                raise RequestLost(f"pool {pool.name}: {len(pool.queue)} job(s) still queued at the end")
+        for link in self.links.values():
+            link.check()

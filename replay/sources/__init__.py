@@ -1,0 +1,117 @@
+"""Request sources: what a client sends, and when. Each kind is a small class chosen by `source.kind`:
+- log: a request log's arrivals and lengths (with its prefix hashes, sessions and per-part lengths);
+- synthetic: a seeded Poisson or Gamma process with fixed, lognormal or log-drawn lengths;
+- closed_loop: `concurrency` users, each sending its next request when its last one completes.
+A source yields request specs (arrival, prompt, output, session, hashes, fields); the simulation turns them
+into requests of the client's pipelines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..scenario import Source
+from .logs import log_frame
+
+
+@dataclass(slots=True)
+class Spec:
+    arrival: float
+    prompt: int
+    output: int
+    session: object = None
+    hashes: tuple = ()
+    fields: dict = field(default_factory=dict)
+    seat: int = -1
+    key: int = -1  # its request id when it is set (a partitioned replay keeps the whole log's ids)
+
+
+_FIELDS = ("user_input_tokens", "passage_tokens", "passages", "reasoning_share")
+
+
+def _log_specs(src: Source, warehouse_root: Path) -> list[Spec]:
+    df = log_frame(src, warehouse_root)
+    extra = {f: df[f].to_numpy() for f in _FIELDS if df[f].notna().any()}
+    sessions = df["session_id"].to_numpy()
+    hashes = [tuple(h) if h is not None and len(h) else () for h in df["prefix_block_hashes"]]
+    out = []
+    for i, (a, p, o, s, h) in enumerate(
+        zip(df["arrival_s"].to_numpy(), df["input_tokens"], df["output_tokens"], sessions, hashes, strict=True)
+    ):
+        fields = {f: v[i] for f, v in extra.items() if v[i] is not None and v[i] == v[i]} if extra else {}
+        out.append(Spec(float(a), int(p), int(o), None if s is None or s != s else s, h, fields))
+    return out
+
+
+class LogSource:
+    kind = "log"
+
+    def __init__(self, src: Source, warehouse_root: Path, seed: int):
+        self.src, self.root = src, warehouse_root
+
+    def initial(self) -> list[Spec]:
+        return _log_specs(self.src, self.root)
+
+    def follow_up(self, done_seat: int, now: float) -> Spec | None:
+        return None
+
+
+class SyntheticSource(LogSource):
+    kind = "synthetic"
+
+    def __init__(self, src: Source, warehouse_root: Path, seed: int):
+        super().__init__(src, warehouse_root, seed)
+        self.seed = seed
+
+    def initial(self) -> list[Spec]:
+        src = self.src
+        rng = np.random.default_rng(self.seed)
+        mean = 1.0 / (src.rate_per_s * src.rate_scale)
+        if src.arrival == "gamma":
+            shape = 1.0 / src.cv**2
+            gaps = rng.gamma(shape, mean / shape, src.requests)
+        else:
+            gaps = rng.exponential(mean, src.requests)
+        t = np.cumsum(gaps) - gaps[0]
+        n = src.requests
+        if src.lengths == "lognormal":
+            sigma = np.sqrt(np.log1p(src.length_cv**2))
+            prompt = rng.lognormal(np.log(src.input_tokens) - sigma**2 / 2, sigma, n)
+            output = rng.lognormal(np.log(src.output_tokens) - sigma**2 / 2, sigma, n)
+        elif src.lengths == "log":
+            logged = _log_specs(src.model_copy(update={"kind": "log", "limit": None}), self.root)
+            pick = rng.integers(0, len(logged), n)
+            prompt = np.array([logged[i].prompt for i in pick])
+            output = np.array([logged[i].output for i in pick])
+        else:
+            prompt, output = np.full(n, src.input_tokens), np.full(n, src.output_tokens)
+        prompt, output = np.maximum(np.round(prompt), 1).astype(int), np.maximum(np.round(output), 1).astype(int)
+        return [Spec(float(a), int(p), int(o)) for a, p, o in zip(t, prompt, output, strict=True)]
+
+
+class ClosedLoopSource(LogSource):
+    kind = "closed_loop"
+
+    def __init__(self, src: Source, warehouse_root: Path, seed: int):
+        super().__init__(src, warehouse_root, seed)
+        self.sent = src.concurrency
+
+    def initial(self) -> list[Spec]:
+        src = self.src
+        gap = src.ramp_up_s / src.concurrency
+        return [Spec(i * gap, src.input_tokens, src.output_tokens, seat=i) for i in range(src.concurrency)]
+
+    def follow_up(self, done_seat: int, now: float) -> Spec | None:
+        if self.sent >= self.src.requests:
+            return None
+        self.sent += 1
+        return Spec(now, self.src.input_tokens, self.src.output_tokens, seat=done_seat)
+
+
+SOURCES = {cls.kind: cls for cls in (LogSource, SyntheticSource, ClosedLoopSource)}
+
+
+def total_requests(src: Source, initial: int) -> int:
+    return src.requests if src.kind == "closed_loop" else initial
