@@ -165,8 +165,8 @@ def run_main_job(warehouse: WarehouseOpt = None) -> None:
     cost models on them, replay the bundled Azure log on H100s, and print the summary of each step."""
     from ..calibrate.pipeline import calibrate_device
     from ..calibrate.report import markdown
-    from ..replay.scenario import load
     from ..replay.run import simulate
+    from ..replay.scenario import load
 
     ingest([SAMPLES], None, warehouse, None, 0, quiet=False)
     warehouse_summary(warehouse, as_json=False)
@@ -300,8 +300,8 @@ def replay(
 ) -> None:
     """Simulate serving request logs (or synthetic / closed-loop sources) through a scenario's pools and
     pipelines."""
-    from ..replay.scenario import load
     from ..replay.run import simulate
+    from ..replay.scenario import load
 
     root = warehouse or default_location()
     with _errors():

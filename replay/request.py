@@ -25,6 +25,7 @@ class Request:
         "output",
         "pools",
         "preemptions",
+        "prefill_s",
         "prompt",
         "ready",
         "reason",
@@ -61,6 +62,7 @@ class Request:
         self.context = prompt  # the prompt the next LLM stage sees (retrieval and reasoning add to it)
         self.retrieved_tokens = self.reasoning_tokens = self.generated = 0
         self.preemptions = self.hit_tokens = 0
+        self.prefill_s = 0.0  # time of the LLM iterations that prefilled its sequences
         self.waiting = list(graph.indegree)  # unfinished dependencies per stage
         self.left = n  # stages not yet ended
         self.ready: list[float | None] = [None] * n

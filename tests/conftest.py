@@ -39,6 +39,18 @@ def sample_warehouse(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def calibrated_warehouse(sample_warehouse: Path, tmp_path_factory) -> Path:
+    """The bundled samples with H100 and A100 cost models fitted (shape-block split only); tests read it."""
+    from hermes_sim.calibrate.pipeline import calibrate_device
+
+    root = tmp_path_factory.mktemp("calibrated") / "wh"
+    shutil.copytree(sample_warehouse, root)
+    for device in ("h100_sxm", "a100_sxm"):
+        calibrate_device(root, device, splits=("shape_block",), random_forest=False)
+    return root
+
+
 def counts(w: Warehouse) -> dict[str, int]:
     tables = ("sources", "kernel_samples", "trace_events", "requests", "quarantine")
     return {t: w.query(f"SELECT count(*) FROM {t}")[1][0][0] for t in tables}

@@ -51,6 +51,7 @@ def requests_frame(sim) -> pd.DataFrame:
         "e2e_ms": np.where(ok, (completion - arrival) * 1e3, np.nan),
         "preemptions": np.array([r.preemptions for r in runs], dtype=np.int64),
         "prefix_hit_tokens": np.array([r.hit_tokens for r in runs], dtype=np.int64),
+        "prefill_ms": np.where(ok, np.array([r.prefill_s for r in runs], dtype=float) * 1e3, np.nan),
     }
     single_stage = all(len(g.stages) == 1 for g in sim.graphs.values())
     if multi:

@@ -55,6 +55,7 @@ class LLMStage(Stage):
             run.first_token = seq.first_token
         run.generated += seq.output - (1 if seq.kv_ready else 0)
         run.preemptions += seq.preemptions
+        run.prefill_s += seq.prefill_s
         run.hit_tokens += seq.hit_tokens
         run.replicas[self.index] = seq.replica
         self.finished(run, seq, now)

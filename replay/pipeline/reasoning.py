@@ -57,6 +57,7 @@ class ReasoningStage(Stage):
             run.first_token = seq.first_token
         run.generated += seq.output
         run.preemptions += seq.preemptions
+        run.prefill_s += seq.prefill_s
         run.hit_tokens += seq.hit_tokens
         run.replicas[self.index] = seq.replica
         run.context += seq.output

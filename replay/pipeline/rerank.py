@@ -18,8 +18,8 @@ def passage_length(run, configured: int | None) -> int:
 
 
 def add_passages(stage, run, keep: int, configured: int | None) -> None:
-    if run.fields.get("passage_tokens"):
-        run.retrieved_tokens = int(run.fields["passage_tokens"])  # in the logged prompt already
+    if "passage_tokens" in run.fields:
+        run.retrieved_tokens = int(run.fields["passage_tokens"])  # in the logged prompt already (maybe 0)
     else:
         length = configured or getattr(stage.spec, "passage_tokens", None) or DEFAULT_PASSAGE_TOKENS
         run.retrieved_tokens = keep * length

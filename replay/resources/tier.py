@@ -62,6 +62,16 @@ class Tier:
         self.hits += n
         return n
 
+    def _make_room(self, nbytes: float) -> list[tuple[tuple, float]]:
+        """Evict from the front (the policy keeps the next victim there) until nbytes fit."""
+        evicted = []
+        while self.used + nbytes > self.capacity:
+            old, size = self.blocks.popitem(last=False)
+            self.used -= size
+            self.evictions += 1
+            evicted.append((old, size))
+        return evicted
+
     def put(self, key, nbytes: float) -> list[tuple[tuple, float]]:
         """Store a block, evicting as the policy says; returns the evicted (key, bytes). A block larger than the
         whole tier is not stored."""
@@ -70,12 +80,7 @@ class Tier:
             return []
         if nbytes > self.capacity:
             return []
-        evicted = []
-        while self.used + nbytes > self.capacity:
-            old, size = self.blocks.popitem(last=False)
-            self.used -= size
-            self.evictions += 1
-            evicted.append((old, size))
+        evicted = self._make_room(nbytes)
         self.blocks[key] = nbytes
         self.used += nbytes
         self.writes += 1

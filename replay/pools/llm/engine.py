@@ -104,7 +104,7 @@ class Req:
         self.join_step = self.join_generated = self.join_own = 0
         self.admitted = self.first_token = self.completion = None
         self.preemptions = 0
-        self.prefill_s = 0.0  # time of the iterations that prefilled it (TTFT >= queueing + this)
+        self.prefill_s = 0.0  # time of the iterations that prefilled it up to its first token (TTFT >= queue + it)
         self.reason = None
         self.hold_kv = False  # prefill of a disaggregated pair: keep the KV until released
         self.kv_ready = False  # decode of a disaggregated pair: arrives with the prompt's KV
@@ -392,7 +392,8 @@ class LLMPool:
             self._complete(rep, req, now)
         for req, q in plan.prefills:
             req.prefilled += q
-            req.prefill_s += plan.duration
+            if req.first_token is None:  # the iterations before its first token (not a recompute's later ones)
+                req.prefill_s += plan.duration
             if req.prefilled >= req.target:  # the last chunk's pass emits the first (or next) token
                 req.generated += 1
                 if req.first_token is None:

@@ -1,0 +1,160 @@
+"""Each named invariant of the engine (replay/errors.py) raised when its bug is injected: a check that would
+not catch the bug it guards is no check."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLES
+from hermes_sim.replay import errors
+from hermes_sim.replay.loop import EventLoop
+from hermes_sim.replay.resources.link import Link
+from hermes_sim.replay.resources.tier import Tier
+from hermes_sim.replay.run import simulate
+from hermes_sim.replay.scenario import parse
+
+AZURE = str(SAMPLES / "requests/azure_llm_2023/AzureLLMInferenceTrace_conv.csv")
+MOONCAKE = str(SAMPLES / "requests/mooncake/conversation_trace.jsonl")
+POOL = {
+    "device": "h100_sxm",
+    "model": "llama-3.1-8b",
+    "framework": "vllm",
+    "step_overhead_us": 200.0,
+    "max_model_len": 131072,
+}
+DOC = {
+    "clients": [{"name": "c", "source": {"kind": "log", "log": MOONCAKE, "limit": 60}, "pipeline": "p"}],
+    "pools": [{**POOL, "name": "prefill"}, {**POOL, "name": "decode"}],
+    "links": [{"name": "net", "bandwidth": 5e9, "latency_s": 1e-5}],
+    "tiers": [{"name": "dram", "like": "host_dram", "capacity_bytes": 2e9}],
+    "pipelines": {
+        "p": {
+            "stages": [
+                {"name": "fetch", "type": "kv_retrieval", "tiers": ["dram"], "pool": "prefill"},
+                {"name": "tool", "type": "tool", "duration_ms": 1.0},
+                {"name": "prefill", "type": "prefill", "pool": "prefill"},
+                {"name": "transfer", "type": "kv_transfer", "link": "net"},
+                {"name": "decode", "type": "decode", "pool": "decode"},
+            ]
+        }
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def wh(calibrated_warehouse: Path) -> Path:
+    return calibrated_warehouse
+
+
+def run(wh: Path):
+    return simulate(parse(copy.deepcopy(DOC)), wh)
+
+
+def test_the_unbroken_engine_keeps_every_invariant(wh: Path):
+    out = run(wh)
+    assert (out["requests"].status == "completed").all()
+    assert out["summary"]["tiers"]["dram"]["peak_bytes"] <= 2e9
+
+
+def test_clock_going_back_is_caught(wh: Path, monkeypatch):
+    from hermes_sim.replay.pipeline.tool import ToolStage
+
+    def back_in_time(self, run_, now):
+        self.sim.loop.call_at(now - 1.0, self._back, run_)
+
+    monkeypatch.setattr(ToolStage, "start", back_in_time)
+    with pytest.raises(errors.ClockWentBack):
+        run(wh)
+
+
+def test_leaked_kv_blocks_are_caught(wh: Path, monkeypatch):
+    from hermes_sim.replay.pools.llm.kv import BlockManager
+
+    monkeypatch.setattr(BlockManager, "release", lambda self, held: None)  # a completed sequence keeps its blocks
+    with pytest.raises(errors.KVBlocksNotConserved):
+        run(wh)
+
+
+def test_a_stage_started_before_its_dependency_ended_is_caught(wh: Path, monkeypatch):
+    from hermes_sim.replay.simulation import Simulation
+
+    def eager(self, run_, now):  # every stage at arrival, dependencies or not
+        for i in range(len(run_.graph.stages)):
+            self._start(run_, i, now)
+
+    monkeypatch.setattr(Simulation, "_arrive", eager)
+    with pytest.raises(errors.StageOrderViolated):
+        run(wh)
+
+
+def test_a_link_faster_than_its_bandwidth_is_caught(wh: Path, monkeypatch):
+    real = Link._progress
+
+    def double(self, now):  # bytes move twice as fast as the bandwidth allows
+        dt = now - self._last
+        if self.flying and dt > 0:
+            for t in self.flying:
+                t.remaining -= dt * self.bandwidth / len(self.flying)
+        real(self, now)
+
+    monkeypatch.setattr(Link, "_progress", double)
+    with pytest.raises(errors.LinkBytesNotConserved):
+        run(wh)
+
+
+def test_a_lost_transfer_is_caught():
+    loop = EventLoop()
+    link = Link("l", 1e9, 0.0, loop)
+    link.send(1e6, 0.0, lambda arg, now: None)
+    link.flying.clear()  # dropped in flight
+    loop.run()
+    with pytest.raises(errors.LinkBytesNotConserved):
+        link.check()
+
+
+def test_a_tier_over_its_capacity_is_caught(wh: Path, monkeypatch):
+    monkeypatch.setattr(Tier, "_make_room", lambda self, nbytes: [])  # never evicts
+    with pytest.raises(errors.TierOverCapacity):
+        run(wh)
+
+
+def test_a_request_that_never_ends_is_caught(wh: Path, monkeypatch):
+    from hermes_sim.replay.pools.llm.engine import LLMPool
+
+    real = LLMPool._complete
+
+    def forget(self, rep, req, now):  # the pool finishes a sequence and never reports it
+        if req.id % 7 == 0:
+            req.on_done = lambda seq, t: None
+        real(self, rep, req, now)
+
+    monkeypatch.setattr(LLMPool, "_complete", forget)
+    with pytest.raises(errors.RequestLost):
+        run(wh)
+
+
+def test_processor_sharing_splits_the_bandwidth_between_concurrent_transfers():
+    loop = EventLoop()
+    link = Link("l", 1e9, 0.0, loop)
+    ends = {}
+    link.send(1e9, 0.0, lambda arg, now: ends.setdefault("a", now))
+    loop.call_at(0.5, lambda arg, now: link.send(0.25e9, now, lambda a, t: ends.setdefault("b", t)))
+    loop.run()
+    # a alone for 0.5 s (0.5 GB), then both at 0.5 GB/s: b's 0.25 GB takes 0.5 s; a's last 0.25 GB then alone
+    assert ends["b"] == pytest.approx(1.0) and ends["a"] == pytest.approx(1.25)
+    link.check()
+
+
+def test_lru_tier_evicts_the_least_recently_used_block():
+    t = Tier("t", 3.0, "lru")
+    for k in "abc":
+        t.put(k, 1.0)
+    assert t.prefix(["a"]) == 1  # a is now the most recent
+    assert t.put("d", 1.0) == [("b", 1.0)]
+    fifo = Tier("f", 3.0, "fifo")
+    for k in "abc":
+        fifo.put(k, 1.0)
+    fifo.prefix(["a"])
+    assert fifo.put("d", 1.0) == [("a", 1.0)]
