@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,7 @@ def test_rag_pipeline_times_every_stage_in_order_on_its_pool(wh: Path):
     req, s = out["requests"], out["summary"]
     assert (req.status == "completed").all() and len(req) == 600
     order = ["embed", "search", "rerank", "generate"]
-    for a, b in zip(order, order[1:], strict=False):  # each stage starts after the one before ended
+    for a, b in itertools.pairwise(order):  # each stage starts after the one before ended
         end_a = req[f"{a}_start_s"] + req[f"{a}_service_ms"] / 1e3
         assert (req[f"{b}_start_s"] + 1e-9 >= end_a).all()
     assert set(req.embed_pool) == {"embedder"} and set(req.generate_pool) == {"llm"}
@@ -462,7 +463,7 @@ def test_unknown_links_tiers_and_set_paths(tmp_path: Path):
     doc["pipelines"]["chat"]["stages"][0]["tiers"] = ["dram", "tape"]
     with pytest.raises(ScenarioError, match="unknown tier 'tape'; known: dram, remote"):
         sc(doc)
-    with pytest.raises(ScenarioError, match="'replicaz' is not a field here; known: .*replicas"):
+    with pytest.raises(ScenarioError, match=r"'replicaz' is not a field here; known: .*replicas"):
         with_overrides(sc(disagg()), ["pools.decode.replicaz=2"])
     with pytest.raises(ScenarioError, match="no item 'ghost' in this list; known: decode, prefill"):
         with_overrides(sc(disagg()), ["pools.ghost.replicas=2"])
