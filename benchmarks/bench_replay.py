@@ -1,14 +1,18 @@
-"""Replay speed on the real Azure conversation log, and the Dask sweep speed-up.
+"""Replay speed on real logs, single-pool parity, and the Dask sweep speed-up of a multi-stage scenario.
 
-    python benchmarks/bench_replay.py [--shared ../shared/data] [--warehouse DIR]
+    python benchmarks/bench_replay.py [--shared ../shared/data] [--warehouse DIR] [--repeats 3]
 
-The warehouse must hold calibrated A100 models (`hermes-sim ingest ../shared/data/hardware` then
-`hermes-sim calibrate --device a100_sxm`); without them the costs fall back to transferred / roofline tiers.
-- azure_conv: benchmarks/scenarios/azure_conv_a100_llama2_70b.yaml on AzureLLMInferenceTrace_conv.csv, in a fresh
-  process pinned to one core: wall time, simulated requests per second, peak RSS (targets: <= 1 s, >= 20,000
-  requests/s, < 500 MB); and the event loop alone, in process (engine_s);
-- sweep: 8 points (replicas x chunk budget) of that scenario on the whole log, serially and on a 2-worker local
-  Dask cluster, both warmed by one point first; each side timed twice, best kept (target: >= 1.7x).
+The warehouse must hold calibrated H100 and A100 models (`hermes-sim ingest ../shared/data/hardware`, then
+`hermes-sim calibrate --device h100_sxm` and `--device a100_sxm`); without them costs fall back to other tiers.
+- azure_conv: benchmarks/scenarios/azure_conv_a100_llama2_70b.yaml on AzureLLMInferenceTrace_conv.csv (the
+  single-pool parity scenario): the whole `hermes-sim replay` process pinned to one core (best and median of
+  `repeats`), peak RSS, the event loop alone in process (best of `repeats`), and whether skip-ahead on and off
+  give bit-identical requests;
+- mooncake_kv_tiers: benchmarks/scenarios/mooncake_kv_tiers.yaml (12,031 requests, KV retrieval from DRAM and a
+  remote pool): the whole process on one core (best and median) and the event loop alone;
+- sweep: 8 deployment variants of benchmarks/scenarios/disagg_prefill_h100_decode_a100.yaml (prefill replicas x
+  decode replicas x decode device) over the whole log, serially and on a 2-worker local Dask cluster, both
+  warmed first, best of 2 per side (target >= 1.7x).
 """
 
 from __future__ import annotations
@@ -16,16 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 from _common import peak_rss
 
 REPO = Path(__file__).resolve().parent.parent
 EXE = Path(sys.executable).with_name("hermes-sim")
-SCENARIO = REPO / "benchmarks/scenarios/azure_conv_a100_llama2_70b.yaml"
+SCENARIOS = REPO / "benchmarks/scenarios"
 
 
 def timed(fn, *args, **kwargs) -> float:
@@ -34,23 +40,39 @@ def timed(fn, *args, **kwargs) -> float:
     return time.perf_counter() - t0
 
 
-def engine_seconds(log: Path, warehouse: Path, repeats: int = 3) -> float:
-    """The event loop alone (requests loaded and cost grids priced beforehand), best of `repeats`, in process."""
-    from hermes_sim.replay.config import load
-    from hermes_sim.replay.engine import Simulation
-    from hermes_sim.replay.policies import ROUTERS
-    from hermes_sim.replay.run import build_replicas, open_loop_requests
+def process(scenario: Path, warehouse: Path, repeats: int, log: Path | None = None) -> dict:
+    cmd = ["taskset", "-c", "0", str(EXE), "replay", str(scenario), "--format", "json", "-w", str(warehouse)]
+    if log is not None:
+        cmd += ["--log", str(log)]
+    runs = [peak_rss(cmd) for _ in range(repeats)]
+    walls = [w for w, _, _ in runs]
+    summary = json.loads(runs[-1][2])
+    return {
+        "wall_s_best": round(min(walls), 2),
+        "wall_s_median": round(statistics.median(walls), 2),
+        "wall_s_all": [round(w, 2) for w in walls],
+        "peak_rss_mbytes": round(max(p for _, p, _ in runs) / 1e6, 1),
+        "requests": summary["requests"],
+        "completed": summary["completed"],
+        "ttft_p50_ms": summary["ttft_ms"].get("p50"),
+        "tpot_p50_ms": summary["tpot_ms"].get("p50"),
+    }
 
-    scenario = load(SCENARIO)
-    scenario.source.kind, scenario.source.log = "log", str(log)
-    best = float("inf")
+
+def loop_seconds(scenario, warehouse: Path, repeats: int, skip_ahead: bool = True) -> tuple[float, object]:
+    """The event loop alone (requests loaded and cost grids priced beforehand), best of `repeats`."""
+    from hermes_sim.replay.run import collect
+    from hermes_sim.replay.simulation import Simulation
+
+    best, sim = float("inf"), None
     for _ in range(repeats):
-        requests = open_loop_requests(scenario, warehouse)
-        sim = Simulation(build_replicas(scenario.pools[0], warehouse), ROUTERS[scenario.router]())
+        sim = Simulation(scenario, warehouse, skip_ahead=skip_ahead)
+        sim.prepare([c.source.initial() for c in sim.clients])
         t0 = time.perf_counter()
-        sim.run(requests)
+        sim.loop.run()
         best = min(best, time.perf_counter() - t0)
-    return best
+    sim.check()
+    return best, collect(scenario, sim)
 
 
 def main() -> None:
@@ -59,66 +81,57 @@ def main() -> None:
         "--shared", type=Path, default=Path(os.environ.get("HERMES_SHARED_DATA", REPO.parent / "shared/data"))
     )
     ap.add_argument("--warehouse", type=Path, default=Path(os.environ.get("HERMES_WAREHOUSE", ".hermes")))
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    log = args.shared / "requests/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"
-
-    cmd = [
-        "taskset",
-        "-c",
-        "0",
-        str(EXE),
-        "replay",
-        str(SCENARIO),
-        "--log",
-        str(log),
-        "--format",
-        "json",
-        "-w",
-        str(args.warehouse),
-    ]
-    wall, peak, out = peak_rss(cmd)
-    summary = json.loads(out)
-    engine = engine_seconds(log, args.warehouse)
-
-    from hermes_sim.replay.config import load
+    os.chdir(REPO)  # the scenarios name ../shared/data relative to the repository
     from hermes_sim.replay.parallel import dask_client, point_summary, run_sweep, sweep_points
+    from hermes_sim.replay.scenario import load
 
-    scenario = load(SCENARIO)
-    scenario.source.kind, scenario.source.log = "log", str(log)
+    azure_log = args.shared / "requests/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"
+    azure = SCENARIOS / "azure_conv_a100_llama2_70b.yaml"
+    result: dict = {"azure_conv": process(azure, args.warehouse, args.repeats, azure_log)}
+    scenario = load(azure)
+    scenario.source.log = str(azure_log)
+    loop_s, skipped = loop_seconds(scenario, args.warehouse, args.repeats)
+    _, stepped = loop_seconds(scenario, args.warehouse, 1, skip_ahead=False)
+    a, b = skipped["requests"], stepped["requests"]
+    result["azure_conv"]["loop_s_best"] = round(loop_s, 2)
+    result["azure_conv"]["skip_ahead_same_schedule"] = bool(
+        a.replica.equals(b.replica) and a.preemptions.equals(b.preemptions)
+    )
+    result["azure_conv"]["skip_ahead_max_time_difference_s"] = float(
+        max((a[c] - b[c]).abs().max() for c in ("first_token_s", "completion_s"))
+    )
+
+    mooncake = SCENARIOS / "mooncake_kv_tiers.yaml"
+    result["mooncake_kv_tiers"] = process(mooncake, args.warehouse, args.repeats)
+    result["mooncake_kv_tiers"]["loop_s_best"] = round(loop_seconds(load(mooncake), args.warehouse, 1)[0], 2)
+
+    disagg = load(SCENARIOS / "disagg_prefill_h100_decode_a100.yaml")
     with tempfile.TemporaryDirectory() as d:
         sweep = Path(d) / "sweep.yaml"
         sweep.write_text(
-            "parameters:\n  pools.0.replicas: [2, 4]\n  pools.0.batching.max_batched_tokens: [256, 512, 1024, 2048]\n"
+            "parameters:\n  pools.prefill.replicas: [1, 2]\n  pools.decode.replicas: [2, 3]\n"
+            "  pools.decode.device: [a100_sxm, h100_sxm]\n"
         )
-        points = sweep_points(scenario, sweep)
+        points = sweep_points(disagg, sweep)
         run_sweep(points[:1], args.warehouse, None, progress=False)  # warm the ingest and caches
         serial = min(timed(run_sweep, points, args.warehouse, None, progress=False) for _ in range(2))
         with dask_client(workers=2) as client:
-            # warm every worker the way the serial run was warmed (imports, priced cost grids)
-            client.run(point_summary, points[0][1], str(args.warehouse))
+            client.run(point_summary, points[0][1], str(args.warehouse))  # warm every worker alike
             parallel = min(timed(run_sweep, points, args.warehouse, client, progress=False) for _ in range(2))
-    result = {
-        "azure_conv": {
-            "wall_s_one_core_process": round(wall, 2),
-            "requests": summary["requests"],
-            "simulated_requests_per_s": round(summary["requests"] / wall),
-            "engine_s": round(engine, 2),
-            "engine_requests_per_s": round(summary["requests"] / engine),
-            "peak_rss_mbytes": round(peak / 1e6, 1),
-            "iterations": summary["iterations"],
-            "ttft_p50_ms": summary["ttft_ms"].get("p50"),
-            "tpot_p50_ms": summary["tpot_ms"].get("p50"),
-            "cost_tiers": summary["cost_tiers"],
-        },
-        "sweep_8_points": {
-            "serial_s": round(serial, 2),
-            "dask_2_workers_s": round(parallel, 2),
-            "speedup": round(serial / parallel, 2),
-        },
+            table = run_sweep(points, args.warehouse, client, progress=False)
+        same = table.equals(run_sweep(points, args.warehouse, None, progress=False))
+    result["sweep_8_multistage_points"] = {
+        "serial_s": round(serial, 2),
+        "dask_2_workers_s": round(parallel, 2),
+        "speedup": round(serial / parallel, 2),
+        "dask_equals_serial": bool(same),
     }
     json.dump(result, sys.stdout, indent=1)
     sys.stdout.write("\n")
 
 
 if __name__ == "__main__":
+    pd.set_option("display.width", 200)
     main()

@@ -120,8 +120,9 @@ def _entry(key: tuple, group: pd.DataFrame, fitted: Fitted, holdout: dict) -> di
     }
 
 
-def fit_device(wh: Warehouse, device: Device, family: str | None = None, seed: int = 0) -> dict:
-    """Fit every (family, dtype, framework) group of a device; score each on a shape-block hold-out."""
+def fit_device(wh: Warehouse, device: Device, family: str | None = None, seed: int = 0, on_group=None) -> dict:
+    """Fit every (family, dtype, framework) group of a device; score each on a shape-block hold-out.
+    on_group(done, total, name) reports progress."""
     df = device_samples(wh, device.id, family)
     doc = {
         "device": device.id,
@@ -133,7 +134,10 @@ def fit_device(wh: Warehouse, device: Device, family: str | None = None, seed: i
     if df.empty:
         return doc
     df["framework"] = df["framework"].fillna("unknown")
-    for key, group in df.groupby(list(GROUP_KEYS), sort=True, dropna=False):
+    groups = df.groupby(list(GROUP_KEYS), sort=True, dropna=False)
+    for done, (key, group) in enumerate(groups):
+        if on_group is not None:
+            on_group(done, groups.ngroups, "/".join(map(str, key)))
         group = group.reset_index(drop=True)
         try:
             fitted = fit_group(group, key[0], device, seed)

@@ -124,15 +124,19 @@ def evaluate_device(
     seed: int = 0,
     random_forest: bool = True,
     plots: dict | None = None,
+    on_family=None,
 ) -> list[dict]:
-    """Evaluation rows for the device; `plots`, when given, collects shape_block predictions per family."""
+    """Evaluation rows for the device; `plots`, when given, collects shape_block predictions per family;
+    on_family(done, total, name) reports progress."""
     df = device_samples(wh, device.id, family)
     if df.empty:
         return []
     df["framework"] = df["framework"].fillna("unknown")
     families = [family] if family else [f for f in MAIN_FAMILIES if f in set(df["op_family"])]
     rows: list[dict] = []
-    for fam in families:
+    for done, fam in enumerate(families):
+        if on_family is not None:
+            on_family(done, len(families), fam)
         fam_df = df[df["op_family"] == fam]
         for (dtype, framework), group in fam_df.groupby(["dtype", "framework"], sort=True):
             if framework == "vidur":

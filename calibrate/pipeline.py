@@ -58,24 +58,51 @@ def calibrate_device(
     random_forest: bool = True,
     metrics_path: Path | None = None,
     seed: int = 0,
+    progress: bool = False,
 ) -> CalibrationResult:
+    """Fit one cost model per (op family, dtype, framework) of a device, save them, and score them on held-out
+    data; with progress, a bar on stderr per step."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from .roofline import FAMILIES
+
     dev = catalog_device(device_name)
+    if random_forest:
+        try:
+            import sklearn  # noqa: F401
+        except ImportError as e:
+            raise ValueError(
+                "the random-forest baseline needs scikit-learn: pip install 'hermes-sim[bench]' (or leave it out)"
+            ) from e
     for s in splits or ():
         if s not in SPLITS:
             raise ValueError(f"unknown split {s!r}; known: {', '.join(SPLITS)}")
-    with Warehouse(warehouse_root, read_only=True) as wh:
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown op family {family!r}; known: {', '.join(FAMILIES)}")
+    bar = Progress(console=Console(stderr=True), transient=True, disable=not progress)
+    fit_task = bar.add_task(f"fit {device_name}", total=None)
+    eval_task = bar.add_task(f"score {device_name}", total=None, visible=False)
+
+    def step(task):
+        return lambda done, total, name: bar.update(task, completed=done, total=total, description=name)
+
+    with bar, Warehouse(warehouse_root, read_only=True) as wh:
         t0 = time.perf_counter()
-        doc = artifacts.fit_device(wh, dev, family, seed)
+        doc = artifacts.fit_device(wh, dev, family, seed, on_group=step(fit_task))
         fit_seconds = time.perf_counter() - t0
         if not doc["models"] and not doc["skipped"]:
-            raise ValueError(f"no kernel samples for device {device_name!r} in {warehouse_root}")
+            what = f"op family {family!r} " if family else ""
+            raise ValueError(f"no {what}kernel samples for device {device_name!r} in {warehouse_root}")
         previous = artifacts.load(warehouse_root, device_name)
         if family and previous:  # one family refitted: keep the others
             for key in ("models", "skipped"):
                 doc[key] = [e for e in previous[key] if e.get("family", e.get("op_family")) != family] + doc[key]
         path = artifacts.save(doc, warehouse_root)
         plots: dict = {}
-        rows = evaluate_device(wh, dev, splits or SPLITS, family, seed, random_forest, plots)
+        bar.update(fit_task, visible=False)
+        bar.update(eval_task, visible=True)
+        rows = evaluate_device(wh, dev, splits or SPLITS, family, seed, random_forest, plots, on_family=step(eval_task))
     if family:
         rows = [r for r in load_rows(warehouse_root, device_name) if r["family"] != family] + rows
     report_path = save_rows(rows, warehouse_root, device_name)

@@ -124,13 +124,13 @@ def _detect(path: Path, head: bytes) -> str | None:
     return None
 
 
-def expand(paths: list[Path], forced: str | None = None) -> tuple[list[tuple[Path, str]], list[Path]]:
-    """(file, format) for every ingestible file under the paths, in a stable order, plus the files skipped.
-    A file named explicitly must be ingestible; files found in a folder that are not are skipped."""
+def expand(paths: list[Path], forced: str | None = None) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """(file, format) for every ingestible file under the paths, in a stable order, plus the files skipped with
+    the reason. A file named explicitly must be ingestible; files found in a folder that are not are skipped."""
     if forced is not None and forced not in FORMATS:
         raise ValueError(f"unknown format {forced!r}; known: {', '.join(FORMATS)}")
     chosen: list[tuple[Path, str]] = []
-    skipped: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
     for root in paths:
         if not root.exists():
             raise IngestError(root, None, "no such file or directory")
@@ -143,12 +143,15 @@ def expand(paths: list[Path], forced: str | None = None) -> tuple[list[tuple[Pat
             chosen.append((root, fmt))
             continue
         for f in sorted(p for p in root.rglob("*") if p.is_file()):
-            if f.name in _COMPANION_NAMES or f.name.endswith("-dataset.json") or f.stat().st_size == 0:
-                skipped.append(f)
+            if f.name in _COMPANION_NAMES or f.name.endswith("-dataset.json"):
+                skipped.append((f, "read with the source it belongs to"))
+                continue
+            if f.stat().st_size == 0:
+                skipped.append((f, "empty"))
                 continue
             fmt = forced or detect(f)
             if fmt is None:
-                skipped.append(f)
+                skipped.append((f, "not a known format"))
             else:
                 chosen.append((f, fmt))
     return chosen, skipped

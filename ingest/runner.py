@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class IngestReport:
     committed: list[SourceBatch]
     already: list[tuple[str, str]]  # (path, source id) of files ingested before: no-ops
-    skipped: list[Path]  # files in folders that are not a known format
+    skipped: list[tuple[Path, str]]  # files in folders left out, with the reason
 
     @property
     def rows_accepted(self) -> int:
@@ -58,16 +58,39 @@ def source_ids(paths: list[Path], fmt: str | None = None, params: dict | None = 
 
 
 def ingest(
-    warehouse: Warehouse,
+    warehouse: Warehouse | Path | str,
     paths: list[Path],
     fmt: str | None = None,
     params: dict | None = None,
     progress: bool = True,
 ) -> IngestReport:
-    """Parse, validate and commit every file under `paths`; all of them or, on any error, none."""
+    """Parse, validate and commit every file under `paths`; all of them or, on any error, none. Given a
+    warehouse directory, the warehouse is opened read-only to see what it holds, and for writing only to
+    commit: other commands keep reading it while the files are parsed."""
+    if not isinstance(warehouse, Warehouse):
+        root = Path(warehouse)
+        if (root / "catalog.duckdb").exists():
+            with Warehouse(root, read_only=True) as wh:
+                known = _known_sources(wh)
+        else:
+            known = set()
+        batches, already, skipped = _parse(known, paths, fmt, params, progress)
+        with Warehouse(root) as wh:
+            report = wh.commit(batches)
+        return IngestReport(report.committed, already + [(b.path, b.source_id) for b, _ in report.skipped], skipped)
+    batches, already, skipped = _parse(_known_sources(warehouse), paths, fmt, params, progress)
+    report = warehouse.commit(batches)
+    return IngestReport(report.committed, already + [(b.path, b.source_id) for b, _ in report.skipped], skipped)
+
+
+def _known_sources(wh: Warehouse) -> set[str]:
+    return {sid for (sid,) in wh.query("SELECT source_id FROM sources")[1]}
+
+
+def _parse(known: set[str], paths: list[Path], fmt: str | None, params: dict | None, progress: bool):
     files, skipped = expand([Path(p) for p in paths], fmt)
-    for f in skipped:
-        log.debug("skipping %s: not a known format (or read with another file)", f)
+    for f, why in skipped:
+        log.debug("skipping %s: %s", f, why)
     batches: list[SourceBatch] = []
     already: list[tuple[str, str]] = []
     with Progress(
@@ -90,7 +113,7 @@ def ingest(
                 size_bytes=path.stat().st_size,
                 params=_format_params(name, params or {}),
             )
-            if warehouse.has_source(batch.source_id) or any(b.source_id == batch.source_id for b in batches):
+            if batch.source_id in known or any(b.source_id == batch.source_id for b in batches):
                 log.info("%s: already ingested as source %s; nothing to do", path, batch.source_id)
                 already.append((str(path), batch.source_id))
             else:
@@ -98,8 +121,7 @@ def ingest(
             bar.advance(task)
     for table in DATA_TABLES:
         validate(table, batches)
-    report = warehouse.commit(batches)
-    return IngestReport(report.committed, already, skipped)
+    return batches, already, skipped
 
 
 def _format_params(fmt: str, params: dict) -> dict:

@@ -72,7 +72,7 @@ class EventLoop:
                 if serial != rep.event:
                     continue
                 self.advance(now)
-                rep.pool.on_end(rep, payload, now)
+                rep.on_end(rep, payload, now)
             else:
                 self.advance(now)
                 payload[0](payload[1], now)

@@ -193,8 +193,10 @@ class Simulation:
 
     # ---- stage transitions ---------------------------------------------------------------------------
     def _arrive(self, run: Request, now: float) -> None:
-        for i in run.graph.roots:
-            self._start(run, i, now)
+        graph = run.graph
+        for i in graph.roots:  # no dependencies to check
+            run.ready[i] = now
+            graph.stages[i].start(run, now)
 
     def _start(self, run: Request, i: int, now: float) -> None:
         for d in run.graph.deps[i]:
@@ -257,6 +259,13 @@ class Simulation:
     def run(self, on_progress=None, initial: list[list[Spec]] | None = None) -> None:
         """Serve every client's requests (its source's, or `initial`'s) to the end; on_progress(finished, total)
         now and then."""
+        self.prepare(initial)
+        total = self.total
+        self.loop.run(None if on_progress is None else lambda: on_progress(self.finished, total))
+        self.check()
+
+    def prepare(self, initial: list[list[Spec]] | None = None) -> None:
+        """Create every client's initial requests and queue their arrivals."""
         offset, total = 0, 0
         for c, client in enumerate(self.clients):
             specs = client.source.initial() if initial is None else initial[c]
@@ -271,8 +280,6 @@ class Simulation:
         if not self.requests:
             raise ScenarioError("clients", "no requests to replay")
         self.total = total
-        self.loop.run(None if on_progress is None else lambda: on_progress(self.finished, total))
-        self.check()
 
     def check(self) -> None:
         lost = [r.id for r in self.requests if r.completion is None]

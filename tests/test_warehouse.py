@@ -121,7 +121,7 @@ def test_ingest_of_a_single_nested_sample_folder(wh: Warehouse, tmp_path: Path):
     folder = copy_sample("requests/servegen", tmp_path)
     report = ingest(wh, [folder], progress=False)
     assert [b.format for b in report.committed] == ["servegen"]
-    assert report.skipped and all(p.name in ("LICENSE", "chunk-10-dataset.json") for p in report.skipped)
+    assert report.skipped and all(p.name in ("LICENSE", "chunk-10-dataset.json") for p, _ in report.skipped)
 
 
 @pytest.fixture

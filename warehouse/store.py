@@ -48,6 +48,10 @@ def _slug(value: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", value or "unknown")
 
 
+class WarehouseBusy(RuntimeError):
+    """Another process holds the warehouse's write lock."""
+
+
 @dataclass
 class CommitReport:
     committed: list[SourceBatch]
@@ -65,7 +69,17 @@ class Warehouse:
                 f"no warehouse at {self.root} (run `hermes-sim ingest` first, or pass --warehouse / ${ENV_VAR})"
             )
         self.root.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(catalog), read_only=read_only)
+        try:
+            self.con = duckdb.connect(str(catalog), read_only=read_only)
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower():
+                raise
+            pid = re.search(r"PID (\d+)", str(e))
+            holder = f"process {pid.group(1)}" if pid else "another process"
+            raise WarehouseBusy(
+                f"the warehouse at {self.root} is busy: {holder} holds it (an ingest committing, or a command "
+                "holding it open); try again when it has finished"
+            ) from None
         if not read_only:
             self.con.execute(CATALOG_DDL)
             self._sweep_uncommitted()

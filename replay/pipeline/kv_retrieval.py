@@ -66,10 +66,7 @@ class KVRetrievalStage(Stage):
 
     def _written(self, arg, now: float) -> None:
         name, pool, replica, keys, nbytes = arg
-        evicted = []
-        tier = self.sim.tier(name, pool, replica)
-        for k in keys:
-            evicted += tier.put(k, nbytes)
+        evicted = self.sim.tier(name, pool, replica).put_many(keys, nbytes)
         below = self._below(name)
         if evicted and below is not None:
             link = self.sim.tier_link(below, "write", pool, replica)
@@ -77,9 +74,7 @@ class KVRetrievalStage(Stage):
 
     def _demoted(self, arg, now: float) -> None:
         name, pool, replica, evicted = arg
-        tier = self.sim.tier(name, pool, replica)
-        for k, b in evicted:
-            tier.put(k, b)
+        self.sim.tier(name, pool, replica).put_many([k for k, _ in evicted], evicted[0][1])
 
     def _below(self, name: str) -> str | None:
         names = self.spec.tiers

@@ -12,6 +12,11 @@ from .stage import Stage
 class LLMStage(Stage):
     type = "llm"
 
+    def __init__(self, spec, index: int, graph, sim):
+        super().__init__(spec, index, graph, sim)
+        # the pool, when it is not a route's choice (then it is looked up per request)
+        self.pool = sim.pools.get(spec.pool) if spec.pool in sim.pools else None
+
     def output_tokens(self, run) -> int:
         return max(run.output - run.reasoning_tokens, 1)
 
@@ -29,7 +34,7 @@ class LLMStage(Stage):
         return seq
 
     def start(self, run, now: float) -> None:
-        pool = self.sim.llm_pool_for(run, self.spec.pool)
+        pool = self.pool or self.sim.llm_pool_for(run, self.spec.pool)
         seq = self.sequence(run, now)
         seq.owner = run
         fetched = run.fetch.get(pool.name)
@@ -50,14 +55,16 @@ class LLMStage(Stage):
         if seq.reason is not None:
             self.sim.reject(run, self, seq.reason, now)
             return
-        self.begin(run, seq.admitted)
+        i = self.index
+        if run.start[i] is None:
+            run.start[i] = seq.admitted
         if run.first_token is None and seq.first_token is not None:
             run.first_token = seq.first_token
         run.generated += seq.output - (1 if seq.kv_ready else 0)
         run.preemptions += seq.preemptions
         run.prefill_s += seq.prefill_s
         run.hit_tokens += seq.hit_tokens
-        run.replicas[self.index] = seq.replica
+        run.replicas[i] = seq.replica
         self.finished(run, seq, now)
 
     def finished(self, run, seq: Req, now: float) -> None:

@@ -50,13 +50,37 @@ class Tier:
     def __contains__(self, key) -> bool:
         return key in self.blocks
 
-    def prefix(self, keys: list[tuple]) -> int:
-        """How many of `keys`, in order, this tier holds from the first (a hit refreshes each)."""
-        n = 0
+    def put_many(self, keys: list, nbytes: float) -> list[tuple[tuple, float]]:
+        """Store several blocks of one size (put, inlined: the write-back hot path); returns every block
+        evicted to make room."""
+        if nbytes > self.capacity:
+            return []
+        blocks, refresh, cap = self.blocks, isinstance(self.policy, LRU), self.capacity
+        evicted: list = []
         for k in keys:
-            if k not in self.blocks:
+            if k in blocks:
+                if refresh:
+                    blocks.move_to_end(k)
+                continue
+            if self.used + nbytes > cap:
+                evicted += self._make_room(nbytes)
+            blocks[k] = nbytes
+            self.used += nbytes
+            self.writes += 1
+        self.peak = max(self.peak, self.used)
+        if self.used > cap * (1 + 1e-12):
+            raise TierOverCapacity(f"tier {self.name}: {self.used:.0f} bytes held, capacity {cap:.0f}")
+        return evicted
+
+    def prefix(self, keys: list) -> int:
+        """How many of `keys`, in order, this tier holds from the first (a hit refreshes each)."""
+        n, blocks = 0, self.blocks
+        refresh = isinstance(self.policy, LRU)
+        for k in keys:
+            if k not in blocks:
                 break
-            self.policy.hit(self.blocks, k)
+            if refresh:
+                blocks.move_to_end(k)
             n += 1
         self.lookups += len(keys)
         self.hits += n
@@ -75,16 +99,4 @@ class Tier:
     def put(self, key, nbytes: float) -> list[tuple[tuple, float]]:
         """Store a block, evicting as the policy says; returns the evicted (key, bytes). A block larger than the
         whole tier is not stored."""
-        if key in self.blocks:
-            self.policy.hit(self.blocks, key)
-            return []
-        if nbytes > self.capacity:
-            return []
-        evicted = self._make_room(nbytes)
-        self.blocks[key] = nbytes
-        self.used += nbytes
-        self.writes += 1
-        self.peak = max(self.peak, self.used)
-        if self.used > self.capacity * (1 + 1e-12):
-            raise TierOverCapacity(f"tier {self.name}: {self.used:.0f} bytes held, capacity {self.capacity:.0f}")
-        return evicted
+        return self.put_many([key], nbytes)

@@ -129,6 +129,7 @@ class Replica:
         self.index, self.cost, self.kv, self.policy, self.max_model_len = index, cost, kv, policy, max_model_len
         self.prefix, self.swap = prefix, swap
         self.pool = None  # the LLMPool it belongs to
+        self.on_end = None  # its pool's end-of-iteration handler
         self.gid = index  # its key in the event loop
         self.waiting: deque[Req] = deque()
         self.incoming: deque[Req] = deque()  # arrived with their KV: join the decode batch when blocks fit
@@ -224,8 +225,10 @@ class LLMPool:
         self.name, self.replicas, self.router, self.loop = name, replicas, router, loop
         self.skip_ahead = skip_ahead
         self.audit = False  # recheck the cohort and KV member by member at every boundary (tests)
+        self._arrivals, self._events = loop.arrivals, loop.events  # peeked at every local iteration
         for rep in replicas:
             rep.pool = self
+            rep.on_end = self.on_end
             rep.gid = len(loop.replicas)
             loop.replicas.append(rep)
 
@@ -286,7 +289,7 @@ class LLMPool:
         """An iteration (run) ended, or an idle replica woke: finish it, then iterate locally while the next
         boundary comes before every other event."""
         loop = self.loop
-        arrivals, events = loop.arrivals, loop.events
+        arrivals, events = self._arrivals, self._events
         while True:
             if plan is not None:
                 self._finish(rep, plan, now)

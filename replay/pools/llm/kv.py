@@ -118,14 +118,16 @@ class SwapSpace:
 
 class PrefixCache:
     """Prompt prefix blocks kept after their request finishes, keyed by the log's block hashes (equal hash =
-    shareable KV), in LRU order. Entries in use by running requests are pinned; the rest are evicted when the
-    pool needs blocks. Cached blocks count toward the replica's KV total."""
+    shareable KV). Entries in use by running requests are pinned; the rest wait in a free queue in the order they
+    were last released or touched (vLLM's free-block queue) and are evicted from its head when the pool needs
+    blocks: O(1) per block. Cached blocks count toward the replica's KV total."""
 
     def __init__(self, kv: BlockManager, hash_tokens: int):
         self.kv = kv
         self.hash_tokens = hash_tokens
         self.blocks_per_hash = kv.blocks_for(hash_tokens)
-        self.entries: OrderedDict[int, int] = OrderedDict()  # hash -> pins
+        self.entries: dict[int, int] = {}  # hash -> pins
+        self.free: OrderedDict[int, None] = OrderedDict()  # unpinned entries, next victim first
         self.held = 0  # blocks of all entries
         self.unpinned = 0  # blocks of entries no running request uses (evictable)
         self.hit_tokens = 0
@@ -135,11 +137,12 @@ class PrefixCache:
     def match(self, hashes: tuple[int, ...], prompt: int) -> int:
         """Pin the longest cached prefix of `hashes`; return how many hash blocks it covers."""
         n = self.cached_prefix(hashes)
+        entries = self.entries
         for h in hashes[:n]:
-            if self.entries[h] == 0:
+            if entries[h] == 0:
                 self.unpinned -= self.blocks_per_hash
-            self.entries[h] += 1
-            self.entries.move_to_end(h)
+                del self.free[h]
+            entries[h] += 1
         self.lookup_tokens += prompt
         self.hit_tokens += min(n * self.hash_tokens, prompt)
         return n
@@ -147,41 +150,60 @@ class PrefixCache:
     def cached_prefix(self, hashes: tuple[int, ...]) -> int:
         """How many leading hash blocks are cached (no pinning: a router's look)."""
         n = 0
+        entries = self.entries
         for h in hashes:
-            if h not in self.entries:
+            if h not in entries:
                 break
             n += 1
         return n
 
     def unpin(self, hashes: tuple[int, ...]) -> None:
+        entries = self.entries
         for h in hashes:
-            self.entries[h] -= 1
-            if self.entries[h] == 0:
+            entries[h] -= 1
+            if entries[h] == 0:
                 self.unpinned += self.blocks_per_hash
+                self.free[h] = None
 
     def insert(self, hashes: tuple[int, ...]) -> None:
         """Keep these full prompt blocks (their request is done) if room can be made."""
+        entries, free = self.entries, self.free
+        new = [h for h in dict.fromkeys(hashes) if h not in entries]
+        need = len(new) * self.blocks_per_hash
+        if new and self.kv.free >= need:  # room without evicting: all at once (the common case)
+            self.kv.free -= need
+            self.held += need
+            self.unpinned += need
+            for h in hashes:
+                if h in entries:
+                    if entries[h] == 0:
+                        free.move_to_end(h)
+                else:
+                    entries[h] = 0
+                    free[h] = None
+            return
         for h in hashes:
-            if h in self.entries:
-                self.entries.move_to_end(h)
+            if h in entries:
+                if entries[h] == 0:
+                    free.move_to_end(h)
                 continue
             if not self.kv.ensure(self.blocks_per_hash):
                 return
             self.kv.take(self.blocks_per_hash)
             self.held += self.blocks_per_hash
             self.unpinned += self.blocks_per_hash
-            self.entries[h] = 0
+            entries[h] = 0
+            free[h] = None
 
     def evict(self, wanted: int) -> None:
-        freed = 0
-        for h in [h for h, pins in self.entries.items() if pins == 0]:  # least recently used first
-            if freed >= wanted:
-                break
+        freed, bph = 0, self.blocks_per_hash
+        while freed < wanted and self.free:
+            h, _ = self.free.popitem(last=False)
             del self.entries[h]
-            self.held -= self.blocks_per_hash
-            self.unpinned -= self.blocks_per_hash
-            self.kv.free += self.blocks_per_hash
-            freed += self.blocks_per_hash
+            freed += bph
+        self.held -= freed
+        self.unpinned -= freed
+        self.kv.free += freed
 
     @property
     def hit_rate(self) -> float:

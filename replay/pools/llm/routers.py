@@ -53,18 +53,29 @@ class SessionAffinity(Router):
 
 
 class PrefixAware(Router):
-    """To the replica whose prefix cache holds the longest prefix of the request's block hashes; ties (and
-    requests without hashes, or pools without prefix caching) go to the least outstanding work."""
+    """Cache-aware routing with a load-balancing fallback, as SGLang's model gateway does it (its defaults:
+    cache_threshold 0.3, balance_abs_threshold 64, balance_rel_threshold 1.5). When the pool is imbalanced (the
+    busiest replica has more than 64 outstanding sequences beyond the idlest, and over 1.5x its load) the
+    request goes to the least loaded replica; otherwise to the replica whose prefix cache holds the longest
+    prefix of its block hashes, if that covers at least 30% of them; else to the least loaded. Without a prefix
+    cache or hashes it is least-outstanding routing."""
 
     name = "prefix_aware"
+    CACHE_THRESHOLD = 0.3
+    BALANCE_ABS = 64
+    BALANCE_REL = 1.5
 
     def route(self, req: Req, replicas: list[Replica]) -> int:
-        def score(i: int) -> tuple[int, int, int]:
-            rep = replicas[i]
-            hit = rep.prefix.cached_prefix(req.hashes) if rep.prefix is not None and req.hashes else 0
-            return (-hit, rep.outstanding, i)
-
-        return min(range(len(replicas)), key=score)
+        loads = [rep.outstanding for rep in replicas]
+        idlest = min(range(len(replicas)), key=lambda i: (loads[i], i))
+        busiest = max(loads)
+        if busiest - loads[idlest] > self.BALANCE_ABS and busiest > self.BALANCE_REL * loads[idlest]:
+            return idlest
+        if not req.hashes or replicas[0].prefix is None:
+            return idlest
+        hits = [rep.prefix.cached_prefix(req.hashes) for rep in replicas]
+        best = min(range(len(replicas)), key=lambda i: (-hits[i], loads[i], i))
+        return best if hits[best] >= self.CACHE_THRESHOLD * len(req.hashes) else idlest
 
 
 ROUTERS = {cls.name: cls for cls in (RoundRobin, LeastOutstanding, SessionAffinity, PrefixAware)}

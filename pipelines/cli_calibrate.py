@@ -1,0 +1,181 @@
+"""`hermes-sim calibrate`, `calibrate evaluate`, `calibrate report`, `profile cpu`, `validate silicon`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..warehouse.store import default_location
+from .cli import app
+from .common import WarehouseOpt, check_format, err, errors, log, out, write_json
+
+calibrate_app = typer.Typer(help="Fit cost models per device and report their fidelity.", rich_markup_mode=None)
+app.add_typer(calibrate_app, name="calibrate")
+
+DeviceOpt = Annotated[str | None, typer.Option("--device", "-d", help="Device id from the catalog.")]
+FamilyOpt = Annotated[str | None, typer.Option("--family", help="Only this op family.")]
+
+
+@calibrate_app.callback(invoke_without_command=True)
+def calibrate(
+    ctx: typer.Context,
+    device: DeviceOpt = None,
+    family: FamilyOpt = None,
+    warehouse: WarehouseOpt = None,
+    metrics: Annotated[Path | None, typer.Option(help="Also write the held-out metrics JSON here (DVC).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the splits and cross-validation.")] = 0,
+) -> None:
+    """Fit one cost model per (op family, dtype, framework) of a device and print its error on held-out
+    shapes (shape-block split) beside the plain roofline. `calibrate evaluate` runs every split and the
+    random-forest baseline."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if device is None:
+        err.print("error: --device is required (see `hermes-sim devices`), or use `calibrate evaluate` / `report`")
+        raise typer.Exit(2)
+    from ..calibrate.pipeline import calibrate_device
+
+    with errors():
+        result = calibrate_device(
+            warehouse or default_location(),
+            device,
+            family=family,
+            splits=("shape_block",),
+            random_forest=False,
+            metrics_path=metrics,
+            seed=seed,
+            progress=True,
+        )
+    out.print(result.summary)
+
+
+@calibrate_app.command("evaluate")
+def calibrate_evaluate(
+    device: DeviceOpt = None,
+    family: FamilyOpt = None,
+    split: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--split", help="random, shape_block, extrapolation, cross_framework, cross_source (default: all)."
+        ),
+    ] = None,
+    warehouse: WarehouseOpt = None,
+    forest: Annotated[bool, typer.Option(help="Score the random-forest baseline (needs scikit-learn).")] = True,
+    metrics: Annotated[Path | None, typer.Option(help="Also write the held-out metrics JSON here (DVC).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the splits and cross-validation.")] = 0,
+) -> None:
+    """The full fidelity report: fit, then score on every split against the roofline and a Vidur-like random
+    forest."""
+    from ..calibrate.pipeline import calibrate_device
+
+    if device is None:
+        err.print("error: --device is required (see `hermes-sim devices`)")
+        raise typer.Exit(2)
+    with errors():
+        result = calibrate_device(
+            warehouse or default_location(),
+            device,
+            family=family,
+            splits=tuple(split) if split else None,
+            random_forest=forest,
+            metrics_path=metrics,
+            seed=seed,
+            progress=True,
+        )
+    out.print(result.summary)
+
+
+@calibrate_app.command("report")
+def calibrate_report(
+    device: DeviceOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="text (Markdown) or json.")] = "text",
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Held-out error of roofline, calibrated and random-forest models, per device, family and split."""
+    from ..calibrate.report import load_rows, markdown
+
+    check_format(fmt, ("text", "markdown", "json"))
+    rows = load_rows(warehouse or default_location(), device)
+    if not rows:
+        err.print("error: no calibration report yet; run `hermes-sim calibrate --device D` first")
+        raise typer.Exit(2)
+    if fmt == "json":
+        write_json(rows)
+    else:
+        sys.stdout.write(markdown(rows))
+
+
+profile_app = typer.Typer(help="Measure local hardware.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(profile_app, name="profile")
+
+
+@profile_app.command("cpu")
+def profile_cpu(
+    out_path: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Trace to write (default: <warehouse>/profiles/cpu.json).")
+    ] = None,
+    grid: Annotated[str, typer.Option(help="Shape grid: small (CI, ~10 s) or full.")] = "small",
+    repeats: Annotated[int, typer.Option(help="Timed repetitions per shape.")] = 5,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Time GEMMs (numpy BLAS), memory streaming and vector search (brute force, and faiss flat / IVF / HNSW
+    when faiss-cpu is installed) on this machine; write them as a PyTorch-profiler Chrome trace for
+    `hermes-sim ingest` and `hermes-sim calibrate --device local_cpu`."""
+    from ..calibrate import profile_cpu as prof
+
+    path = out_path or (warehouse or default_location()) / "profiles" / "cpu.json"
+    with errors():
+        doc = prof.profile(grid, repeats)
+        path = prof.write(doc, path)
+    out.print(f"wrote {len(doc['traceEvents'])} events to {path}")
+
+
+validate_app = typer.Typer(
+    help="Compare predictions with measured end-to-end results.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(validate_app, name="validate")
+
+
+@validate_app.command("silicon")
+def validate_silicon(
+    path: Annotated[Path, typer.Argument(help="A silicon CSV (AIConfigurator layout).", exists=True, dir_okay=False)],
+    fmt: Annotated[str, typer.Option("--format", help="text (Markdown) or json.")] = "text",
+    limit: Annotated[int | None, typer.Option(help="Simulate at most this many rows (calibrates nothing).")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write rows.csv, not_expressed.csv, summary.json and a PNG here.")
+    ] = None,
+    metrics: Annotated[Path | None, typer.Option(help="Write the summary JSON here (a DVC metrics file).")] = None,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Predicted vs measured TTFT / TPOT of every dense, aggregated-serving row; the rest listed with reasons.
+    Calibrates each (device, framework)'s per-iteration overhead on half the rows and reports the other half.
+    JSON rows carry id, model, device, tp, isl, osl, concurrency, measured/predicted/roofline ttft and tpot (ms),
+    held_out and step_overhead_us; the summary the held-out median / p90 absolute percentage errors."""
+    from ..replay.outputs.jsonout import dumps
+    from ..replay.validate import validate, write_report
+
+    check_format(fmt, ("text", "markdown", "json"))
+    with errors():
+        result = validate(path, warehouse or default_location(), limit, progress=True)
+    if out_dir is not None:
+        for p in write_report(result, out_dir):
+            log.info("wrote %s", p)
+    if metrics is not None:
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        metrics.write_text(dumps(result["summary"]) + "\n")
+    if fmt == "json":
+        write_json(result)
+        return
+    lines = ["| id | tp | isl | osl | conc | TTFT meas / pred (ms) | TPOT meas / pred (ms) |", "| --- " * 7 + "|"]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['id']} | {r['tp']} | {r['isl']} | {r['osl']} | {r['concurrency']} | "
+            f"{r['measured_ttft_ms']:.0f} / {r['predicted_ttft_ms']:.0f} | "
+            f"{r['measured_tpot_ms']:.1f} / {r['predicted_tpot_ms']:.1f} |"
+        )
+    for r in result["not_expressed"]:
+        lines.append(f"not expressed: {r['id']} (line {r.get('line')}): {r['reason']}")
+    sys.stdout.write("\n".join(lines) + "\n\n" + dumps(result["summary"], indent=None) + "\n")

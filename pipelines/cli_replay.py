@@ -1,0 +1,100 @@
+"""`hermes-sim replay`: one scenario, a sweep of its variants, or a log partitioned over replicas (Dask)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..warehouse.store import default_location
+from .cli import app
+from .common import WarehouseOpt, check_format, errors, out, print_table, write_json
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a scenario field: dotted.path=value (repeatable; YAML values)."),
+]
+WorkersOpt = Annotated[int | None, typer.Option(help="Local Dask workers (default 2).")]
+SchedulerOpt = Annotated[str | None, typer.Option(help="An existing Dask scheduler, e.g. tcp://HOST:8786.")]
+
+
+def load_scenario(config: Path, sets: list[str] | None, log_path: str | None):
+    from ..replay.scenario import load
+
+    scenario = load(config, sets or ())
+    if log_path:
+        if len(scenario.clients) != 1:
+            raise ValueError(f"--log sets the one client's log; {config} has {len(scenario.clients)} clients")
+        scenario.source.kind, scenario.source.log = "log", log_path
+    return scenario
+
+
+@app.command("replay")
+def replay(
+    config: Annotated[Path, typer.Argument(help="Scenario YAML.", exists=True, dir_okay=False)],
+    log_path: Annotated[
+        str | None, typer.Option("--log", help="Request-log file (ingested on the fly) or a log name in the warehouse.")
+    ] = None,
+    sets: SetOpt = None,
+    sweep: Annotated[
+        Path | None,
+        typer.Option(help="Sweep YAML: `parameters:` maps --set paths to lists of values; every point a Dask task."),
+    ] = None,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
+    partition: Annotated[
+        bool, typer.Option(help="Split a round-robin log across replicas as Dask tasks (same result as serial).")
+    ] = False,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write requests / timeline Parquet, summary JSON, plots, trace here.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Summary as text or json on stdout.")] = "text",
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Simulate serving request logs (or synthetic / closed-loop sources) through a scenario's pools and
+    pipelines."""
+    from ..replay.run import simulate
+
+    check_format(fmt)
+    root = warehouse or default_location()
+    with errors():
+        scenario = load_scenario(config, sets, log_path)
+        if sweep:
+            from ..replay.parallel import dask_client, run_sweep, sweep_points
+
+            points = sweep_points(scenario, sweep)
+            with dask_client(workers, scheduler) as client:
+                table = run_sweep(points, root, client)
+            if out_dir:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                table.to_parquet(out_dir / "sweep.parquet", index=False)
+            if fmt == "json":
+                write_json(table.to_dict(orient="records"))
+            else:
+                print_table(None, list(table.columns), list(table.itertuples(index=False)))
+            return
+        if partition:
+            from ..replay.parallel import dask_client, simulate_partitioned
+
+            with dask_client(workers, scheduler) as client:
+                result = simulate_partitioned(scenario, root, client)
+        else:
+            result = simulate(scenario, root, progress=True, transfers=out_dir is not None)
+    if out_dir:
+        from ..replay.outputs import write
+
+        write(result, out_dir)
+    s = result["summary"]
+    if fmt == "json":
+        write_json(s)
+        return
+    out.print(
+        f"{s['completed']} completed, {s['rejected']} rejected in {s['simulated_span_s']} s simulated; "
+        f"TTFT p50/p99 {s['ttft_ms'].get('p50')}/{s['ttft_ms'].get('p99')} ms, TPOT p50/p99 "
+        f"{s['tpot_ms'].get('p50')}/{s['tpot_ms'].get('p99')} ms, {s['throughput_output_tokens_per_s']} tok/s"
+    )
+    for reason, n in s["rejected_by_reason"].items():
+        out.print(f"rejected {n}: {reason}")
+    for key, a in s["assumptions"].items():
+        out.print(f"assumed {key} = {a['value']}: {a['why']}")

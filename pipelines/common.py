@@ -1,0 +1,79 @@
+"""What every `hermes-sim` command shares: consoles (results to stdout, diagnostics to stderr), the warehouse
+option, one-line errors with exit status 2, tables, strict JSON."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from ..warehouse.store import ENV_VAR
+
+log = logging.getLogger("hermes_sim")
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+WarehouseOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--warehouse",
+        "-w",
+        envvar=ENV_VAR,
+        help=f"Warehouse directory (default: ./.hermes, or ${ENV_VAR}).",
+        show_default=False,
+    ),
+]
+FORMATS = ("text", "json")
+
+
+def check_format(fmt: str, allowed: tuple[str, ...] = FORMATS) -> str:
+    if fmt not in allowed:
+        err.print(f"[bold red]error:[/] --format must be one of {', '.join(allowed)}, not {fmt!r}", markup=True)
+        raise typer.Exit(2)
+    return fmt
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Known failures become one line on stderr and exit status 2; nothing half-written stays behind."""
+    import duckdb
+
+    from ..warehouse.batch import IngestError
+    from ..warehouse.store import WarehouseBusy
+
+    try:
+        yield
+    except (
+        IngestError,
+        FileNotFoundError,
+        ValueError,
+        PermissionError,
+        WarehouseBusy,
+        ConnectionError,
+        duckdb.Error,
+    ) as e:
+        err.print(f"[bold red]error:[/] {e}", markup=True)
+        raise typer.Exit(2) from e
+
+
+def print_table(title: str | None, columns: list[str], rows: list[tuple]) -> None:
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, header_style="bold")
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*("NULL" if v is None else str(v) for v in r))
+    out.print(table)
+
+
+def write_json(doc) -> None:
+    from ..replay.outputs.jsonout import dumps
+
+    sys.stdout.write(dumps(doc) + "\n")
