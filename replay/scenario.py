@@ -657,6 +657,8 @@ def with_overrides(scenario: Scenario, overrides, where: str | None = None) -> S
 
 
 def set_path(doc: dict, key: str, value, where: str | None = None) -> None:
+    if key.startswith("source.") and len(doc.get("clients") or []) == 1:  # a one-client scenario's `source`
+        key = "clients.0." + key
     target = doc
     *path, last = key.split(".")
     for i, part in enumerate([*path, last]):

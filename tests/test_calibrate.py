@@ -75,6 +75,8 @@ def test_catalog_validation_rejects_bad_entries():
                 "on_chip_bytes": 1,
                 "interconnects": {},
                 "power_watts": 1,
+                "devices_per_node": 8,
+                "price_per_hour_usd": None,
                 "sources": {"compute": "x"},
             }
         )

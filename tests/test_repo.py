@@ -34,9 +34,7 @@ def test_dvc_repro_on_a_fresh_clone(tmp_path: Path):
             shutil.copy2(src, clone / rel)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("HERMES_WAREHOUSE", None)
-    result = subprocess.run(
-        [str(BIN / "dvc"), "repro", "--force"], cwd=clone, env=env, capture_output=True, text=True, timeout=600
-    )
+    result = subprocess.run([str(BIN / "dvc"), "repro", "--force"], cwd=clone, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (clone / ".hermes" / "catalog.duckdb").exists()
     assert any((clone / ".hermes" / "tables").rglob("*.parquet"))

@@ -48,6 +48,15 @@ def _slug(value: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", value or "unknown")
 
 
+def ingest_time() -> dt.datetime:
+    """Now (UTC), or $SOURCE_DATE_EPOCH when set: reproducible builds' convention, which makes a pipeline's
+    outputs byte-identical run to run (DVC stages set it)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch:
+        return dt.datetime.fromtimestamp(int(epoch), dt.UTC).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
 class WarehouseBusy(RuntimeError):
     """Another process holds the warehouse's write lock."""
 
@@ -183,7 +192,7 @@ class Warehouse:
 
         staging = self.root / "staging" / uuid.uuid4().hex
         moved: list[Path] = []
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        now = ingest_time()
         try:
             parts = [p for b in fresh for p in self._stage(b, staging)]
             self.con.execute("BEGIN TRANSACTION")
