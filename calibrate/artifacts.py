@@ -63,12 +63,43 @@ def profile_samples(wh: Warehouse, family: str | None = None) -> pd.DataFrame:
         second.map(lambda d: d[-1]),
         np.where(rows["op_family"] == "vector_search", second.map(lambda d: d[0]), 1),
     )
+    faiss = rows["name"].str.startswith("faiss::")
+    extra = dims.map(lambda d: [list(x) for x in d[2:]] if len(d) >= 5 else None)
+    rows["top_k"] = extra.map(lambda e: e[0][0] if e is not None else np.nan)
+    rows["search_width"] = extra.map(lambda e: e[1][0] if e is not None else np.nan)
+    rows["num_lists"] = extra.map(lambda e: e[1][1] if e is not None else np.nan)
+    rows["threads"] = extra.map(lambda e: e[2][0] if e is not None else np.nan)
+    source = np.where(faiss, "faiss-" + rows["name"].str.removeprefix("faiss::search_"), "numpy")
     rows = rows.assign(
-        device=LOCAL_CPU, dtype="float32", framework="hermes-profile", framework_version=None, kernel_source="numpy"
+        device=LOCAL_CPU,
+        dtype="float32",
+        framework=np.where(faiss, "faiss", "hermes-profile"),
+        framework_version=None,
+        kernel_source=source,
     )
     if family:
         rows = rows[rows["op_family"] == family]
     return rows.drop(columns=["input_dims", "name"]).reset_index(drop=True)
+
+
+def measured_local_cpu(wh: Warehouse, base: Device) -> Device:
+    """This machine with its peak rates measured by `hermes-sim profile cpu` (the fastest GEMM's flop rate,
+    the fastest copy's read + write bandwidth) instead of the per-core estimate; the catalog's otherwise."""
+    rows = profile_samples(wh)
+    if rows.empty:
+        return base
+    gemm = rows[rows.op_family == "gemm"]
+    copy = rows[rows.op_family == "elementwise"]
+    update: dict = {"sources": dict(base.sources)}
+    if len(gemm):
+        peak = float((2 * gemm.m * gemm.n * gemm.k / (gemm.latency_us * 1e-6)).max())
+        update["peak_flops"] = {"float32": peak, "bfloat16": peak, "float64": peak / 2}
+        update["sources"]["compute"] = f"measured by hermes-sim profile cpu: fastest GEMM, {peak / 1e9:.1f} GFLOP/s"
+    if len(copy):
+        bw = float((2 * 4 * copy.m / (copy.latency_us * 1e-6)).max())  # float32 copies read and write each element
+        update["memory_bandwidth"] = bw
+        update["sources"]["memory"] = f"measured by hermes-sim profile cpu: fastest array copy, {bw / 1e9:.1f} GB/s"
+    return base.model_copy(update=update)
 
 
 def device_samples(wh: Warehouse, device: str, family: str | None = None) -> pd.DataFrame:
@@ -126,6 +157,11 @@ def fit_device(wh: Warehouse, device: Device, family: str | None = None, seed: i
     df = device_samples(wh, device.id, family)
     doc = {
         "device": device.id,
+        "device_figures": {
+            "peak_flops": device.peak_flops,
+            "memory_bandwidth": device.memory_bandwidth,
+            "sources": device.sources,
+        },
         "tool_version": __version__,
         "fitted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "models": [],

@@ -50,6 +50,7 @@ SIZE_DIMS: dict[str, tuple[str, ...]] = {
     **{f: ("m", "n") for f in ELEMENTWISE},
 }
 CONFIG_DIMS: dict[str, tuple[str, ...]] = {
+    VECTOR_SEARCH: ("search_width", "num_lists", "threads", "top_k"),
     PREFILL: ("num_heads", "num_kv_heads", "head_dim", "window_size"),
     DECODE: ("num_heads", "num_kv_heads", "head_dim", "window_size"),
     **{f: ("num_gpus", "devices_per_node") for f in COLLECTIVES},
@@ -59,7 +60,7 @@ CONFIG_INTERACTION_DEGREE = 2
 # The dims whose distinct values define a "shape block" for grouped splits.
 BLOCK_DIMS: dict[str, tuple[str, ...]] = {
     GEMM: ("n", "k"),
-    VECTOR_SEARCH: ("n",),
+    VECTOR_SEARCH: ("m",),  # query batch sizes: the grid's interior batches are held out
     PREFILL: ("seq_len",),
     DECODE: ("kv_len",),
     **{f: ("message_bytes",) for f in COLLECTIVES},

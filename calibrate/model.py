@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .artifacts import MODELS_DIR, fitted_from_entry, load
-from .catalog import Device, device, devices
+from .catalog import LOCAL_CPU, Device, device, devices
 from .fit import Fitted
 from .roofline import roofline
 
@@ -35,7 +35,10 @@ class CostModel:
         self.device: Device = share or device(device_name)
         self.root = Path(warehouse_root)
         self.framework = framework
-        self.models = self._index(load(self.root, device_name))
+        doc = load(self.root, device_name)
+        if doc and share is None and device_name == LOCAL_CPU and doc.get("device_figures"):
+            self.device = self.device.model_copy(update=doc["device_figures"])  # its measured peak rates
+        self.models = self._index(doc)
         self._donors: dict[str, tuple[Device, dict] | None] = {}
 
     @staticmethod

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..warehouse.store import Warehouse
 from . import artifacts
+from .catalog import LOCAL_CPU
 from .catalog import device as catalog_device
 from .evaluate import evaluate_device
 from .report import load_rows, markdown, plot, reports_dir, save_rows
@@ -88,6 +89,8 @@ def calibrate_device(
         return lambda done, total, name: bar.update(task, completed=done, total=total, description=name)
 
     with bar, Warehouse(warehouse_root, read_only=True) as wh:
+        if dev.id == LOCAL_CPU:
+            dev = artifacts.measured_local_cpu(wh, dev)
         t0 = time.perf_counter()
         doc = artifacts.fit_device(wh, dev, family, seed, on_group=step(fit_task))
         fit_seconds = time.perf_counter() - t0

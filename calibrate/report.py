@@ -74,8 +74,14 @@ def markdown(rows: list[dict]) -> str:
             n = int(g["n"].iloc[0])
             out.append(
                 "| " + " | ".join(map(str, key)) + f" | {n} | {cells.get('roofline', '-')} | "
-                f"{cells.get('calibrated', '-')} | {cells.get('random_forest', '-')} |"
+                f"{cells.get('calibrated', '-')} | {cells.get('random_forest', 'not run')} |"
             )
+        out.append("")
+    if "random_forest" not in set(df["model"]):
+        out.append(
+            "Random forest: not run (`hermes-sim calibrate evaluate --device D` scores it; it needs scikit-learn, "
+            "`pip install 'hermes-sim[bench]'`)."
+        )
         out.append("")
     return "\n".join(out) + "\n"
 

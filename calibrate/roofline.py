@@ -67,10 +67,14 @@ def attention_terms(df: pd.DataFrame, prefill: bool) -> tuple[np.ndarray, np.nda
     return flops, bytes_
 
 
+FAISS_BLAS_THRESHOLD = 20  # faiss's distance_compute_blas_threshold default
+
+
 def vector_search_terms(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Search of m queries over an index of n vectors of dimension k (float32), by layout (`kernel_source`):
     - numpy (hermes profile's brute force): a (m x k) by (k x n) GEMM writing every score;
-    - faiss-flat: the index is scanned once per batch, scores reduced to top-k heaps as they are made;
+    - faiss-flat: below 20 queries (faiss's distance_compute_blas_threshold) each query scans the index in
+      turn; from 20 a batch is one blocked GEMM that reads the index once, reduced to top-k heaps;
     - faiss-ivf: the m x nlist coarse quantizer, then nprobe of nlist lists (`search_width`, `num_lists`) per
       query; bytes count the distinct lists a batch touches at most once;
     - faiss-hnsw: about ef_search x M distance evaluations per query (`search_width` = ef, `num_lists` = M),
@@ -82,7 +86,8 @@ def vector_search_terms(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     flops = 2 * m * n * k
     bytes_ = (m * k + k * n) * b + m * n * b
     flat = src == "faiss-flat"
-    bytes_ = np.where(flat, (m * k + k * n) * b, bytes_)
+    scans = np.where(m < FAISS_BLAS_THRESHOLD, m, 1)
+    bytes_ = np.where(flat, (m * k + scans * k * n) * b, bytes_)
     ivf = src == "faiss-ivf"
     per_list = n / np.maximum(lists, 1)
     touched = np.minimum(lists, m * width)

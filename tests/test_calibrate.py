@@ -256,16 +256,47 @@ def test_profile_ingest_calibrate_report_on_this_machine(tmp_path: Path):
     assert prof.returncode == 0, prof.stderr
     doc = json.loads(trace.read_text())
     assert doc["traceName"] == "hermes-sim profile cpu"
-    assert {e["name"] for e in doc["traceEvents"]} == {"aten::mm", "aten::copy_", "hermes::vector_search"}
+    names = {e["name"] for e in doc["traceEvents"]}
+    assert names == {
+        "aten::mm",
+        "aten::copy_",
+        "hermes::vector_search",
+        "faiss::search_flat",
+        "faiss::search_ivf",
+        "faiss::search_hnsw",
+    }
     with Warehouse(tmp_path / "wh") as w:
         ingest(w, [trace], progress=False)
-    result = calibrate_device(tmp_path / "wh", "local_cpu", random_forest=False)
-    fitted = {(m["family"]) for m in artifacts.load(tmp_path / "wh", "local_cpu")["models"]}
-    assert fitted == {"gemm", "elementwise", "vector_search"}
-    assert any(r["family"] == "vector_search" and r["model"] == "calibrated" for r in result.rows)
-    search = pd.DataFrame({"op_family": ["vector_search"], "dtype": ["float32"], "m": [4], "n": [10000], "k": [384]})
+    result = calibrate_device(tmp_path / "wh", "local_cpu", splits=("shape_block",), random_forest=False)
+    models = artifacts.load(tmp_path / "wh", "local_cpu")
+    assert {(m["family"], m["framework"]) for m in models["models"]} >= {
+        ("gemm", "hermes-profile"),
+        ("vector_search", "faiss"),
+    }
+    assert "measured by hermes-sim profile cpu" in models["device_figures"]["sources"]["compute"]
+    rows = {(r["family"], r["framework"], r["model"]): r for r in result.rows if r["subset"] == "all"}
+    for family, framework in (("gemm", "hermes-profile"), ("vector_search", "faiss")):
+        calibrated, roof = rows[family, framework, "calibrated"], rows[family, framework, "roofline"]
+        assert calibrated["median_ape"] < roof["median_ape"]  # at least as good as the plain roofline
+    search = pd.DataFrame(
+        {
+            "op_family": ["vector_search"],
+            "dtype": ["float32"],
+            "kernel_source": ["faiss-hnsw"],
+            "m": [4],
+            "n": [10000],
+            "k": [256],
+            "search_width": [32],
+            "num_lists": [16],
+            "threads": [2],
+            "top_k": [10],
+        }
+    )
     pred = CostModel("local_cpu", tmp_path / "wh").predict(search)
     assert pred.tier.iloc[0] == CALIBRATED and pred.latency_us.iloc[0] > 0
+    xeon = CostModel("xeon_8480p", tmp_path / "wh").predict(search)
+    assert xeon.tier.iloc[0] == "transferred"  # a catalog CPU borrows this CPU's measured efficiency
+    assert CostModel("h100_sxm", tmp_path / "wh").predict(search).tier.iloc[0] == "roofline"  # never a CPU's
 
 
 def test_refitting_one_family_keeps_the_others(calibrated: Path, sample_warehouse: Path, tmp_path: Path):

@@ -116,8 +116,12 @@ def _gx():
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    ctx = gx.get_context(mode="ephemeral")
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)  # its context announces a temporary docs folder at INFO: not ours to say
+    try:
+        ctx = gx.get_context(mode="ephemeral")
+    finally:
+        logging.disable(previous)
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     return gx, gxe, ctx
 
