@@ -1,6 +1,6 @@
 """Dask: parameter sweeps as tasks, and one long log split across replicas under a static router.
 
-A local cluster (loopback only, no dashboard) is started unless a scheduler address is given. Results come
+A local cluster (loopback only, no dashboard, nothing on :8787) is started unless a scheduler address is given. Results come
 back in the order of the inputs, so a parallel run gives the same output as a serial one. Tasks return plain
 data (frames, dicts), never engine objects: a worker may still be using what built them."""
 
@@ -47,7 +47,10 @@ def dask_client(workers: int | None = None, scheduler: str | None = None):
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            # the scheduler always serves HTTP (health, metrics): on a random loopback port, never :8787,
+            # and without the dashboard
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
             worker_dashboard_address=None,
         ) as cluster,
         Client(cluster) as client,
