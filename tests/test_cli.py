@@ -129,3 +129,17 @@ def test_profile_cpu_writes_into_the_warehouse_not_the_current_folder(tmp_path: 
     result = run("profile", "cpu", "--repeats", "1", "-w", str(tmp_path / "wh"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "wh/profiles/cpu.json").exists() and not list(tmp_path.glob("*.json"))
+
+
+def test_a_second_writer_is_told_who_holds_the_warehouse(tmp_path: Path):
+    from hermes_sim.warehouse.store import Warehouse
+
+    wh = tmp_path / "wh"
+    log = SAMPLES / "requests/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"
+    assert run("ingest", str(log), "-w", str(wh), "-q").returncode == 0
+    with Warehouse(wh):  # this process holds the write lock, as a committing ingest does
+        other = run("ingest", str(SAMPLES / "requests/mooncake"), "-w", str(wh), "-q")
+        reader = run("warehouse", "summary", "-w", str(wh))
+    assert other.returncode == 2 and f"is busy: process {os.getpid()} holds it" in other.stderr
+    assert reader.returncode == 2 and "busy" in reader.stderr
+    assert run("ingest", str(SAMPLES / "requests/mooncake"), "-w", str(wh), "-q").returncode == 0  # then it works

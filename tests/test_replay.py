@@ -441,3 +441,16 @@ def test_random_configurations_keep_every_invariant_and_match_stepping(wh: Path,
     stepped = simulate(sc, wh, skip_ahead=False, audit=True)["requests"]
     for col in ("first_token_s", "completion_s"):
         assert np.allclose(req[col], stepped[col], rtol=1e-9, atol=1e-9, equal_nan=True)
+
+
+def test_validate_silicon_lists_a_bad_row_instead_of_aborting(wh: Path, tmp_path: Path):
+    src = pd.read_csv(SAMPLES / "e2e/silicon_h100.csv")
+    src["tp_size"] = src["tp_size"].astype(object)
+    i = int(src.index[src["mode"] == "agg"][0])
+    src.loc[i, "tp_size"] = "abc"
+    bad = tmp_path / "silicon.csv"
+    src.to_csv(bad, index=False)
+    result = validate(bad, wh, limit=2)
+    first = next(r for r in result["not_expressed"] if r["id"] == src.loc[i, "id"])
+    assert first["line"] == i + 2 and "tp_size = 'abc' is not a positive number" in first["reason"]
+    assert len(result["rows"]) == 2
