@@ -6,7 +6,6 @@ hashes) the fit read. Groups that could not be fitted are listed with the reason
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 from dataclasses import asdict
@@ -17,7 +16,7 @@ import pandas as pd
 from packaging.version import InvalidVersion, Version
 
 from .. import __version__
-from ..warehouse.store import Warehouse
+from ..warehouse.store import Warehouse, ingest_time
 from .catalog import LOCAL_CPU, Device
 from .fit import Fitted, Form, TooFewSamples, ape, fit_group
 from .splits import split_masks
@@ -163,7 +162,7 @@ def fit_device(wh: Warehouse, device: Device, family: str | None = None, seed: i
             "sources": device.sources,
         },
         "tool_version": __version__,
-        "fitted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "fitted_at": ingest_time().isoformat(timespec="seconds"),  # $SOURCE_DATE_EPOCH when reproducing
         "models": [],
         "skipped": [],
     }

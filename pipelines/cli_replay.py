@@ -98,3 +98,78 @@ def replay(
         out.print(f"rejected {n}: {reason}")
     for key, a in s["assumptions"].items():
         out.print(f"assumed {key} = {a['value']}: {a['why']}")
+
+
+@app.command("search")
+def search(
+    config: Annotated[Path, typer.Argument(help="Scenario YAML.", exists=True, dir_okay=False)],
+    space_path: Annotated[
+        Path,
+        typer.Option(
+            "--space",
+            exists=True,
+            dir_okay=False,
+            help="Space YAML: parameters (--set paths to value lists), constraints, strategy.",
+        ),
+    ],
+    sets: SetOpt = None,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
+    serial: Annotated[bool, typer.Option(help="No Dask: run the points one after another here.")] = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="points.parquet, search.json, pareto.png.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Result as text or json on stdout.")] = "text",
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Search deployments: every point a full replay (Dask tasks, cached by content); the Pareto frontiers and
+    the best point that meets the constraints."""
+    import contextlib
+    import tempfile
+
+    from ..replay.parallel import dask_client
+    from ..replay.search import load_space, run_search, write
+
+    check_format(fmt)
+    root = warehouse or default_location()
+    with errors():
+        scenario = load_scenario(config, sets, None)
+        space = load_space(space_path)
+        with dask_client(workers, scheduler) if not serial else contextlib.nullcontext() as client:
+            found, table, seconds = run_search(scenario, space, root, client, where=str(space_path))
+        with tempfile.TemporaryDirectory() as tmp:
+            report = write(found, table, out_dir or Path(tmp), seconds)
+    if fmt == "json":
+        write_json(report)
+        return
+    out.print(
+        f"{report['points']} points ({space.strategy}), {report['replays']} replays "
+        f"({report['replays_whole_log_equivalent']} whole-log equivalents), {report['cached']} from the cache, "
+        f"in {report['seconds']} s ({report['points_per_second']} points/s)"
+    )
+    b = report["best"]
+    if b["found"]:
+        f = b["figures"]
+        out.print(
+            f"best within the constraints: {b['point']}: {f['tokens_per_dollar']} tokens/$, TTFT p99 "
+            f"{f['ttft_p99_ms']} ms, TPOT p99 {f['tpot_p99_ms']} ms, {f['devices']} devices, "
+            f"${f['cost_per_hour_usd']}/h"
+        )
+    else:
+        out.print("no point meets the constraints; nearest:")
+        params = list(space.parameters)
+        print_table(
+            None,
+            [*params, "excess", "ttft_p99_ms", "tpot_p99_ms", "devices", "cost_per_hour_usd"],
+            [
+                tuple(
+                    n.get(k) for k in [*params, "excess", "ttft_p99_ms", "tpot_p99_ms", "devices", "cost_per_hour_usd"]
+                )
+                for n in b["nearest"]
+            ],
+        )
+    front = report["frontiers"]["tokens_per_dollar_vs_ttft_p99"]
+    params = list(space.parameters)
+    print_table(
+        "Pareto frontier: tokens per dollar vs p99 TTFT",
+        [*params, "tokens_per_dollar", "ttft_p99_ms"],
+        [tuple(r.get(k) for k in [*params, "tokens_per_dollar", "ttft_p99_ms"]) for r in front],
+    )

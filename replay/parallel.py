@@ -1,8 +1,8 @@
 """Dask: parameter sweeps as tasks, and one long log split across replicas under a static router.
 
-A local cluster (loopback only, no dashboard, nothing on :8787) is started unless a scheduler address is given. Results come
-back in the order of the inputs, so a parallel run gives the same output as a serial one. Tasks return plain
-data (frames, dicts), never engine objects: a worker may still be using what built them."""
+A local cluster (loopback only, no dashboard, nothing on :8787) is started unless a scheduler address is given.
+Results come back in the order of the inputs, so a parallel run gives the same output as a serial one. Tasks
+return plain data (frames, dicts), never engine objects: a worker may still be using what built them."""
 
 from __future__ import annotations
 
@@ -98,7 +98,18 @@ def summary_row(point: dict, summary: dict) -> dict:
         "energy_j": summary["energy_j"],
         "cost_usd": summary["cost_usd"],
         "tokens_per_dollar": summary["tokens_per_dollar"],
+        "calibrated_share": calibrated_share(summary),
     }
+
+
+def calibrated_share(summary: dict) -> float:
+    """The share of a point's priced ops that came from measurements of that very device."""
+    counts: dict[str, int] = {}
+    for p in summary["pools"].values():
+        for tier, n in p["cost_tiers"].items():
+            counts[tier] = counts.get(tier, 0) + n
+    total = sum(counts.values())
+    return round(counts.get("measured-calibrated", 0) / total, 4) if total else 0.0
 
 
 def prepare_logs(scenario: Scenario, warehouse_root: Path) -> None:

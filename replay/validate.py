@@ -146,9 +146,11 @@ def is_held_out(row_id: str) -> bool:
 
 
 def campaign(row: pd.Series) -> str:
-    """The measurement campaign a row came from (its source file): rows of one campaign share a client."""
+    """The measurement campaign a row came from (its source file's device / backend / version / name, not the
+    path on the machine that wrote it): rows of one campaign share a client."""
     text = str(row.get("silicon_data_source", ""))
-    return next((p.split("=", 1)[1] for p in text.split("; ") if p.startswith("source_file=")), "")
+    path = next((p.split("=", 1)[1] for p in text.split("; ") if p.startswith("source_file=")), "")
+    return "/".join(Path(path).parts[-4:]) if path else ""
 
 
 def pilot_e2e_s(row: pd.Series, warehouse_root: Path, step_us: float = 0.0) -> float:

@@ -2,8 +2,12 @@
 
 Layout under the warehouse directory:
     catalog.duckdb                                   sources, quarantine, parts (+ views over the Parquet)
+    catalog/{sources,quarantine,parts}.parquet       the same catalog as Parquet, rewritten by every commit
     tables/<table>/source=<id>/device=<dev>/part-0.parquet
     staging/                                         files being written by an ingest not yet committed
+
+The Parquet catalog makes the warehouse reproducible byte for byte (DuckDB's file carries a random identifier):
+DVC versions `catalog/` and `tables/`, and a warehouse whose catalog.duckdb is missing is rebuilt from them.
 
 A commit writes every Parquet file to staging first, then in one DuckDB transaction records the sources,
 quarantined rows and parts and moves the files into place. Views list only committed parts, so a failure at
@@ -37,6 +41,8 @@ log = logging.getLogger(__name__)
 ENV_VAR = "HERMES_WAREHOUSE"
 DEFAULT_DIR = ".hermes"
 CATALOG_FILE = "catalog.duckdb"
+SNAPSHOT_DIR = "catalog"
+SNAPSHOT_TABLES = {"sources": "source_id", "quarantine": "source_id, table_name, row_number", "parts": "relpath"}
 READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
 
@@ -73,6 +79,8 @@ class Warehouse:
         self.read_only = read_only
         self._locked = False  # user queries lock the connection's configuration for good
         catalog = self.root / CATALOG_FILE
+        if not catalog.exists() and (self.root / SNAPSHOT_DIR / "sources.parquet").exists():
+            self._restore_catalog(catalog)
         if read_only and not catalog.exists():
             raise FileNotFoundError(
                 f"no warehouse at {self.root} (run `hermes-sim ingest` first, or pass --warehouse / ${ENV_VAR})"
@@ -227,6 +235,7 @@ class Warehouse:
                 moved.append(target)
             self._create_views(temporary=False)
             self.con.execute("COMMIT")
+            self._snapshot()
         except BaseException:
             # DDL and DML are transactional in DuckDB: the views come back with the rows. (Fails harmlessly
             # when the error came before BEGIN.)
@@ -238,6 +247,35 @@ class Warehouse:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return CommitReport(fresh, skipped)
+
+    def _snapshot(self) -> None:
+        """Write the catalog tables as Parquet (sorted, so equal catalogs give equal bytes), atomically each."""
+        out = self.root / SNAPSHOT_DIR
+        out.mkdir(exist_ok=True)
+        for name, order in SNAPSHOT_TABLES.items():
+            table = self.con.sql(f"SELECT * FROM {name} ORDER BY {order}").to_arrow_table()
+            tmp = out / f".{name}.parquet.tmp"
+            pq.write_table(table, tmp, compression="zstd")
+            os.replace(tmp, out / f"{name}.parquet")
+
+    def _restore_catalog(self, catalog: Path) -> None:
+        """Rebuild catalog.duckdb from the Parquet catalog (a clone pulled from DVC)."""
+        log.info("rebuilding %s from %s/", catalog, SNAPSHOT_DIR)
+        tmp = catalog.with_suffix(".rebuilding")
+        tmp.unlink(missing_ok=True)
+        con = duckdb.connect(str(tmp))
+        try:
+            con.execute(CATALOG_DDL)
+            for name in SNAPSHOT_TABLES:
+                path = self.root / SNAPSHOT_DIR / f"{name}.parquet"
+                if path.exists():
+                    con.execute(f"INSERT INTO {name} SELECT * FROM read_parquet(?)", [str(path)])
+            con.close()
+            os.replace(tmp, catalog)
+        finally:
+            tmp.unlink(missing_ok=True)
+        with Warehouse(self.root) as wh:  # views over the restored parts
+            wh._create_views(temporary=False)
 
     def _stage(self, batch: SourceBatch, staging: Path) -> list[tuple]:
         """Write a batch's tables to staging, one file per (table, device). Returns parts rows."""
