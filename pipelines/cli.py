@@ -213,4 +213,4 @@ def _catalog(rows: list[dict], as_json: bool) -> None:
             out.print(f"{r['device']}: " + "; ".join(f"{k}: {v}" for k, v in r["sources"].items()))
 
 
-from . import cli_calibrate, cli_replay, main_job  # noqa: E402, F401  (their commands register on `app`)
+from . import cli_calibrate, cli_replay, cli_studies, main_job  # noqa: E402, F401  (their commands register on `app`)

@@ -123,6 +123,12 @@ def prepare_logs(scenario: Scenario, warehouse_root: Path) -> None:
 
 def run_sweep(points: list[tuple[dict, Scenario]], warehouse_root: Path, client=None, progress: bool = True):
     """Summaries of every point, serially (client None) or as Dask tasks; a DataFrame in point order."""
+    results = run_summaries(points, warehouse_root, client, progress)
+    return pd.DataFrame([summary_row(p, s) for (p, _), s in zip(points, results, strict=True)])
+
+
+def run_summaries(points: list[tuple[dict, Scenario]], warehouse_root: Path, client=None, progress: bool = True):
+    """Every point's whole summary, in point order."""
     results: list[dict | None] = [None] * len(points)
     if points:
         prepare_logs(points[0][1], warehouse_root)
@@ -142,7 +148,7 @@ def run_sweep(points: list[tuple[dict, Scenario]], warehouse_root: Path, client=
             for fut in as_completed(futures):
                 results[futures[fut]] = fut.result()
                 bar.advance(task)
-    return pd.DataFrame([summary_row(p, s) for (p, _), s in zip(points, results, strict=True)])
+    return results
 
 
 def _one_replica(scenario: Scenario, warehouse_root: str, specs: list, index: int) -> tuple:

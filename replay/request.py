@@ -31,6 +31,7 @@ class Request:
         "reason",
         "reasoning_tokens",
         "replicas",
+        "reserved",
         "retrieved_tokens",
         "route",
         "routed",
@@ -76,6 +77,7 @@ class Request:
         self.stats: dict[str, float] = {}  # per-stage figures for the output (`<stage>_<figure>`)
         self.hooks: list = []  # callables(request, now) run when it completes (KV write-back)
         self.handoff = None  # (pool, sequence) of a disaggregated prefill holding its KV for the transfer
+        self.reserved = ()  # pools whose replica counts this request ahead of its submission
         self.first_token = self.completion = self.reason = None
 
     @property

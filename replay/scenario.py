@@ -412,6 +412,28 @@ class Scenario(_Strict):
     def pool(self, name: str):
         return next(p for p in self.pools if p.name == name)
 
+    def used_pipelines(self) -> list[str]:
+        names: list[str] = []
+        for c in self.clients:
+            names += [c.pipeline] if isinstance(c.pipeline, str) else _choice_targets(c.pipeline)
+        return list(dict.fromkeys(names))
+
+    def used_pools(self) -> list[str]:
+        """Pools some stage of a pipeline a client sends to can run on (route targets included)."""
+        used: set[str] = set()
+        for name in self.used_pipelines():
+            stages = self.pipelines[name].stages
+            routes = {s.name for s in stages if s.type == "route"}
+            for s in stages:
+                pool = getattr(s, "pool", None)
+                if pool and pool not in routes:
+                    used.add(pool)
+                if s.type == "route":
+                    used |= {r.pool for r in s.rules} | set(s.weights) | ({s.default} if s.default else set())
+                    if s.classifier_pool:
+                        used.add(s.classifier_pool)
+        return [p.name for p in self.pools if p.name in used]
+
 
 def _known(names) -> str:
     return ", ".join(sorted(names)) or "(none)"

@@ -75,7 +75,11 @@ class Simulation:
         self._seq_ids = 0
         self.pools: dict = {}
         max_seqs = self._service_batch_sizes()
-        for spec in scenario.pools:
+        used = set(scenario.used_pools())
+        self.unused_pools = [p.name for p in scenario.pools if p.name not in used]
+        for name in self.unused_pools:
+            log.info("pool %s is not used by any pipeline a client sends to: left out (no cost, no energy)", name)
+        for spec in (p for p in scenario.pools if p.name in used):
             if spec.kind == "llm":
                 pool = build_llm_pool(spec, self.root, self.loop, scenario.router, skip_ahead)
                 pool.audit = audit
@@ -88,7 +92,7 @@ class Simulation:
         self.tier_specs = {t.name: self._tier_figures(t) for t in scenario.tiers}
         self.links: dict[tuple, Link] = {}
         self.tiers: dict[tuple, Tier] = {}
-        self.graphs = {name: PipelineGraph(name, spec, self) for name, spec in scenario.pipelines.items()}
+        self.graphs = {name: PipelineGraph(name, scenario.pipelines[name], self) for name in scenario.used_pipelines()}
         self.clients = [ClientRun(i, c, self) for i, c in enumerate(scenario.clients)]
         self.requests: list[Request] = []
         self.finished = 0
@@ -236,6 +240,9 @@ class Simulation:
             return
         where = run.pools[stage.index] or stage.name
         run.reason = f"{stage.name} on {where}: {reason}"
+        for name in run.reserved:  # routed ahead, never submitted
+            self.pools[name].replicas[run.routed[name]].reserved -= 1
+        run.reserved = ()
         self._finish(run, now)
 
     def _finish(self, run: Request, now: float) -> None:

@@ -138,6 +138,7 @@ def facts(sim) -> dict:
                 "transfers": link.transfers,
                 "bytes": link.delivered_bytes,
                 "busy_s": link.busy_s,
+                "mean_in_flight": round(link.flight_s / link.busy_s, 3) if link.busy_s else 0.0,
                 "bandwidth_bytes_per_s": link.bandwidth,
             }
             for link in sim.links.values()
@@ -155,6 +156,7 @@ def facts(sim) -> dict:
         },
         "clients": [c.spec.name for c in sim.clients],
         "assumptions": dict(sim.assumptions),
+        "unused_pools": list(sim.unused_pools),
     }
 
 
@@ -212,6 +214,7 @@ def summarize(scenario: Scenario, facts: dict, requests: pd.DataFrame, timeline:
         "tpot_ms": pcts(done.tpot_ms),
         "e2e_ms": pcts(done.e2e_ms),
         "queue_ms": pcts(done.queue_ms),
+        **({"answer_ttft_ms": pcts(done.answer_ttft_ms)} if "answer_ttft_ms" in done else {}),
         "throughput_req_per_s": round(len(done) / span, 4) if span else 0.0,
         "throughput_output_tokens_per_s": round(float(done.output_tokens.sum()) / span, 2) if span else 0.0,
         "goodput_req_per_s": round(len(good) / span, 4) if span else 0.0,
@@ -283,6 +286,8 @@ def summarize(scenario: Scenario, facts: dict, requests: pd.DataFrame, timeline:
         out["cost_missing"] = f"no price for pool(s) {', '.join(missing)}: set price_per_hour_usd"
     out["tokens_per_dollar"] = round(float(done.output_tokens.sum()) / out["cost_usd"], 1) if out["cost_usd"] else None
     out["assumptions"] = facts["assumptions"]
+    if facts.get("unused_pools"):
+        out["unused_pools"] = facts["unused_pools"]
     return out
 
 

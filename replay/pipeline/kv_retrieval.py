@@ -22,8 +22,12 @@ class KVRetrievalStage(Stage):
         pool = sim.llm_pool_for(run, self.spec.pool)
         self.begin(run, now)
         run.pools[self.index] = pool.name
-        probe = Req(-1, now, run.context, 1, run.session, run.client, run.hashes)
-        replica = run.routed.setdefault(pool.name, pool.route(probe))
+        replica = run.routed.get(pool.name)
+        if replica is None:
+            replica = run.routed[pool.name] = pool.reserve(
+                Req(-1, now, run.context, 1, run.session, run.client, run.hashes)
+            )
+            run.reserved = (run.reserved or ()) + (pool.name,)
         rep = pool.replicas[replica]
         ht = pool.hash_tokens
         full = min(len(run.hashes), max(run.context - 1, 0) // ht)  # whole blocks of the prompt, last token excluded

@@ -44,11 +44,15 @@ class LLMStage(Stage):
         if pool.frontend_s:
             self.sim.loop.call_at(now + pool.frontend_s, self._submit, (pool, seq))
         else:
-            pool.submit(seq, now, run.routed.get(pool.name))
+            self._submit((pool, seq), now)
 
     def _submit(self, arg, now: float) -> None:
         pool, seq = arg
-        pool.submit(seq, now, seq.owner.routed.get(pool.name))
+        run = seq.owner
+        reserved = bool(run.reserved) and pool.name in run.reserved
+        if reserved:
+            run.reserved = tuple(p for p in run.reserved if p != pool.name)
+        pool.submit(seq, now, run.routed.get(pool.name), reserved)
 
     def _done(self, seq: Req, now: float) -> None:
         run = seq.owner
@@ -65,6 +69,8 @@ class LLMStage(Stage):
         run.prefill_s += seq.prefill_s
         run.hit_tokens += seq.hit_tokens
         run.replicas[i] = seq.replica
+        if i == self.graph.answer and run.reasoning_tokens and seq.first_token is not None:
+            run.stats["answer_ttft_ms"] = (seq.first_token - run.arrival) * 1e3  # the first token after reasoning
         self.finished(run, seq, now)
 
     def finished(self, run, seq: Req, now: float) -> None:

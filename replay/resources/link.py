@@ -40,6 +40,7 @@ class Link:
     delivered_bytes: float = 0.0
     moved_bytes: float = 0.0  # progress integrated over time (equals delivered when idle)
     busy_s: float = 0.0
+    flight_s: float = 0.0  # transfer-seconds in flight (sharing): flight_s / busy_s transfers at a time
     transfers: int = 0
     log: list[tuple] | None = None  # (start_s, end_s, bytes) of every transfer, when outputs want them
     _last: float = 0.0
@@ -96,6 +97,7 @@ class Link:
     def _deliver(self, t: Transfer, now: float) -> None:
         t.ended = now
         self.delivered_bytes += t.nbytes
+        self.flight_s += now - t.started
         if self.log is not None:
             self.log.append((t.started, now, t.nbytes))
         t.callback(t.arg, now)

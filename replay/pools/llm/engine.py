@@ -137,6 +137,7 @@ class Replica:
         self.prefilling: list[Req] = []
         self.swapped: deque[Req] = deque()
         self.handoff: dict[Req, None] = {}  # prefilled, KV held until the pipeline releases it
+        self.reserved = 0  # requests routed here ahead of their submission (fetching their KV): load to come
         self.cohort = DecodeCohort(kv.block_tokens)
         self.busy = False
         self.plan: BatchPlan | None = None  # the plan in flight, while busy
@@ -146,7 +147,7 @@ class Replica:
 
     @property
     def outstanding(self) -> int:
-        return len(self.waiting) + len(self.running) + len(self.swapped) + len(self.incoming)
+        return len(self.waiting) + len(self.running) + len(self.swapped) + len(self.incoming) + self.reserved
 
     def held_blocks(self) -> int:
         held = self.cohort.blocks + (self.prefix.held if self.prefix is not None else 0)
@@ -245,9 +246,18 @@ class LLMPool:
         """Devices the pool occupies (engines of a PP replica share its devices)."""
         return self.spec.replicas * self.spec.tp * self.spec.pp
 
-    def submit(self, req: Req, now: float, replica: int | None = None) -> None:
+    def reserve(self, req: Req) -> int:
+        """Route a sequence ahead of its submission (its KV is fetched there first): the replica counts it as
+        outstanding from now, so routing meanwhile sees the load to come. Returns the replica."""
+        index = self.route(req)
+        self.replicas[index].reserved += 1
+        return index
+
+    def submit(self, req: Req, now: float, replica: int | None = None, reserved: bool = False) -> None:
         """Queue a sequence on a replica (the router's choice unless given); rejected ones are reported at once."""
         rep = self.replicas[self.route(req) if replica is None else replica]
+        if reserved:
+            rep.reserved -= 1
         if not self._admissible(req, rep, now):
             return
         req.replica = rep.index
