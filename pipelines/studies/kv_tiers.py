@@ -18,7 +18,7 @@ from .common import Study, markdown_table, ms_to_s
 LOG = "requests/mooncake/conversation_trace.jsonl"
 BANDWIDTHS_GB_S = (1, 3, 10, 25, 50)
 LOADS = (1.0, 2.0)
-SLO_TTFT_P99_MS = 5000
+SLO_TTFT_P50_MS = 500  # median TTFT target whose bandwidth need the study reports
 CONTEXTS = (1024, 4096, 16384, 65536)
 
 
@@ -48,7 +48,7 @@ def _base(study: Study) -> dict:
             },
             "recompute": {"stages": [{"name": "generate", "type": "llm", "pool": "llm"}]},
         },
-        "slo": {"ttft_ms": SLO_TTFT_P99_MS, "tpot_ms": 100},
+        "slo": {"ttft_ms": 2000, "tpot_ms": 100},
     }
 
 
@@ -143,7 +143,7 @@ def kv_retrieval(study: Study) -> dict:
             label=f"recompute, TTFT p99, {load:g}x",
         )
         axes[2].plot(g["bandwidth_gb_s"], g["fetch_p99_ms"], style, marker="o", label=f"{load:g}x load")
-    axes[0].axhline(SLO_TTFT_P99_MS / 1e3, color="red", lw=1.2, label=f"SLO {SLO_TTFT_P99_MS / 1e3:g} s")
+    axes[0].axhline(SLO_TTFT_P50_MS / 1e3, color="red", lw=1.2, label=f"median target {SLO_TTFT_P50_MS / 1e3:g} s")
     axes[0].set(
         xscale="log",
         xlabel="remote pool bandwidth per GPU (GB/s)",
@@ -174,24 +174,27 @@ def kv_retrieval(study: Study) -> dict:
     plt.close(fig)
 
     one = fetch[fetch["load"] == 1.0].sort_values("bandwidth_gb_s")
-    meets = one[one["ttft_p99_ms"] <= SLO_TTFT_P99_MS]
+    two = fetch[fetch["load"] == 2.0].sort_values("ttft_p99_ms")
+    meets = one[one["ttft_p50_ms"] <= SLO_TTFT_P50_MS]
     needed = float(meets["bandwidth_gb_s"].iloc[0]) if len(meets) else None
     rec1 = table[(table["mode"] == "recompute") & (table["load"] == 1.0)].iloc[0]
-    fast = one.iloc[-1]
+    rec2 = table[(table["mode"] == "recompute") & (table["load"] == 2.0)].iloc[0]
+    best1 = one.sort_values("ttft_p50_ms").iloc[0]
     contention = fetch[fetch["bandwidth_gb_s"] == BANDWIDTHS_GB_S[0]].sort_values("load")
     finding = (
-        f"Fetching reused prefixes from the remote pool at {fast['bandwidth_gb_s']:g} GB/s per GPU cuts TTFT p99 "
-        f"from {ms_to_s(rec1['ttft_p99_ms'])} s (recompute) to {ms_to_s(fast['ttft_p99_ms'])} s; "
+        f"Fetching reused prefixes from the remote pool cuts median TTFT from {rec1['ttft_p50_ms']:.0f} ms "
+        f"(recompute) to {best1['ttft_p50_ms']:.0f} ms at the logged load, and TTFT p99 from "
+        f"{ms_to_s(rec2['ttft_p99_ms'])} s to {ms_to_s(two.iloc[0]['ttft_p99_ms'])} s at twice the load; "
         + (
-            f"{needed:g} GB/s per GPU is the least bandwidth tried that meets a {SLO_TTFT_P99_MS / 1e3:g} s p99 TTFT, "
+            f"a median TTFT within {SLO_TTFT_P50_MS} ms needs {needed:g} GB/s per GPU; "
             if needed
-            else f"no bandwidth tried meets a {SLO_TTFT_P99_MS / 1e3:g} s p99 TTFT, "
+            else f"no bandwidth tried keeps the median TTFT within {SLO_TTFT_P50_MS} ms; "
         )
-        + f"and fetching beats recomputing a {CONTEXTS[-1] // 1024}k-token context above "
-        f"{float(cross['breakeven_gb_s'].iloc[-1]):.2f} GB/s per GPU; at {BANDWIDTHS_GB_S[0]} GB/s, doubling the "
-        f"load takes the fetches sharing a link from {float(contention['fetches_in_flight'].iloc[0]):.2f} to "
-        f"{float(contention['fetches_in_flight'].iloc[-1]):.2f} at a time (remote hit rate "
-        f"{float(contention['remote_hit_rate'].iloc[0]):.1%} -> {float(contention['remote_hit_rate'].iloc[-1]):.1%})."
+        + f"fetching beats recomputing a {CONTEXTS[-1] // 1024}k-token context above "
+        f"{float(cross['breakeven_gb_s'].iloc[-1]):.2f} GB/s per GPU; at {BANDWIDTHS_GB_S[0]} GB/s, twice the load "
+        f"lowers the remote hit rate from {float(contention['remote_hit_rate'].iloc[0]):.1%} to "
+        f"{float(contention['remote_hit_rate'].iloc[-1]):.1%} (blocks are written back after generation) while "
+        f"{float(contention['fetches_in_flight'].iloc[-1]):.2f} fetches share a link at a time."
     )
     shown = table[
         [
@@ -223,12 +226,17 @@ def kv_retrieval(study: Study) -> dict:
         body,
         table,
         {
-            "ttft_p99_s": {"recompute": ms_to_s(rec1["ttft_p99_ms"]), "fetch_best": ms_to_s(fast["ttft_p99_ms"])},
-            "bandwidth_for_slo_gb_s": needed,
+            "ttft_p50_ms_1x": {
+                "recompute": round(float(rec1["ttft_p50_ms"]), 1),
+                "fetch_best": round(float(best1["ttft_p50_ms"]), 1),
+            },
+            "ttft_p99_s_2x": {
+                "recompute": ms_to_s(rec2["ttft_p99_ms"]),
+                "fetch_best": ms_to_s(two.iloc[0]["ttft_p99_ms"]),
+            },
+            "bandwidth_for_median_ttft_500ms_gb_s": needed,
             "breakeven_gb_s_per_gpu": {
                 int(r.context_tokens): round(float(r.breakeven_gb_s), 3) for r in cross.itertuples()
             },
         },
     )
-
-
