@@ -146,6 +146,7 @@ def kv_retrieval(study: Study) -> dict:
     axes[0].axhline(SLO_TTFT_P50_MS / 1e3, color="red", lw=1.2, label=f"median target {SLO_TTFT_P50_MS / 1e3:g} s")
     axes[0].set(
         xscale="log",
+        yscale="log",
         xlabel="remote pool bandwidth per GPU (GB/s)",
         ylabel="time to first token (s)",
         title="TTFT vs remote KV bandwidth",
