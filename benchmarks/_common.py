@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 
@@ -24,3 +26,13 @@ def peak_rss(cmd: list[str]) -> tuple[float, int, str]:
     if child.returncode:
         sys.exit(f"{cmd} failed: {err}")
     return time.perf_counter() - t0, peak, out
+
+
+HEADLINE = Path(__file__).resolve().parent / "results" / "headline.json"
+
+
+def update_headline(figures: dict) -> None:
+    """Merge a benchmark's headline figures into results/headline.json (what `dvc metrics show` lists)."""
+    doc = json.loads(HEADLINE.read_text()) if HEADLINE.exists() else {}
+    doc.update(figures)
+    HEADLINE.write_text(json.dumps(dict(sorted(doc.items())), indent=1) + "\n")

@@ -202,11 +202,25 @@ def _holdout(group: pd.DataFrame, family: str, device: Device, seed: int) -> dic
     }
 
 
+SIGNIFICANT = 12  # artifact floats: the last bits of a fit vary with the BLAS, not with the data
+
+
+def rounded(value):
+    """Floats to SIGNIFICANT digits, recursively, so artifacts are byte-identical run to run."""
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [rounded(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(f"{float(value):.{SIGNIFICANT}g}") if np.isfinite(value) else float(value)
+    return value
+
+
 def save(doc: dict, warehouse_root: Path) -> Path:
     path = models_path(warehouse_root, doc["device"])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
+    tmp.write_text(json.dumps(rounded(json.loads(json.dumps(doc, default=str))), indent=1))
     tmp.replace(path)
     return path
 

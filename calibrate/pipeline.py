@@ -37,17 +37,16 @@ class CalibrationResult:
 
 
 def metrics(rows: list[dict]) -> dict:
-    """DVC metrics: median / p90 held-out error per family, split and model, on the catalog shapes."""
+    """DVC metrics, a person's headline: the held-out error (shape-block split, catalog shapes) of the calibrated
+    models and of the plain roofline, row-weighted over every op family; per family in the report."""
+    df = [r for r in rows if r["subset"] == "catalog" and r["split"] == "shape_block"]
     out: dict = {}
-    for r in rows:
-        if r["subset"] != "catalog":
-            continue
-        key = f"{r['family']}.{r['dtype']}.{r['framework']}"
-        out.setdefault(key, {}).setdefault(r["split"], {})[r["model"]] = {
-            "median_ape": r["median_ape"],
-            "p90_ape": r["p90_ape"],
-            "n": r["n"],
-        }
+    for model, prefix in (("calibrated", ""), ("roofline", "roofline_")):
+        mine = [r for r in df if r["model"] == model]
+        n = sum(r["n"] for r in mine)
+        if n:
+            out[f"{prefix}median_ape"] = round(sum(r["median_ape"] * r["n"] for r in mine) / n, 4)
+    out["held_out_rows"] = sum(r["n"] for r in df if r["model"] == "calibrated")
     return out
 
 

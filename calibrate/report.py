@@ -31,7 +31,9 @@ def reports_dir(warehouse_root: Path) -> Path:
 def save_rows(rows: list[dict], warehouse_root: Path, device: str) -> Path:
     path = reports_dir(warehouse_root) / f"{device}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([{k: r[k] for k in ROW_FIELDS} for r in rows], indent=1))
+    from .artifacts import rounded
+
+    path.write_text(json.dumps(rounded([{k: r[k] for k in ROW_FIELDS} for r in rows]), indent=1))
     return path
 
 

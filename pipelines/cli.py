@@ -73,6 +73,9 @@ def ingest(
     log_name: Annotated[str | None, typer.Option(help="Name request logs this (default: from the file).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for logs generated from distributions (ServeGen).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    fresh: Annotated[
+        bool, typer.Option(help="Replace the warehouse's data with exactly these sources (models and reports stay).")
+    ] = False,
 ) -> None:
     """Ingest profiling traces, perf databases and request logs into the warehouse, all or nothing. The
     warehouse stays readable while files are parsed; it is locked only for the commit."""
@@ -80,6 +83,8 @@ def ingest(
 
     root = warehouse or default_location()
     with errors():
+        if fresh:
+            Warehouse.clear_data(root)
         report = run_ingest(root, paths, fmt, {"log_name": log_name, "seed": seed}, progress=not quiet)
     for b in report.committed:
         log.info(

@@ -165,7 +165,15 @@ def validate_silicon(
             log.info("wrote %s", p)
     if metrics is not None:
         metrics.parent.mkdir(parents=True, exist_ok=True)
-        metrics.write_text(dumps(result["summary"]) + "\n")
+        s = result["summary"]
+        held, roof = s.get("held_out") or {}, s.get("held_out_roofline") or {}
+        head = {
+            "held_out_rows": s.get("held_out_rows", 0),
+            **{k: held.get(k) for k in ("ttft_median_ape", "tpot_median_ape")},
+            "roofline_ttft_median_ape": roof.get("ttft_median_ape"),
+            "roofline_tpot_median_ape": roof.get("tpot_median_ape"),
+        }
+        metrics.write_text(dumps(head) + "\n")
     if fmt == "json":
         write_json(result)
         return

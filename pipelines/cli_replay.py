@@ -50,6 +50,7 @@ def replay(
         Path | None, typer.Option("--out", help="Write requests / timeline Parquet, summary JSON, plots, trace here.")
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="Summary as text or json on stdout.")] = "text",
+    metrics: Annotated[Path | None, typer.Option(help="Write the headline figures here (a DVC metrics file).")] = None,
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Simulate serving request logs (or synthetic / closed-loop sources) through a scenario's pools and
@@ -86,6 +87,12 @@ def replay(
 
         write(result, out_dir)
     s = result["summary"]
+    if metrics is not None:
+        from ..replay.outputs.jsonout import dumps
+        from ..replay.outputs.tables import headline
+
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        metrics.write_text(dumps(headline(s)) + "\n")
     if fmt == "json":
         write_json(s)
         return

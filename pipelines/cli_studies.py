@@ -21,6 +21,7 @@ def study(
     data: Annotated[Path, typer.Option(help="A data root laid out like ../shared/data.")] = SAMPLES,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Default: reports/studies/NAME.")] = None,
     workers: Annotated[int, typer.Option(help="Local Dask workers (0: serial).")] = 2,
+    metrics: Annotated[Path | None, typer.Option(help="Also write the headline metrics here (DVC).")] = None,
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Run one case study: its replays (as Dask tasks), a Markdown section with its finding, PNGs, every point
@@ -36,8 +37,11 @@ def study(
         raise typer.Exit(2)
     target = out_dir or Path("reports/studies") / name
     with errors(), dask_client(workers) if workers else contextlib.nullcontext() as client:
-        metrics = STUDIES[name](Study(Path(data), warehouse or default_location(), target, client))
-    out.print(f"{metrics['title']}: {metrics['finding']}")
+        result = STUDIES[name](Study(Path(data), warehouse or default_location(), target, client))
+    if metrics is not None:
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        metrics.write_text(json.dumps({"key_number": result["key_number"], "key": result["key"]}, indent=1) + "\n")
+    out.print(f"{result['title']}: {result['finding']}")
 
 
 @app.command("report")
@@ -45,8 +49,12 @@ def report(
     reports: Annotated[Path, typer.Option(help="The reports folder (studies/ and validate_silicon/ inside).")] = Path(
         "reports"
     ),
+    warehouse: WarehouseOpt = None,
 ) -> None:
-    """Assemble reports/README.md: the validation's headline errors, then every case study's section."""
+    """Assemble reports/README.md: the calibration's and the validation's held-out errors, the bundled replays,
+    then every case study's section."""
+    from ..calibrate.report import load_rows
+
     parts = [
         "# hermes-sim report",
         "",
@@ -74,6 +82,53 @@ def report(
             "",
             f"{s.get('held_out_rows', 0)} held-out rows; {s.get('not_expressed', 0)} rows listed as not "
             "expressed, with reasons, in [validate_silicon/not_expressed.csv](validate_silicon/not_expressed.csv).",
+            "",
+        ]
+    rows = [
+        r
+        for r in load_rows(warehouse or default_location())
+        if r["subset"] == "catalog" and r["split"] == "shape_block" and r["model"] in ("calibrated", "roofline")
+    ]
+    if rows:
+        parts += [
+            "## Op-level fidelity (held-out shapes, model-catalog subset)",
+            "",
+            "Median / p90 absolute percentage error on shapes the fit never saw; per group in "
+            "`hermes-sim calibrate report`.",
+            "",
+            "| device | family | dtype | framework | n | calibrated | roofline |",
+            "| --- " * 7 + "|",
+        ]
+        groups: dict = {}
+        for r in rows:
+            groups.setdefault((r["device"], r["family"], r["dtype"], r["framework"]), {})[r["model"]] = r
+        for (dev, fam, dtype, fw), g in sorted(groups.items()):
+            cal, roof = g.get("calibrated", {}), g.get("roofline", {})
+            parts.append(
+                f"| {dev} | {fam} | {dtype} | {fw} | {cal.get('n', roof.get('n'))} | "
+                f"{_pct(cal.get('median_ape'))} / {_pct(cal.get('p90_ape'))} | "
+                f"{_pct(roof.get('median_ape'))} / {_pct(roof.get('p90_ape'))} |"
+            )
+        parts.append("")
+    replays = [(name, reports / name / "summary.json") for name in ("replay_bundled", "replay_rag")]
+    if any(p.exists() for _, p in replays):
+        parts += [
+            "## Replays of the bundled logs",
+            "",
+            "| replay | completed | TTFT p50 / p99 (ms) | TPOT p50 / p99 (ms) | output tokens/s | tokens per dollar |",
+            "| --- " * 6 + "|",
+        ]
+        for _name, path in replays:
+            if path.exists():
+                s = json.loads(path.read_text())
+                parts.append(
+                    f"| {s['scenario']} | {s['completed']} | {s['ttft_ms'].get('p50')} / "
+                    f"{s['ttft_ms'].get('p99')} | {s['tpot_ms'].get('p50')} / {s['tpot_ms'].get('p99')} | "
+                    f"{s['throughput_output_tokens_per_s']} | {s['tokens_per_dollar']} |"
+                )
+        parts += [
+            "",
+            "Their plots, tables and Perfetto traces: [replay_bundled/](replay_bundled/), [replay_rag/](replay_rag/).",
             "",
         ]
     for section in sorted((reports / "studies").glob("*/section.md")):

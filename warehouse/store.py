@@ -105,6 +105,19 @@ class Warehouse:
     def close(self) -> None:
         self.con.close()
 
+    @staticmethod
+    def clear_data(root: Path) -> None:
+        """Remove the catalog and tables (not models, reports or caches): a fresh ingest follows."""
+        root = Path(root)
+        if (root / CATALOG_FILE).exists():
+            try:  # fails, busy, while another process holds it
+                duckdb.connect(str(root / CATALOG_FILE)).close()
+            except duckdb.IOException as e:
+                raise WarehouseBusy(f"the warehouse at {root} is busy: {e}") from None
+        (root / CATALOG_FILE).unlink(missing_ok=True)
+        for name in (SNAPSHOT_DIR, "tables", "staging"):
+            shutil.rmtree(root / name, ignore_errors=True)
+
     def __enter__(self) -> Warehouse:
         return self
 
@@ -173,6 +186,12 @@ class Warehouse:
                     "SELECT relpath FROM parts WHERE table_name = ? ORDER BY relpath", [name]
                 ).fetchall()
             ]
+            missing = next((f for f in files if not os.path.exists(f)), None)
+            if missing:
+                raise FileNotFoundError(
+                    f"warehouse {self.root} is missing committed file {missing}: restore it (`dvc pull` or "
+                    "`dvc checkout`), or rebuild with `hermes-sim ingest --fresh`"
+                )
             if files:
                 listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
                 body = f"SELECT * FROM read_parquet([{listing}])"

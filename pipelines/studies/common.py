@@ -43,7 +43,17 @@ class Study:
         self.figures.append(name)
         return name
 
-    def write(self, title: str, finding: str, data_used: str, body: str, table: pd.DataFrame, metrics: dict) -> dict:
+    def write(
+        self,
+        title: str,
+        finding: str,
+        data_used: str,
+        body: str,
+        table: pd.DataFrame,
+        metrics: dict,
+        key: tuple[str, float | None] = ("", None),
+    ) -> dict:
+        """The section, every point, the detailed metrics; `key` is the one number (name, value) DVC shows."""
         self.out.mkdir(parents=True, exist_ok=True)
         table.to_csv(self.out / "points.csv", index=False, float_format="%.6g")
         figures = "\n".join(f"![{name}]({name})" for name in self.figures)
@@ -51,7 +61,7 @@ class Study:
             f"## {title}\n\n**Finding.** {finding}\n\n*Data:* {data_used}\n\n{figures}\n\n{body.strip()}\n\n"
             f"Every point: [points.csv](points.csv).\n"
         )
-        doc = {"title": title, "finding": finding, **metrics}
+        doc = {"title": title, "finding": finding, "key_number": key[1], "key": key[0], **metrics}
         (self.out / "metrics.json").write_text(dumps(doc) + "\n")
         return json.loads(dumps(doc))
 

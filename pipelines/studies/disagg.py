@@ -110,4 +110,8 @@ def disaggregation(study: Study) -> dict:
                 float(mixed["tokens_per_dollar"] / colo["tokens_per_dollar"]), 3
             ),
         },
+        (
+            "tokens per dollar, A100 decode / colocated H100",
+            round(float(mixed["tokens_per_dollar"] / colo["tokens_per_dollar"]), 3),
+        ),
     )

@@ -240,4 +240,5 @@ def kv_retrieval(study: Study) -> dict:
                 int(r.context_tokens): round(float(r.breakeven_gb_s), 3) for r in cross.itertuples()
             },
         },
+        ("GB/s per GPU for a 0.5 s median TTFT", needed),
     )

@@ -183,4 +183,8 @@ def rag_placement(study: Study) -> dict:
                 "gpu": round(float(gpu["retrieval_p99_ms"]), 2),
             }
         },
+        (
+            "retrieval p99 ms, GPU / CPU placement, 4x load",
+            round(float(gpu["retrieval_p99_ms"] / cpu["retrieval_p99_ms"]), 3),
+        ),
     )

@@ -144,4 +144,5 @@ def reasoning(study: Study) -> dict:
                 "logged_share_4_rounds": ms_to_s(four),
             }
         },
+        ("s to the first answer token, 4 rounds, H100", ms_to_s(four)),
     )

@@ -45,7 +45,7 @@ def tokens_per_dollar(study: Study) -> dict:
         }
     )
     space = Space.model_validate(SPACE)
-    search, table, seconds = run_search(base, space, study.warehouse, study.client, progress=False)
+    search, table, _ = run_search(base, space, study.warehouse, study.client, progress=False)
     params = list(space.parameters)
     top = best(table, space, params)
     naive_rows = table[table["feasible"] & (table["pools.llm.device"] == "h100_sxm")]
@@ -83,10 +83,9 @@ def tokens_per_dollar(study: Study) -> dict:
         ]
     ]
     body = (
-        f"{len(search.points)} points (device x replicas x chunk budget), each a full replay, {search.replays} run "
-        f"and {search.cached} from the cache in {seconds:.1f} s. Devices without measurements in the warehouse are "
-        "priced by transfer from the nearest calibrated device (`calibrated_share` < 1): treat their figures with "
-        "that in mind.\n\n" + markdown_table(shown, 2)
+        f"{len(search.points)} points (device x replicas x chunk budget), each a full replay, as Dask tasks. "
+        "Devices without measurements in the warehouse are priced by transfer from the nearest calibrated "
+        "device (`calibrated_share` < 1): treat their figures with that in mind.\n\n" + markdown_table(shown, 2)
     )
     return study.write(
         "Tokens per dollar",
@@ -97,12 +96,11 @@ def tokens_per_dollar(study: Study) -> dict:
         {
             "tokens_per_dollar_gain": round(ratio, 3) if ratio else None,
             "points": len(search.points),
-            "replays": search.replays,
             "best": top.get("point"),
             "frontier": [
                 {k: r[k] for k in (*params, "tokens_per_dollar", "ttft_p99_ms")}
                 for r in frontiers(table)["tokens_per_dollar_vs_ttft_p99"]
             ],
-            "seconds": round(seconds, 2),
         },
+        ("tokens per dollar, best / all-H100", round(ratio, 3) if ratio else None),
     )

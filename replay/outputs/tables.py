@@ -344,3 +344,12 @@ def _pool_summary(f: dict, span: float) -> dict:
     out["price_per_device_hour_usd"] = price
     out["price_source"] = price_source
     return out
+
+
+def headline(s: dict) -> dict:
+    """The figures a person reads first (DVC metrics)."""
+    return {
+        "ttft_p99_ms": s["ttft_ms"].get("p99"),
+        "tpot_p99_ms": s["tpot_ms"].get("p99"),
+        "tokens_per_dollar": s["tokens_per_dollar"],
+    }
