@@ -187,3 +187,48 @@ def validate_silicon(
     for r in result["not_expressed"]:
         lines.append(f"not expressed: {r['id']} (line {r.get('line')}): {r['reason']}")
     sys.stdout.write("\n".join(lines) + "\n\n" + dumps(result["summary"], indent=None) + "\n")
+
+
+@validate_app.command("bench")
+def validate_bench(
+    path: Annotated[
+        Path, typer.Argument(help="Argonne LLM-Inference-Bench folder (or its All_results.csv).", exists=True)
+    ],
+    fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+    limit: Annotated[int | None, typer.Option(help="At most this many rows per file.")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write rows.csv, not_expressed.csv, summary.json.")
+    ] = None,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Predicted vs measured static-batch latency (and TTFT) of the Argonne LLM-Inference-Bench rows, through
+    whatever tier each device has; errors per device and tier beside a plain roofline."""
+    import pandas as pd
+
+    from ..replay.outputs.jsonout import dumps
+    from ..replay.validate_bench import validate_bench as run
+
+    check_format(fmt)
+    with errors():
+        result = run(path, warehouse or default_location(), limit)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(result["rows"]).to_csv(out_dir / "rows.csv", index=False)
+        pd.DataFrame(result["not_expressed"]).to_csv(out_dir / "not_expressed.csv", index=False)
+        (out_dir / "summary.json").write_text(dumps(result["summary"]) + "\n")
+    if fmt == "json":
+        write_json(result)
+        return
+    for metric, s in result["summary"].items():
+        if not isinstance(s, dict) or "by_device_and_tier" not in s:
+            continue
+        out.print(
+            f"{metric}: {s['rows']} rows, median / p90 APE {s['all']['median_ape']:.1%} / "
+            f"{s['all']['p90_ape']:.1%} (roofline {s['all']['roofline']['median_ape']:.1%})"
+        )
+        for g in s["by_device_and_tier"]:
+            out.print(
+                f"  {g['device']:<16} {g['tier']:<20} {g['rows']:>4} rows  {g['median_ape']:.1%} / "
+                f"{g['p90_ape']:.1%}  (roofline {g['roofline']['median_ape']:.1%})"
+            )
+    out.print(f"{result['summary']['not_expressed']} rows not expressed (--out lists them with the reason)")

@@ -180,3 +180,43 @@ def search(
         [*params, "tokens_per_dollar", "ttft_p99_ms"],
         [tuple(r.get(k) for k in [*params, "tokens_per_dollar", "ttft_p99_ms"]) for r in front],
     )
+
+
+@app.command("estimate")
+def estimate_cmd(
+    device: Annotated[str, typer.Option("--device", "-d", help="Device id (see `hermes-sim devices`).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model id (see `hermes-sim models`).")],
+    batch: Annotated[int, typer.Option(help="Requests in the static batch.", min=1)],
+    input_tokens: Annotated[int, typer.Option(help="Prompt tokens per request.", min=1)],
+    output_tokens: Annotated[int, typer.Option(help="Output tokens per request.", min=1)],
+    tp: Annotated[int, typer.Option(help="Tensor parallelism.", min=1)] = 1,
+    pp: Annotated[int, typer.Option(help="Pipeline parallelism.", min=1)] = 1,
+    dtype: Annotated[str, typer.Option(help="Weights / activations dtype.")] = "bfloat16",
+    framework: Annotated[str | None, typer.Option(help="Serving framework whose models and overhead price it.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """The cost of one static batch: prefill of the B prompts as one batch, the mean decode iteration over the
+    O steps (KV growing from I to I+O), end to end; with the tiers that priced them and the step overhead."""
+    from ..replay.estimate import estimate
+
+    check_format(fmt)
+    with errors():
+        est = estimate(
+            device, model, batch, input_tokens, output_tokens, warehouse or default_location(), tp, pp, dtype, framework
+        )
+    if fmt == "json":
+        write_json(est)
+        return
+    out.print(
+        f"{model} on {tp * pp}x {device} (TP {tp}, PP {pp}, {dtype}), batch {batch} x {input_tokens} in / "
+        f"{output_tokens} out: prefill {est['prefill_ms']} ms, decode step {est['decode_step_ms']} ms, "
+        f"end to end {est['e2e_ms']} ms"
+    )
+    out.print(f"priced from: {', '.join(f'{k} {v} ops' for k, v in est['cost_tiers'].items())}")
+    out.print(f"step overhead {est['step_overhead_us']} us per iteration: {est['step_overhead_source']}")
+    if not est["kv_fits"]:
+        out.print(
+            f"warning: the batch needs {est['kv_blocks_needed']} KV blocks, a replica has "
+            f"{est['kv_blocks_per_replica']}: a server would not run it as one batch"
+        )

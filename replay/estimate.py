@@ -1,0 +1,105 @@
+"""One static batch, priced (AIConfigurator's `estimate`): B requests of I prompt tokens and O output tokens on
+one replica. The B prompts are prefilled as one batch; then O - 1 decode iterations of the B sequences, their
+KV growing from I to I + O (priced at 16 KV lengths and integrated: a decode step's time is smooth in its KV
+length). Ops are priced by the device's cost models exactly as the engine prices an iteration (every stage of
+a PP replica in turn, the LM head once, CUDA-graph variants for small decode batches on NVIDIA GPUs), each
+carrying its tier; the step overhead (the serving framework's CPU time per iteration: scheduling, sampling,
+launch gaps) is included and named. A step-level figure separates cost-model error from scheduling and client
+effects."""
+
+from __future__ import annotations
+
+from collections import Counter
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..calibrate.catalog import device as catalog_device
+from ..calibrate.catalog import model as catalog_model
+from ..calibrate.model import CostModel
+from ..calibrate.ops import Batch, Parallelism, layer_ops
+from .pools.llm.build import step_overhead
+from .pools.llm.kv import kv_blocks
+from .scenario import LLMPoolSpec
+
+KV_POINTS = 16
+CUDA_GRAPH_MAX_TOKENS = 512  # vLLM's default capture size, as the engine's pools use
+
+
+@cache
+def _cost_model(device: str, root: str, framework: str | None, mtime: int) -> CostModel:
+    return CostModel(device, Path(root), framework)
+
+
+def estimate(
+    device: str,
+    model: str,
+    batch: int,
+    input_tokens: int,
+    output_tokens: int,
+    warehouse_root: Path,
+    tp: int = 1,
+    pp: int = 1,
+    dtype: str = "bfloat16",
+    framework: str | None = None,
+) -> dict:
+    spec = LLMPoolSpec(
+        device=device,
+        model=model,
+        tp=tp,
+        pp=pp,
+        dtype=dtype,
+        framework=framework,
+        max_model_len=input_tokens + output_tokens + 1,
+    )
+    dev, mdl = catalog_device(device), catalog_model(model)
+    blocks = kv_blocks(spec, dev, mdl)
+    need = batch * -(-(input_tokens + output_tokens) // spec.memory.block_tokens)
+    overhead_us, overhead_source = step_overhead(spec, warehouse_root)
+    artifact = Path(warehouse_root) / "models" / f"{device}.json"
+    cm = _cost_model(
+        device, str(Path(warehouse_root).resolve()), framework, artifact.stat().st_mtime_ns if artifact.exists() else 0
+    )
+    par = Parallelism(
+        tp=tp, pp=pp, dtype=dtype, devices_per_node=dev.devices_per_node if tp * pp > dev.devices_per_node else None
+    )
+    graphs = dev.vendor == "nvidia"
+    steps = max(output_tokens - 1, 0)
+    kv = np.unique(np.round(np.linspace(input_tokens + 1, input_tokens + max(steps, 1), KV_POINTS))).astype(int)
+    frames = [layer_ops(mdl, Batch(prefill=((input_tokens, 0),) * batch), par).assign(point=-1, cuda_graph=False)]
+    if steps:
+        for i, length in enumerate(kv):
+            ops = layer_ops(mdl, Batch(decode=(int(length),) * batch), par)
+            frames.append(ops.assign(point=i, cuda_graph=graphs and batch <= CUDA_GRAPH_MAX_TOKENS))
+    ops = pd.concat(frames, ignore_index=True)
+    pred = cm.predict(ops)
+    per_stage = np.where(ops["name"] == "lm_head", 1.0, float(pp))  # each PP stage in turn; the head once
+    us = pred["latency_us"].to_numpy() * ops["count"].to_numpy() * per_stage
+    prefill_us = float(us[ops["point"].to_numpy() == -1].sum()) + overhead_us
+    decode_s = 0.0
+    if steps:
+        at = np.array([us[ops["point"].to_numpy() == i].sum() for i in range(len(kv))]) + overhead_us
+        decode_s = float(np.interp(np.arange(input_tokens + 1, input_tokens + steps + 1), kv, at).sum()) / 1e6
+    tiers = Counter(pred["tier"])
+    return {
+        "device": device,
+        "model": model,
+        "tp": tp,
+        "pp": pp,
+        "dtype": dtype,
+        "framework": framework,
+        "batch": batch,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "prefill_ms": round(prefill_us / 1e3, 4),
+        "decode_step_ms": round(decode_s * 1e3 / steps, 4) if steps else None,
+        "e2e_ms": round(prefill_us / 1e3 + decode_s * 1e3, 4),
+        "step_overhead_us": overhead_us,
+        "step_overhead_source": overhead_source,
+        "cost_tiers": dict(tiers),
+        "kv_fits": need <= blocks,
+        "kv_blocks_needed": need,
+        "kv_blocks_per_replica": blocks,
+    }
