@@ -1,0 +1,88 @@
+"""`hermes-sim estimate` (one static batch, priced) and `validate bench` (Argonne's LLM-Inference-Bench)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLES
+from hermes_sim.replay.estimate import estimate
+from hermes_sim.replay.validate_bench import validate_bench
+
+EXE = Path(sys.executable).with_name("hermes-sim")
+
+
+@pytest.fixture(scope="module")
+def wh(calibrated_warehouse: Path) -> Path:
+    return calibrated_warehouse
+
+
+def test_estimate_prices_the_batch_as_the_engine_prices_its_iterations(wh: Path):
+    from hermes_sim.replay.pools.llm.build import iteration_cost, step_overhead
+    from hermes_sim.replay.scenario import LLMPoolSpec
+
+    est = estimate("h100_sxm", "llama-3.1-8b", 8, 512, 64, wh, framework="vllm")
+    spec = LLMPoolSpec(
+        device="h100_sxm",
+        model="llama-3.1-8b",
+        framework="vllm",
+        max_model_len=577,
+        batching={"max_batched_tokens": 8192, "max_num_seqs": 8},
+    )
+    cost = iteration_cost(spec, wh, step_overhead(spec, wh)[0])
+    engine_prefill_ms = cost.iteration_us([(512, 0)] * 8, 0, 0) / 1e3
+    assert est["prefill_ms"] == pytest.approx(engine_prefill_ms, rel=0.03)  # grids interpolate; estimate is exact
+    engine_step_ms = cost.iteration_us([], 8, 8 * (512 + 32)) / 1e3
+    assert est["decode_step_ms"] == pytest.approx(engine_step_ms, rel=0.03)
+    assert est["e2e_ms"] == pytest.approx(est["prefill_ms"] + 63 * est["decode_step_ms"], rel=1e-3)
+    assert set(est["cost_tiers"]) == {"measured-calibrated"} and "default" in est["step_overhead_source"]
+    bigger = estimate("h100_sxm", "llama-3.1-8b", 32, 512, 64, wh, framework="vllm")
+    assert bigger["prefill_ms"] > 3 * est["prefill_ms"] and bigger["decode_step_ms"] >= est["decode_step_ms"]
+    tp2 = estimate("h100_sxm", "llama-3.1-8b", 8, 512, 64, wh, tp=2, framework="vllm")
+    assert tp2["decode_step_ms"] < est["decode_step_ms"]
+
+
+def test_estimate_cli_json():
+    out = subprocess.run(
+        [
+            str(EXE),
+            "estimate",
+            "--device",
+            "a100_sxm",
+            "--model",
+            "llama-2-7b",
+            "--batch",
+            "4",
+            "--input-tokens",
+            "256",
+            "--output-tokens",
+            "32",
+            "--format",
+            "json",
+            "-w",
+            "/nonexistent-warehouse",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["cost_tiers"] == {"roofline": doc["cost_tiers"]["roofline"]}  # no models: every op at roofline
+    assert doc["prefill_ms"] > 0 and doc["decode_step_ms"] > 0
+
+
+def test_validate_bench_reports_errors_per_device_and_tier(wh: Path):
+    result = validate_bench(SAMPLES / "e2e/llm_inference_bench", wh)
+    rows = result["rows"]
+    assert rows and {r["metric"] for r in rows} == {"batch_latency", "ttft"}
+    tiers = {(r["device"], r["tier"]) for r in rows}
+    assert ("a100_sxm4_40gb", "transferred") in tiers  # no 40 GB measurements: borrowed from the 80 GB part
+    assert ("h100_sxm", "measured-calibrated") in tiers
+    reasons = " ".join(r["reason"] for r in result["not_expressed"])
+    assert "not in the device catalog" in reasons and "KV blocks, a replica has" in reasons
+    summary = result["summary"]["batch_latency"]
+    assert summary["rows"] == sum(1 for r in rows if r["metric"] == "batch_latency")
+    assert all(g["rows"] > 0 and g["median_ape"] >= 0 for g in summary["by_device_and_tier"])
