@@ -75,7 +75,7 @@ def test_estimate_cli_json():
 
 
 def test_validate_bench_reports_errors_per_device_and_tier(wh: Path):
-    result = validate_bench(SAMPLES / "e2e/llm_inference_bench", wh)
+    result = validate_bench(SAMPLES / "e2e/llm_inference_bench", wh, limit=60)
     rows = result["rows"]
     assert rows and {r["metric"] for r in rows} == {"batch_latency", "ttft"}
     tiers = {(r["device"], r["tier"]) for r in rows}
