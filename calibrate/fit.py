@@ -239,6 +239,7 @@ class Fitted:
     r2: float
     n: int
     cv: dict = field(default_factory=dict)
+    origin: dict = field(default_factory=dict)  # the measurements it was fitted on (device, framework, sources)
 
     def predict(self, df: pd.DataFrame, device: Device, terms: pd.DataFrame | None = None) -> np.ndarray:
         terms = roofline(df, device) if terms is None else terms

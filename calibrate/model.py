@@ -40,12 +40,24 @@ class CostModel:
             self.device = self.device.model_copy(update=doc["device_figures"])  # its measured peak rates
         self.models = self._index(doc)
         self._donors: dict[str, tuple[Device, dict] | None] = {}
+        # per (op family, dtype) priced: the tier and the measurements behind it (device, framework, version,
+        # sources), for the summary to say what priced each family
+        self.provenance: dict[str, dict] = {}
 
     @staticmethod
     def _index(doc: dict | None) -> dict[tuple[str, str], list[tuple[str, Fitted]]]:
         out: dict[tuple[str, str], list[tuple[str, Fitted]]] = {}
         for e in (doc or {}).get("models", []):
-            out.setdefault((e["family"], e["dtype"]), []).append((e["framework"], fitted_from_entry(e)))
+            fitted = fitted_from_entry(e)
+            fitted.origin = {
+                "device": doc.get("device"),
+                "framework": e["framework"],
+                "framework_version": e.get("framework_version"),
+                "dtype": e["dtype"],
+                "samples": e.get("n"),
+                "sources": [x["source_id"] for x in e.get("sources", [])],
+            }
+            out.setdefault((e["family"], e["dtype"]), []).append((e["framework"], fitted))
         return out
 
     def _pick(self, models: dict, family: str, dtype: str) -> Fitted | None:
@@ -98,9 +110,11 @@ class CostModel:
             if fitted is not None:
                 latency[pos] = fitted.predict(rows, self.device, terms.loc[idx])
                 tier[pos] = CALIBRATED
+                self.provenance[f"{family}/{dtype}"] = {"tier": CALIBRATED, **fitted.origin}
                 continue
             donor = self._donor(family)
             if donor is None:
+                self.provenance[f"{family}/{dtype}"] = {"tier": ROOFLINE}
                 continue
             other, models = donor
             donor_fit = self._pick(models, family, dtype)
@@ -108,4 +122,5 @@ class CostModel:
             efficiency = donor_fit.predict(rows, other, donor_terms) / donor_terms["roofline_us"].to_numpy()
             latency[pos] = terms.loc[idx, "roofline_us"].to_numpy() * efficiency
             tier[pos] = TRANSFERRED
+            self.provenance[f"{family}/{dtype}"] = {"tier": TRANSFERRED, **donor_fit.origin}
         return pd.DataFrame({"latency_us": latency, "roofline_us": terms["roofline_us"], "tier": tier}, index=ops.index)

@@ -100,7 +100,9 @@ def test_warehouse_survives_moving_its_directory(tmp_path: Path):
 def test_partitions_by_source_and_device(sample_warehouse: Path):
     parts = files_under(sample_warehouse)
     assert any("/device=h100_sxm/" in p for p in parts) and any("/device=a100_sxm/" in p for p in parts)
-    assert all(p.startswith("tables/") and "/source=" in p for p in parts)
+    tables = {p for p in parts if p.startswith("tables/")}
+    assert all("/source=" in p for p in tables)
+    assert parts - tables == {"catalog/sources.parquet", "catalog/quarantine.parquet", "catalog/parts.parquet"}
 
 
 def test_read_only_open_of_a_missing_warehouse_is_a_clear_error(tmp_path: Path):

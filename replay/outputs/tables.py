@@ -170,6 +170,7 @@ def pool_facts(pool) -> dict:
             batch=[t[3] for rep in pool.replicas for t in rep.timeline],
             kv_tokens_per_engine=pool.replicas[0].kv.total * pool.replicas[0].kv.block_tokens,
             cost_tiers=dict(pool.replicas[0].cost.tiers),
+            priced_by=dict(pool.replicas[0].cost.cost.provenance),
             step_overhead_us=pool.step_overhead_us,
             step_overhead_source=pool.step_overhead_source,
             prefix=[(rep.prefix.hit_tokens, rep.prefix.lookup_tokens) for rep in pool.replicas if rep.prefix],
@@ -181,6 +182,7 @@ def pool_facts(pool) -> dict:
             batch=[t[4] for t in pool.timeline],
             share=pool.share,
             cost_tiers=dict(pool.cost.tiers),
+            priced_by=dict(pool.cost.provenance),
         )
     return out
 
@@ -318,6 +320,7 @@ def _pool_summary(f: dict, span: float) -> dict:
             "step_overhead_us": f["step_overhead_us"],
             "step_overhead_source": f["step_overhead_source"],
             "cost_tiers": f["cost_tiers"],
+            "priced_by": f.get("priced_by", {}),
         }
         if f["prefix"]:
             lookups = sum(lk for _, lk in f["prefix"])
@@ -337,6 +340,7 @@ def _pool_summary(f: dict, span: float) -> dict:
             "batches": len(f["batch"]),
             "mean_batch_size": round(float(np.mean(f["batch"])), 2) if f["batch"] else 0.0,
             "cost_tiers": f["cost_tiers"],
+            "priced_by": f.get("priced_by", {}),
         }
     out["energy_j"] = round(dev.power_watts * device_busy_s, 1) if dev.power_watts else None
     out["energy_source"] = f"power x busy time ({dev.sources.get('power')}); idle power not counted"

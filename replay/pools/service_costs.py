@@ -25,8 +25,9 @@ def _grid(top: int, points: int = 16) -> np.ndarray:
 class _Interpolated:
     """log(time) on a (sequences x tokens) grid, bilinear in log-log space, clamped at the ends."""
 
-    def __init__(self, seqs: np.ndarray, tokens: np.ndarray, log_us: np.ndarray, tiers: Counter):
+    def __init__(self, seqs: np.ndarray, tokens: np.ndarray, log_us: np.ndarray, tiers: Counter, provenance=None):
         self.ls, self.lt, self.log_us, self.tiers = np.log(seqs), np.log(tokens), log_us, tiers
+        self.provenance = dict(provenance or {})
         self._memo: dict[tuple[int, int], float] = {}
 
     def batch_us(self, seqs: int, tokens: int) -> float:
@@ -68,7 +69,8 @@ def encoder_cost(model: ModelConfig, cost: CostModel, dtype: str, max_seqs: int,
     pred = cost.predict(ops)
     total = np.bincount(ops["point"], weights=pred["latency_us"] * ops["count"], minlength=len(seqs) * len(tokens))
     tiers = Counter({t: int(c) for t, c in pred["tier"].value_counts().items()})
-    return _Interpolated(seqs, tokens, np.log(np.maximum(total, 1e-9)).reshape(len(seqs), len(tokens)), tiers)
+    log_us = np.log(np.maximum(total, 1e-9)).reshape(len(seqs), len(tokens))
+    return _Interpolated(seqs, tokens, log_us, tiers, cost.provenance)
 
 
 def vector_search_cost(index: VectorIndex, cost: CostModel, max_queries: int, threads: int) -> _Interpolated:
@@ -94,4 +96,4 @@ def vector_search_cost(index: VectorIndex, cost: CostModel, max_queries: int, th
     pred = cost.predict(ops)
     tiers = Counter({t: int(c) for t, c in pred["tier"].value_counts().items()})
     log_us = np.log(np.maximum(pred["latency_us"].to_numpy(), 1e-9)).reshape(len(queries), 1)
-    return _Interpolated(queries, np.array([1]), log_us, tiers)
+    return _Interpolated(queries, np.array([1]), log_us, tiers, cost.provenance)
