@@ -131,14 +131,19 @@ def device_samples(wh: Warehouse, device: str, family: str | None = None) -> pd.
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def or_none(value):
+    """A null from pandas (NaN, NA) as None: NaN is not JSON, and NaN != NaN breaks equal summaries."""
+    return None if pd.isna(value) else value
+
+
 def _entry(key: tuple, group: pd.DataFrame, fitted: Fitted, holdout: dict) -> dict:
     family, dtype, framework = key
     sources = group.drop_duplicates("source_id")[["source_id", "sha256"]].to_dict("records")
     return {
         "family": family,
-        "dtype": dtype,
-        "framework": framework,
-        "framework_version": group["framework_version"].iloc[0],
+        "dtype": or_none(dtype),
+        "framework": or_none(framework),
+        "framework_version": or_none(group["framework_version"].iloc[0]),
         "n": fitted.n,
         "form": asdict(fitted.form),
         "coefficients": fitted.coef.tolist(),
@@ -150,10 +155,19 @@ def _entry(key: tuple, group: pd.DataFrame, fitted: Fitted, holdout: dict) -> di
     }
 
 
-def fit_device(wh: Warehouse, device: Device, family: str | None = None, seed: int = 0, on_group=None) -> dict:
+def fit_device(
+    wh: Warehouse,
+    device: Device,
+    family: str | None = None,
+    seed: int = 0,
+    on_group=None,
+    samples: pd.DataFrame | None = None,
+    trials: dict | None = None,
+) -> dict:
     """Fit every (family, dtype, framework) group of a device; score each on a shape-block hold-out.
-    on_group(done, total, name) reports progress."""
-    df = device_samples(wh, device.id, family)
+    on_group(done, total, name) reports progress; `samples` are the device's samples if already read;
+    `trials`, when given, collects each group's shape-block fit (or its TooFewSamples) for the scoring to reuse."""
+    df = device_samples(wh, device.id, family) if samples is None else samples
     doc = {
         "device": device.id,
         "device_figures": {
@@ -180,17 +194,35 @@ def fit_device(wh: Warehouse, device: Device, family: str | None = None, seed: i
             log.warning("%s %s %s: %s; predictions fall back to the next tier", *key, e)
             doc["skipped"].append(dict(zip(GROUP_KEYS, key, strict=True)) | {"n": len(group), "reason": str(e)})
             continue
-        doc["models"].append(_entry(key, group, fitted, _holdout(group, key[0], device, seed)))
+        doc["models"].append(_entry(key, group, fitted, _holdout(group, key[0], device, seed, trials, key)))
     return doc
 
 
-def _holdout(group: pd.DataFrame, family: str, device: Device, seed: int) -> dict:
+def shape_block_trial(group: pd.DataFrame, family: str, device: Device, seed: int, trials: dict | None, key):
+    """The group's fit on the training side of its shape-block split (TooFewSamples raised when it has none),
+    fitted once: calibrate's hold-out and its scoring share it."""
+    if trials is not None and key in trials:
+        trial = trials[key]
+    else:
+        train, _ = split_masks(group, family, "shape_block", seed)
+        try:
+            trial = fit_group(group[train], family, device, seed)
+        except TooFewSamples as e:
+            trial = e
+        if trials is not None:
+            trials[key] = trial
+    if isinstance(trial, TooFewSamples):
+        raise trial
+    return trial
+
+
+def _holdout(group: pd.DataFrame, family: str, device: Device, seed: int, trials: dict | None, key) -> dict:
     """The model's error on a shape-block hold-out (fitted without those shapes); empty if too small."""
     train, test = split_masks(group, family, "shape_block", seed)
     if not train.sum() or not test.sum():
         return {}
     try:
-        trial = fit_group(group[train], family, device, seed)
+        trial = shape_block_trial(group, family, device, seed, trials, key)
     except TooFewSamples as e:
         return {"split": "shape_block", "note": str(e)}
     err = ape(trial.predict(group[test], device), group.loc[test, "latency_us"].to_numpy())
@@ -220,7 +252,7 @@ def save(doc: dict, warehouse_root: Path) -> Path:
     path = models_path(warehouse_root, doc["device"])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rounded(json.loads(json.dumps(doc, default=str))), indent=1))
+    tmp.write_text(json.dumps(rounded(json.loads(json.dumps(doc, default=str))), indent=1, allow_nan=False))
     tmp.replace(path)
     return path
 

@@ -8,12 +8,13 @@ The random forest (scikit-learn, a benchmark-only dependency) is skipped when it
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import numpy as np
 import pandas as pd
 
 from ..warehouse.store import Warehouse
-from .artifacts import device_samples
+from .artifacts import device_samples, shape_block_trial
 from .catalog import Device, models
 from .fit import CONFIG_DIMS, SIZE_DIMS, TooFewSamples, _log_dim, ape, fit_group
 from .ops import catalog_gemm_shapes, catalog_head_configs
@@ -97,12 +98,14 @@ def _score(
     seed: int,
     rf: bool,
     plots: dict | None = None,
+    fit=None,
 ):
+    """Rows scoring a fit on `train` against `test`; `fit()`, when given, returns that fit already made."""
     if len(test) == 0:
         return []
     family = key["family"]
     try:
-        fitted = fit_group(train, family, device, seed)
+        fitted = fit() if fit is not None else fit_group(train, family, device, seed)
     except TooFewSamples as e:
         log.info("%s %s: %s", split, key, e)
         return []
@@ -125,14 +128,16 @@ def evaluate_device(
     random_forest: bool = True,
     plots: dict | None = None,
     on_family=None,
+    samples: pd.DataFrame | None = None,
+    trials: dict | None = None,
 ) -> list[dict]:
     """Evaluation rows for the device; `plots`, when given, collects shape_block predictions per family;
-    on_family(done, total, name) reports progress."""
-    df = device_samples(wh, device.id, family)
+    on_family(done, total, name) reports progress; `samples` and `trials` are fit_device's, when it ran."""
+    df = device_samples(wh, device.id, family) if samples is None else samples
     if df.empty:
         return []
     df["framework"] = df["framework"].fillna("unknown")
-    families = [family] if family else [f for f in MAIN_FAMILIES if f in set(df["op_family"])]
+    families = [family] if family else [f for f in MAIN_FAMILIES if f in set(df["op_family"].unique())]
     rows: list[dict] = []
     for done, fam in enumerate(families):
         if on_family is not None:
@@ -146,7 +151,10 @@ def evaluate_device(
             for split in splits:
                 if split in ("random", "shape_block", "extrapolation"):
                     train, test = split_masks(group, fam, split, seed)
-                    rows += _score(group[train], group[test], key, split, device, seed, random_forest, plots)
+                    fit = None
+                    if split == "shape_block" and trials is not None:
+                        fit = partial(shape_block_trial, group, fam, device, seed, trials, (fam, dtype, framework))
+                    rows += _score(group[train], group[test], key, split, device, seed, random_forest, plots, fit)
         if "cross_framework" in splits:
             for dtype, by_dtype in fam_df.groupby("dtype", sort=True):
                 train = by_dtype[by_dtype["framework"] == CROSS_FRAMEWORK_TRAIN]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .artifacts import MODELS_DIR, fitted_from_entry, load
+from .artifacts import MODELS_DIR, fitted_from_entry, load, or_none
 from .catalog import LOCAL_CPU, Device, device, devices
 from .fit import Fitted
 from .roofline import roofline
@@ -52,7 +52,7 @@ class CostModel:
             fitted.origin = {
                 "device": doc.get("device"),
                 "framework": e["framework"],
-                "framework_version": e.get("framework_version"),
+                "framework_version": or_none(e.get("framework_version")),  # older artifacts hold NaN
                 "dtype": e["dtype"],
                 "samples": e.get("n"),
                 "sources": [x["source_id"] for x in e.get("sources", [])],

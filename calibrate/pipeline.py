@@ -91,7 +91,8 @@ def calibrate_device(
         if dev.id == LOCAL_CPU:
             dev = artifacts.measured_local_cpu(wh, dev)
         t0 = time.perf_counter()
-        doc = artifacts.fit_device(wh, dev, family, seed, on_group=step(fit_task))
+        samples, trials = artifacts.device_samples(wh, dev.id, family), {}
+        doc = artifacts.fit_device(wh, dev, family, seed, step(fit_task), samples, trials)
         fit_seconds = time.perf_counter() - t0
         if not doc["models"] and not doc["skipped"]:
             what = f"op family {family!r} " if family else ""
@@ -104,7 +105,9 @@ def calibrate_device(
         plots: dict = {}
         bar.update(fit_task, visible=False)
         bar.update(eval_task, visible=True)
-        rows = evaluate_device(wh, dev, splits or SPLITS, family, seed, random_forest, plots, on_family=step(eval_task))
+        rows = evaluate_device(
+            wh, dev, splits or SPLITS, family, seed, random_forest, plots, step(eval_task), samples, trials
+        )
     if family:
         rows = [r for r in load_rows(warehouse_root, device_name) if r["family"] != family] + rows
     report_path = save_rows(rows, warehouse_root, device_name)

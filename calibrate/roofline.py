@@ -31,13 +31,18 @@ def _col(df: pd.DataFrame, name: str, default: float = np.nan) -> np.ndarray:
     return pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float)
 
 
+def _per_dtype(dtypes, value) -> np.ndarray:
+    """value(dtype name) per row, computed once per distinct dtype (a column holds a handful)."""
+    codes, names = pd.factorize(pd.Series(dtypes), sort=False, use_na_sentinel=False)
+    return np.array([value(str(n)) for n in names], dtype=float)[codes]
+
+
 def dtype_bytes(dtypes: pd.Series | np.ndarray) -> np.ndarray:
-    return np.array([DTYPE_BYTES.get(str(d), 2.0) for d in dtypes], dtype=float)
+    return _per_dtype(dtypes, lambda d: DTYPE_BYTES.get(d, 2.0))
 
 
 def _peak(device: Device, dtypes) -> np.ndarray:
-    cache: dict[str, float] = {}
-    return np.array([cache.setdefault(str(d), device.flops(str(d))) for d in dtypes], dtype=float)
+    return _per_dtype(dtypes, device.flops)
 
 
 def gemm_terms(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
