@@ -7,7 +7,8 @@ import re
 # (pattern on the raw name, canonical id); first match wins.
 _RULES: list[tuple[str, str]] = [
     (r"^(h100_sxm|h100|h100_dgx)$|h100.*(hbm3|sxm)", "h100_sxm"),
-    (r"h100.*(pcie|nvl)", "h100_pcie"),
+    (r"h100.*nvl", "h100_nvl"),  # 94 GB, 3.9 TB/s: not the 80 GB PCIe card
+    (r"h100.*pcie", "h100_pcie"),
     (r"^(h200_sxm|h200)$|h200", "h200_sxm"),
     (r"^(b200_sxm|b200)$|b200", "b200_sxm"),
     (r"^(a100_sxm|a100|a100_dgx)$|a100-sxm|a100-pg509", "a100_sxm"),

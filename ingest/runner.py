@@ -131,4 +131,6 @@ def _format_params(fmt: str, params: dict) -> dict:
         out["log_name"] = params["log_name"]
     if fmt == "servegen":
         out["seed"] = int(params.get("seed", 0))
+    if params.get("device") and fmt.startswith("vidur"):  # the part, where the source does not name it
+        out["device"] = params["device"]
     return out

@@ -3,10 +3,16 @@
 - compute/<device>/<org>/<model>/mlp.csv: one layer's non-attention ops; each op column becomes a row.
 - compute/<device>/<org>/<model>/attention*.csv: attention prefill / decode times.
 - network/<device>_dgx/{all_reduce,send_recv}.csv: collective times by message `size` in bytes.
-Vidur profiles in fp16."""
+Vidur profiles in fp16.
+
+The part: Vidur's network folders name it (`a100_dgx` is a DGX A100, so SXM); its compute folders name only the
+family (`a100`, `h100`: 80 GB, SXM or PCIe not said). Such a source is recorded as the family's SXM part unless
+ingest is told the part (`hermes-sim ingest PATH --device a100_pcie`), and its source note says which: the part
+a measurement came from is never silently guessed (`hermes-sim warehouse sql` over `sources.note` shows it)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +21,8 @@ import pandas as pd
 from ..warehouse.batch import ROW_COLUMN, IngestError, SourceBatch, build_table
 from .devices import canonical_device
 from .text import read_csv
+
+log = logging.getLogger(__name__)
 
 MS_TO_US = 1000.0
 VIDUR_DTYPE = "float16"
@@ -74,6 +82,25 @@ def _model_and_device(path: Path) -> tuple[str | None, str]:
     raise IngestError(path, None, "cannot tell the device and model: expected compute/<device>/<org>/<model>/")
 
 
+_FAMILY_ONLY = {"a100", "h100", "a40", "l40s", "h200"}  # folder names that name a GPU family, not a part
+
+
+def _part(path: Path, folder: str, batch: SourceBatch) -> str:
+    """The canonical device the source was measured on: the one ingest was told, else the folder's; the
+    source note records which, and whether the folder named only the GPU family."""
+    told = batch.params.get("device")
+    named = folder.lower() not in _FAMILY_ONLY
+    if told and named and canonical_device(told) != canonical_device(folder):
+        part = canonical_device(folder)
+        raise IngestError(path, None, f"the folder {folder!r} names the part {part}; --device {told} contradicts it")
+    device = canonical_device(told or folder)
+    batch.note |= {"device": device, "device_from": "--device" if told else f"folder {folder!r}"}
+    if not told and not named:
+        batch.note["device_assumed"] = f"{folder!r} names the GPU family, not the part; pass --device to say it"
+        log.info("%s: the folder %r names no part; recorded as %s (ingest --device says it)", path, folder, device)
+    return device
+
+
 def _read(path: Path) -> pd.DataFrame:
     return read_csv(path)
 
@@ -122,14 +149,14 @@ def parse_mlp(path: Path, batch: SourceBatch) -> SourceBatch:
     merged = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
     total = n * len(ops)
     merged.update(
-        device=[canonical_device(device)] * total,
+        device=[_part(path, device, batch)] * total,
         device_name=[device] * total,
         framework=["vidur"] * total,
         kernel_source=["pytorch"] * total,
         dtype=[VIDUR_DTYPE] * total,
         model=[model] * total,
     )
-    batch.note = {"model": model, "ops": ops}
+    batch.note |= {"model": model, "ops": ops}
     batch.tables["kernel_samples"] = build_table("kernel_samples", merged, total)
     return batch
 
@@ -164,7 +191,7 @@ def parse_attention(path: Path, batch: SourceBatch) -> SourceBatch:
     )
     cols = {
         ROW_COLUMN: np.arange(2, n + 2),
-        "device": [canonical_device(device)] * n,
+        "device": [_part(path, device, batch)] * n,
         "device_name": [device] * n,
         "framework": ["vidur"] * n,
         "kernel_source": backend.to_numpy(dtype=object) if backend is not None else None,
@@ -181,7 +208,7 @@ def parse_attention(path: Path, batch: SourceBatch) -> SourceBatch:
         "head_dim": _int(df, "n_embd") // heads,
         **stats,
     }
-    batch.note = {"model": model}
+    batch.note |= {"model": model}
     batch.tables["kernel_samples"] = build_table("kernel_samples", {k: v for k, v in cols.items() if v is not None}, n)
     return batch
 
@@ -197,7 +224,7 @@ def parse_network(path: Path, batch: SourceBatch) -> SourceBatch:
     n = len(df)
     cols = {
         ROW_COLUMN: np.arange(2, n + 2),
-        "device": [canonical_device(device)] * n,
+        "device": [_part(path, device, batch)] * n,
         "device_name": [device] * n,
         "framework": ["vidur"] * n,
         "kernel_source": ["nccl"] * n,

@@ -73,6 +73,14 @@ def ingest(
     log_name: Annotated[str | None, typer.Option(help="Name request logs this (default: from the file).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for logs generated from distributions (ServeGen).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="The part the profiles were measured on, for sources that do not name it (a Vidur compute "
+            "folder names only the GPU family). A catalog id; see `hermes-sim devices`.",
+        ),
+    ] = None,
     fresh: Annotated[
         bool, typer.Option(help="Replace the warehouse's data with exactly these sources (models and reports stay).")
     ] = False,
@@ -83,9 +91,14 @@ def ingest(
 
     root = warehouse or default_location()
     with errors():
+        if device is not None:
+            from ..calibrate.catalog import device as catalog_device
+
+            catalog_device(device)  # an unknown id is an error naming the known ones
         if fresh:
             Warehouse.clear_data(root)
-        report = run_ingest(root, paths, fmt, {"log_name": log_name, "seed": seed}, progress=not quiet)
+        params = {"log_name": log_name, "seed": seed, "device": device}
+        report = run_ingest(root, paths, fmt, params, progress=not quiet)
     for b in report.committed:
         log.info(
             "%s: %s, %d rows%s",

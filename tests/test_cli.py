@@ -42,6 +42,15 @@ def test_help_everywhere(command: list[str]):
     assert "Usage" in result.stdout
 
 
+def test_ingest_device_must_be_a_catalog_part(tmp_path: Path):
+    mlp = SAMPLES / "hardware/vidur/profiling/compute/h100/meta-llama/Llama-2-7b-hf/mlp.csv"
+    bad = run("ingest", str(mlp), "--warehouse", str(tmp_path / "wh"), "--device", "h100_nvlink", "--quiet")
+    assert bad.returncode != 0 and "unknown device 'h100_nvlink'" in bad.stderr and "h100_nvl" in bad.stderr
+    assert not (tmp_path / "wh").exists()
+    good = run("-v", "ingest", str(mlp), "--warehouse", str(tmp_path / "wh"), "--device", "h100_nvl", "--quiet")
+    assert good.returncode == 0, good.stderr
+
+
 def test_ingest_summary_sql(tmp_path: Path):
     wh = tmp_path / "wh"
     log = SAMPLES / "requests/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"

@@ -125,6 +125,29 @@ def test_vidur_mlp_one_row_per_op_with_gemm_shapes(wh: Warehouse):
     assert round(got["attn_pre_proj"][3], 6) in measured
 
 
+def test_vidur_part_is_the_one_ingest_is_told_or_marked_assumed(tmp_path: Path):
+    """A compute folder names the GPU family (`h100`), not the part: recorded as the SXM part with the source's
+    note saying it was assumed, or as the part given by --device, a separate source (its own device model)."""
+    from hermes_sim.warehouse.batch import IngestError
+
+    mlp = SAMPLES / "hardware/vidur/profiling/compute/h100/meta-llama/Llama-2-7b-hf/mlp.csv"
+    net = SAMPLES / "hardware/vidur/profiling/network/h100_dgx/all_reduce.csv"
+    with Warehouse(tmp_path / "wh") as w:
+        ingest(w, [mlp, net], progress=False)
+        notes = {Path(p).name: json.loads(n) for p, n in w.query("SELECT path, note FROM sources")[1]}
+        assert notes["mlp.csv"]["device"] == "h100_sxm" and "names the GPU family" in notes["mlp.csv"]["device_assumed"]
+        assert notes["all_reduce.csv"] == {"device": "h100_sxm", "device_from": "folder 'h100_dgx'"}
+        ingest(w, [mlp], params={"device": "h100_nvl"}, progress=False)  # the same file, told its part
+        by_device = dict(w.query("SELECT device, count(*) FROM kernel_samples WHERE op_family = 'norm' GROUP BY 1")[1])
+        assert set(by_device) == {"h100_sxm", "h100_nvl"} and len(set(by_device.values())) == 1
+        told = json.loads(w.query("SELECT note FROM sources WHERE params LIKE '%h100_nvl%'")[1][0][0])
+        assert told["device_from"] == "--device" and "device_assumed" not in told
+        before = one(w, "SELECT count(*) FROM kernel_samples")
+        with pytest.raises(IngestError, match="names the part h100_sxm; --device h100_nvl contradicts it"):
+            ingest(w, [net], params={"device": "h100_nvl"}, progress=False)
+        assert one(w, "SELECT count(*) FROM kernel_samples") == before
+
+
 @pytest.mark.shared
 def test_vidur_attention_and_network(tmp_path: Path):
     attn = shared_path("hardware/vidur/profiling/compute/a100/meta-llama/Llama-2-70b-hf/attention_tp2_legacy.csv")
