@@ -427,7 +427,7 @@ def test_outputs_are_written_with_stage_tracks(wh: Path, tmp_path: Path):
 # ---- bad input: clear errors before anything runs ---------------------------------------------------------------
 BAD = [
     ({"pipelines.rag.stages.0.pool": "nope"}, "pipelines.rag.stages.embed.pool", "'nope' is not a service pool"),
-    ({"pools.0.device": "tpu_v9"}, "pools.embedder.device", "unknown device 'tpu_v9'; known: a100_sxm"),
+    ({"pools.0.device": "tpu_v9"}, "pools.embedder.device", "unknown device 'tpu_v9'; known: a100_pcie, a100_sxm"),
     ({"pools.3.model": "gpt-9"}, "pools.llm.model", "unknown model 'gpt-9'"),
     (
         {"pools.1.device": "tpu_v5e", "pools.1.cores": None},
