@@ -64,8 +64,12 @@ class ReplayResult:
         return write(self.__dict__, Path(out_dir))
 
 
-def replay(scenario, warehouse=None, sets=(), log: str | None = None, transfers: bool = False) -> ReplayResult:
-    """Simulate a scenario (a path, or a Scenario) and return its tables and summary."""
+def replay(
+    scenario, warehouse=None, sets=(), log: str | None = None, transfers: bool = False, interval: bool = False
+) -> ReplayResult:
+    """Simulate a scenario (a path, or a Scenario) and return its tables and summary; with interval, the
+    summary's `interval_90` gives each headline figure's [lower, upper] with every calibrated op at the ends of
+    its 90% prediction interval (two more replays)."""
     from .replay.run import simulate
     from .replay.scenario import Scenario, with_overrides
 
@@ -75,4 +79,8 @@ def replay(scenario, warehouse=None, sets=(), log: str | None = None, transfers:
     if log is not None:
         sc.source.kind, sc.source.log = "log", log
     out = simulate(sc, _root(warehouse), transfers=transfers)
+    if interval:
+        from .replay.interval import interval_90
+
+        out["summary"]["interval_90"] = interval_90(sc, _root(warehouse), simulate)
     return ReplayResult(out["requests"], out["timeline"], out["batches"], out["transfers"], out["summary"])

@@ -150,6 +150,8 @@ def _entry(key: tuple, group: pd.DataFrame, fitted: Fitted, holdout: dict) -> di
         "conf_int_95": fitted.conf_int.tolist(),
         "r2": round(fitted.r2, 6),
         "cv_mean_ape_by_degree": fitted.cv,
+        # log(measured / predicted) bounding 90% of the chosen form's grouped-CV residuals
+        "interval_90_log": list(fitted.log_interval_90) if fitted.log_interval_90 else None,
         "holdout": holdout,
         "sources": sources,
     }
@@ -225,13 +227,23 @@ def _holdout(group: pd.DataFrame, family: str, device: Device, seed: int, trials
         trial = shape_block_trial(group, family, device, seed, trials, key)
     except TooFewSamples as e:
         return {"split": "shape_block", "note": str(e)}
-    err = ape(trial.predict(group[test], device), group.loc[test, "latency_us"].to_numpy())
+    pred, measured = trial.predict(group[test], device), group.loc[test, "latency_us"].to_numpy()
+    err = ape(pred, measured)
     return {
         "split": "shape_block",
         "n": int(test.sum()),
         "median_ape": round(float(np.median(err)), 5),
         "p90_ape": round(float(np.percentile(err, 90)), 5),
+        "coverage_90": coverage_90(trial, pred, measured),
     }
+
+
+def coverage_90(fitted: Fitted, pred: np.ndarray, measured: np.ndarray) -> float | None:
+    """The share of held-out measurements inside the fit's nominal 90% interval (None without one)."""
+    if fitted.log_interval_90 is None or not len(measured):
+        return None
+    lo, hi = fitted.interval_factors()
+    return round(float(np.mean((measured >= pred * lo) & (measured <= pred * hi))), 5)
 
 
 SIGNIFICANT = 12  # artifact floats: the last bits of a fit vary with the BLAS, not with the data
@@ -270,4 +282,5 @@ def fitted_from_entry(entry: dict) -> Fitted:
         r2=entry["r2"],
         n=entry["n"],
         cv=entry.get("cv_mean_ape_by_degree", {}),
+        log_interval_90=tuple(entry["interval_90_log"]) if entry.get("interval_90_log") else None,
     )

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from ..warehouse.store import Warehouse
-from .artifacts import device_samples, shape_block_trial
+from .artifacts import coverage_90, device_samples, shape_block_trial
 from .catalog import Device, models
-from .fit import CONFIG_DIMS, SIZE_DIMS, TooFewSamples, _log_dim, ape, fit_group
+from .fit import CONFIG_DIMS, SIZE_DIMS, Fitted, TooFewSamples, _log_dim, ape, fit_group
 from .ops import catalog_gemm_shapes, catalog_head_configs
 from .roofline import DECODE, GEMM, PREFILL, roofline
 from .splits import SPLITS, split_masks, work_size
@@ -59,7 +59,9 @@ def _rf_predict(train: pd.DataFrame, test: pd.DataFrame, family: str, device: De
     return np.exp(forest.predict(features(test)))
 
 
-def _rows(key: dict, split: str, test: pd.DataFrame, preds: dict[str, np.ndarray | None]) -> list[dict]:
+def _rows(
+    key: dict, split: str, test: pd.DataFrame, preds: dict[str, np.ndarray | None], fitted: Fitted | None = None
+) -> list[dict]:
     out = []
     measured = test["latency_us"].to_numpy()
     subsets = {"all": np.ones(len(test), dtype=bool)}
@@ -84,6 +86,9 @@ def _rows(key: dict, split: str, test: pd.DataFrame, preds: dict[str, np.ndarray
                     "median_ape": round(float(np.median(e)), 5),
                     "p90_ape": round(float(np.percentile(e, 90)), 5),
                     "p99_ape": round(float(np.percentile(e, 99)), 5),
+                    "coverage_90": coverage_90(fitted, pred[mask], measured[mask])
+                    if model_name == "calibrated" and fitted is not None
+                    else None,
                 }
             )
     return out
@@ -116,7 +121,7 @@ def _score(
     }
     if plots is not None and split == "shape_block" and family not in plots:
         plots[family] = (test["latency_us"].to_numpy(), preds["calibrated"], preds["roofline"], work_size(test, family))
-    return _rows(key, split, test, preds)
+    return _rows(key, split, test, preds, fitted)
 
 
 def evaluate_device(

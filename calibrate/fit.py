@@ -240,6 +240,15 @@ class Fitted:
     n: int
     cv: dict = field(default_factory=dict)
     origin: dict = field(default_factory=dict)  # the measurements it was fitted on (device, framework, sources)
+    # the 90% prediction interval as log(measured / predicted) at its 5th and 95th percentiles, from the chosen
+    # form's grouped-CV residuals (shape blocks it was not fitted on); None for artifacts older than it
+    log_interval_90: tuple[float, float] | None = None
+
+    def interval_factors(self) -> tuple[float, float]:
+        """(lower, upper) multipliers of a prediction bounding its 90% interval; (1, 1) when it has none."""
+        if self.log_interval_90 is None:
+            return 1.0, 1.0
+        return float(np.exp(self.log_interval_90[0])), float(np.exp(self.log_interval_90[1]))
 
     def predict(self, df: pd.DataFrame, device: Device, terms: pd.DataFrame | None = None) -> np.ndarray:
         terms = roofline(df, device) if terms is None else terms
@@ -268,8 +277,9 @@ def ape(pred: np.ndarray, measured: np.ndarray) -> np.ndarray:
     return np.abs(pred - measured) / measured
 
 
-def _cv_ape(df: pd.DataFrame, terms: pd.DataFrame, y: np.ndarray, form: Form, seed: int) -> float:
-    """Mean absolute percentage error over folds that hold out whole shape blocks."""
+def _cv_ape(df: pd.DataFrame, terms: pd.DataFrame, y: np.ndarray, form: Form, seed: int) -> tuple[float, np.ndarray]:
+    """Mean absolute percentage error over folds that hold out whole shape blocks, and the held-out residuals
+    log(measured / predicted)."""
     rng = np.random.default_rng(seed)
     idx = np.arange(len(df))
     if len(idx) > CV_MAX_ROWS:
@@ -289,8 +299,11 @@ def _cv_ape(df: pd.DataFrame, terms: pd.DataFrame, y: np.ndarray, form: Form, se
         beta = np.linalg.lstsq(X[train], y[idx][train], rcond=None)[0]
         form.learn_ranges(X[train], y[idx][train], log_roof[train])
         pred = form.clip_inefficiency(form.bounded(X[test]) @ beta, log_roof[test])
-        errs.append(np.abs(np.expm1(pred - y[idx][test])))  # = |pred - measured| / measured
-    return float(np.mean(np.concatenate(errs))) if errs else float("inf")
+        errs.append(y[idx][test] - pred)  # log(measured / predicted)
+    if not errs:
+        return float("inf"), np.array([])
+    resid = np.concatenate(errs)
+    return float(np.mean(np.abs(np.expm1(-resid)))), resid  # |pred - measured| / measured
 
 
 def fit_group(df: pd.DataFrame, family: str, device: Device, seed: int = 0) -> Fitted:
@@ -303,13 +316,14 @@ def fit_group(df: pd.DataFrame, family: str, device: Device, seed: int = 0) -> F
         raise TooFewSamples(f"{family} on {device.id}: shapes missing for the roofline")
     y = np.log(df["latency_us"].to_numpy() / terms["roofline_us"].to_numpy())
     scores: dict[int, float] = {}
+    residuals: dict[int, np.ndarray] = {}
     for degree in DEGREES:
         form = make_form(family, df, degree, device)
         if degree and not form.n_size:
             continue
         if form.n_features() > MAX_FEATURES or len(df) < max(MIN_SAMPLES, 3 * form.n_features()):
             continue
-        scores[degree] = _cv_ape(df, terms, y, form, seed)
+        scores[degree], residuals[degree] = _cv_ape(df, terms, y, form, seed)
     if not scores:
         raise TooFewSamples(f"{family} on {device.id}: {len(df)} samples fit no form")
     best = min(scores, key=lambda d: (scores[d], d))
@@ -324,4 +338,13 @@ def fit_group(df: pd.DataFrame, family: str, device: Device, seed: int = 0) -> F
         r2=float(res.rsquared),
         n=len(df),
         cv={f"degree_{d}": round(s, 5) for d, s in scores.items()},
+        log_interval_90=_interval(residuals[best]),
     )
+
+
+def _interval(resid: np.ndarray) -> tuple[float, float] | None:
+    """The 5th and 95th percentiles of held-out log residuals (None from too few to say)."""
+    if len(resid) < MIN_SAMPLES:
+        return None
+    lo, hi = np.quantile(resid, [0.05, 0.95])
+    return float(min(lo, 0.0)), float(max(hi, 0.0))  # the interval holds the prediction itself

@@ -24,14 +24,25 @@ log = logging.getLogger(__name__)
 
 CALIBRATED, TRANSFERRED, ROOFLINE = "measured-calibrated", "transferred", "roofline"
 FRAMEWORK_PREFERENCE = ("vllm", "sglang", "trtllm", "nccl", "vidur", "hermes-profile")
+BOUNDS = ("point", "lower", "upper")
 _DTYPE_TWINS = {"float16": "bfloat16", "bfloat16": "float16", "fp8_block": "fp8", "fp8": "fp8_block"}
 
 
 class CostModel:
     def __init__(
-        self, device_name: str, warehouse_root: Path, framework: str | None = None, share: Device | None = None
+        self,
+        device_name: str,
+        warehouse_root: Path,
+        framework: str | None = None,
+        share: Device | None = None,
+        bound: str = "point",
     ):
-        # share: the part of the device a pool replica uses (a CPU replica's cores), priced at its own rates
+        # share: the part of the device a pool replica uses (a CPU replica's cores), priced at its own rates;
+        # bound: "point", or "lower" / "upper" to price each fitted op at that end of its 90% prediction interval
+        # (a roofline-tier op has none: it stays at the roofline, a lower bound)
+        if bound not in BOUNDS:
+            raise ValueError(f"unknown price bound {bound!r}; known: {', '.join(BOUNDS)}")
+        self.bound = bound
         self.device: Device = share or device(device_name)
         self.root = Path(warehouse_root)
         self.framework = framework
@@ -98,6 +109,12 @@ class CostModel:
         self._donors[family] = found
         return found
 
+    def _factor(self, fitted: Fitted) -> float:
+        if self.bound == "point":
+            return 1.0
+        lower, upper = fitted.interval_factors()
+        return lower if self.bound == "lower" else upper
+
     def predict(self, ops: pd.DataFrame) -> pd.DataFrame:
         """latency_us, roofline_us and tier for every op row (kernel_samples columns + op_family, dtype)."""
         terms = roofline(ops, self.device)
@@ -108,7 +125,7 @@ class CostModel:
             fitted = self._pick(self.models, family, dtype)
             pos = ops.index.get_indexer(idx)
             if fitted is not None:
-                latency[pos] = fitted.predict(rows, self.device, terms.loc[idx])
+                latency[pos] = fitted.predict(rows, self.device, terms.loc[idx]) * self._factor(fitted)
                 tier[pos] = CALIBRATED
                 self.provenance[f"{family}/{dtype}"] = {"tier": CALIBRATED, **fitted.origin}
                 continue
@@ -120,6 +137,7 @@ class CostModel:
             donor_fit = self._pick(models, family, dtype)
             donor_terms = roofline(rows, other)
             efficiency = donor_fit.predict(rows, other, donor_terms) / donor_terms["roofline_us"].to_numpy()
+            efficiency *= self._factor(donor_fit)
             latency[pos] = terms.loc[idx, "roofline_us"].to_numpy() * efficiency
             tier[pos] = TRANSFERRED
             self.provenance[f"{family}/{dtype}"] = {"tier": TRANSFERRED, **donor_fit.origin}

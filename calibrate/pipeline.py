@@ -47,6 +47,9 @@ def metrics(rows: list[dict]) -> dict:
         if n:
             out[f"{prefix}median_ape"] = round(sum(r["median_ape"] * r["n"] for r in mine) / n, 4)
     out["held_out_rows"] = sum(r["n"] for r in df if r["model"] == "calibrated")
+    covered = [r for r in df if r["model"] == "calibrated" and r.get("coverage_90") is not None]
+    if covered:  # the nominal 90% intervals' share of held-out rows inside them, row-weighted
+        out["coverage_90"] = round(sum(r["coverage_90"] * r["n"] for r in covered) / sum(r["n"] for r in covered), 4)
     return out
 
 

@@ -148,6 +148,13 @@ def validate_silicon(
         Path | None, typer.Option("--out", help="Write rows.csv, not_expressed.csv, summary.json and a PNG here.")
     ] = None,
     metrics: Annotated[Path | None, typer.Option(help="Write the summary JSON here (a DVC metrics file).")] = None,
+    interval: Annotated[
+        bool,
+        typer.Option(
+            help="Also replay each held-out row with its ops at the ends of their 90% prediction intervals and "
+            "report the share of measurements inside (the cost models' uncertainty only)."
+        ),
+    ] = False,
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Predicted vs measured TTFT / TPOT of every dense, aggregated-serving row; the rest listed with reasons.
@@ -159,7 +166,7 @@ def validate_silicon(
 
     check_format(fmt, ("text", "markdown", "json"))
     with errors():
-        result = validate(path, warehouse or default_location(), limit, progress=True)
+        result = validate(path, warehouse or default_location(), limit, progress=True, interval=interval)
     if out_dir is not None:
         for p in write_report(result, out_dir):
             log.info("wrote %s", p)
@@ -173,6 +180,8 @@ def validate_silicon(
             "roofline_ttft_median_ape": roof.get("ttft_median_ape"),
             "roofline_tpot_median_ape": roof.get("tpot_median_ape"),
         }
+        coverage = s.get("held_out_interval_90_coverage") or {}
+        head |= {f"interval_90_{k}": coverage[k] for k in ("ttft_coverage", "tpot_coverage") if k in coverage}
         metrics.write_text(dumps(head) + "\n")
     if fmt == "json":
         write_json(result)

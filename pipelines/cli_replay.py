@@ -51,6 +51,13 @@ def replay(
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="Summary as text or json on stdout.")] = "text",
     metrics: Annotated[Path | None, typer.Option(help="Write the headline figures here (a DVC metrics file).")] = None,
+    interval: Annotated[
+        bool,
+        typer.Option(
+            help="Also replay with every calibrated op at the lower and upper end of its 90% prediction interval; "
+            "the summary's `interval_90` gives each headline figure's [lower, upper]."
+        ),
+    ] = False,
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Simulate serving request logs (or synthetic / closed-loop sources) through a scenario's pools and
@@ -82,6 +89,10 @@ def replay(
                 result = simulate_partitioned(scenario, root, client)
         else:
             result = simulate(scenario, root, progress=True, transfers=out_dir is not None)
+        if interval:
+            from ..replay.interval import interval_90
+
+            result["summary"]["interval_90"] = interval_90(scenario, root, simulate)
     if out_dir:
         from ..replay.outputs import write
 
@@ -101,6 +112,9 @@ def replay(
         f"TTFT p50/p99 {s['ttft_ms'].get('p50')}/{s['ttft_ms'].get('p99')} ms, TPOT p50/p99 "
         f"{s['tpot_ms'].get('p50')}/{s['tpot_ms'].get('p99')} ms, {s['throughput_output_tokens_per_s']} tok/s"
     )
+    if "interval_90" in s:
+        shown = ", ".join(f"{k} [{lo}, {hi}]" for k, (lo, hi) in s["interval_90"].items())
+        out.print(f"90% interval (every calibrated op at its interval's lower / upper end): {shown}")
     for reason, n in s["rejected_by_reason"].items():
         out.print(f"rejected {n}: {reason}")
     for key, a in s["assumptions"].items():

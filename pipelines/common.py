@@ -13,13 +13,16 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..warehouse.store import ENV_VAR
 
 log = logging.getLogger("hermes_sim")
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
+# markup off: results and messages hold brackets (`pip install 'hermes-sim[bench]'`, list reprs) that rich
+# would take for styles and drop; a styled line asks for markup itself
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200, highlight=False, markup=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
 
 WarehouseOpt = Annotated[
     Path | None,
@@ -36,7 +39,7 @@ FORMATS = ("text", "json")
 
 def check_format(fmt: str, allowed: tuple[str, ...] = FORMATS) -> str:
     if fmt not in allowed:
-        err.print(f"[bold red]error:[/] --format must be one of {', '.join(allowed)}, not {fmt!r}", markup=True)
+        err.print(f"[bold red]error:[/] --format must be one of {escape(', '.join(allowed))}, not {fmt!r}", markup=True)
         raise typer.Exit(2)
     return fmt
 
@@ -60,7 +63,7 @@ def errors() -> Iterator[None]:
         ConnectionError,
         duckdb.Error,
     ) as e:
-        err.print(f"[bold red]error:[/] {e}", markup=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True)
         raise typer.Exit(2) from e
 
 

@@ -378,6 +378,11 @@ class Scenario(_Strict):
     pipelines: dict[str, Pipeline]
     router: ROUTER_NAMES = "round_robin"
     slo: Slo = Slo()
+    price_at: Literal["point", "lower", "upper"] = Field(
+        "point",
+        description="price every calibrated op at its prediction, or at the lower / upper end of its 90% "
+        "prediction interval (`replay --interval` runs all three)",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -81,12 +81,13 @@ class Simulation:
             log.info("pool %s is not used by any pipeline a client sends to: left out (no cost, no energy)", name)
         for spec in (p for p in scenario.pools if p.name in used):
             if spec.kind == "llm":
-                pool = build_llm_pool(spec, self.root, self.loop, scenario.router, skip_ahead)
+                pool = build_llm_pool(spec, self.root, self.loop, scenario.router, skip_ahead, scenario.price_at)
                 pool.audit = audit
                 if pool.step_overhead_source.startswith("default"):
                     self.assume(f"pools.{spec.name}.step_overhead_us", pool.step_overhead_us, pool.step_overhead_source)
             else:
-                pool = build_service_pool(spec, self.root, self.loop, max_seqs.get(spec.name, spec.max_batch))
+                batch = max_seqs.get(spec.name, spec.max_batch)
+                pool = build_service_pool(spec, self.root, self.loop, batch, scenario.price_at)
             self.pools[spec.name] = pool
         self.link_specs = {x.name: x for x in scenario.links}
         self.tier_specs = {t.name: self._tier_figures(t) for t in scenario.tiers}

@@ -161,11 +161,18 @@ def pilot_e2e_s(row: pd.Series, warehouse_root: Path, step_us: float = 0.0) -> f
 
 
 def steady_state(
-    row: pd.Series, warehouse_root: Path, step_us: float = 0.0, ramp: float = 0.0, e2e_s: float | None = None
+    row: pd.Series,
+    warehouse_root: Path,
+    step_us: float = 0.0,
+    ramp: float = 0.0,
+    e2e_s: float | None = None,
+    price_at: str = "point",
 ) -> dict:
     """Mean TTFT and TPOT (ms) of the rounds after the warm-up, and the cost tiers used. With ramp > 0 the
-    clients start spread over that fraction of one request's end-to-end time (e2e_s, else a one-round pilot)."""
+    clients start spread over that fraction of one request's end-to-end time (e2e_s, else a one-round pilot);
+    price_at prices the ops at their prediction or an end of their 90% interval."""
     scenario = scenario_for(row, step_us)
+    scenario.price_at = price_at
     if ramp:
         e2e_s = pilot_e2e_s(row, warehouse_root, step_us) if e2e_s is None else e2e_s
         scenario.source.ramp_up_s = ramp * e2e_s
@@ -226,7 +233,22 @@ def _errors(table: pd.DataFrame, prefix: str = "predicted") -> dict:
     return out
 
 
-def validate(path: Path, warehouse_root: Path, limit: int | None = None, progress: bool = False) -> dict:
+def _coverage(table: pd.DataFrame) -> dict:
+    """Share of rows whose measured TTFT / TPOT lies inside the [lower, upper]-priced prediction."""
+    out = {"rows": len(table)}
+    for metric in ("ttft", "tpot"):
+        lo, hi = table[f"predicted_{metric}_ms_lower"], table[f"predicted_{metric}_ms_upper"]
+        inside = (table[f"measured_{metric}_ms"] >= lo) & (table[f"measured_{metric}_ms"] <= hi)
+        out[f"{metric}_coverage"] = round(float(inside.mean()), 4) if len(table) else None
+    return out
+
+
+def validate(
+    path: Path, warehouse_root: Path, limit: int | None = None, progress: bool = False, interval: bool = False
+) -> dict:
+    """Every expressible row replayed; with interval, each held-out row also at the lower and upper ends of its
+    ops' 90% prediction intervals, and the share of measurements inside reported (it covers the cost models'
+    uncertainty only: not the step overhead's, the client spread's or the scheduler's)."""
     df = pd.read_csv(path)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
@@ -245,7 +267,8 @@ def validate(path: Path, warehouse_root: Path, limit: int | None = None, progres
     rows = []
     bar = Progress(console=Console(stderr=True), transient=True, disable=not progress)
     calibration_rows = sum(not is_held_out(r["id"]) for r in expressible)
-    task = bar.add_task("validate", total=2 * len(expressible) + calibration_rows)
+    held_rows = len(expressible) - calibration_rows
+    task = bar.add_task("validate", total=2 * len(expressible) + calibration_rows + (held_rows if interval else 0))
     with bar, tempfile.TemporaryDirectory() as empty:  # no cost models: every op at its roofline time
         for row in expressible:
             roof = steady_state(row, Path(empty))
@@ -285,6 +308,13 @@ def validate(path: Path, warehouse_root: Path, limit: int | None = None, progres
                     predicted_tpot_ms=pred["tpot_ms"],
                     cost_tiers=pred["tiers"],
                 )
+                if interval and rows[i]["held_out"]:
+                    for bound in ("lower", "upper"):
+                        end = steady_state(row, warehouse_root, step_us, ramp=ramp, price_at=bound)
+                        rows[i].update(
+                            {f"predicted_ttft_ms_{bound}": end["ttft_ms"], f"predicted_tpot_ms_{bound}": end["tpot_ms"]}
+                        )
+                    bar.advance(task)
                 bar.advance(task)
             table = pd.DataFrame(rows)
             held = table[table.held_out]
@@ -302,6 +332,8 @@ def validate(path: Path, warehouse_root: Path, limit: int | None = None, progres
                     "client_ramp_by_campaign": ramps,
                 }
             )
+            if interval and len(held):
+                summary["held_out_interval_90_coverage"] = _coverage(held)
             if limit is None:
                 target = Path(warehouse_root) / MODELS_DIR / OVERHEADS_FILE
                 target.parent.mkdir(parents=True, exist_ok=True)

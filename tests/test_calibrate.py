@@ -166,6 +166,20 @@ def test_calibrated_gemm_beats_roofline_on_held_out_shapes(h100_gemm: pd.DataFra
     assert min(fitted.cv, key=fitted.cv.get) == f"degree_{fitted.form.degree}"  # chosen by held-out CV
 
 
+def test_the_90_percent_interval_covers_about_90_percent_of_unseen_shapes(h100_gemm: pd.DataFrame):
+    """The interval comes from the chosen form's grouped-CV residuals on the training shapes only; on shape
+    blocks it never saw, about 90% of the measurements fall inside. Training-set residuals would give a narrower
+    interval and a visibly lower coverage."""
+    h100 = catalog.device("h100_sxm")
+    train, test = split_masks(h100_gemm, "gemm", "shape_block", seed=0)
+    fitted = fit_group(h100_gemm[train], "gemm", h100, seed=0)
+    lo, hi = fitted.log_interval_90
+    assert lo < 0 < hi
+    held = h100_gemm[test]
+    coverage = artifacts.coverage_90(fitted, fitted.predict(held, h100), held.latency_us.to_numpy())
+    assert 0.8 <= coverage <= 0.98
+
+
 def test_fit_is_deterministic(h100_gemm: pd.DataFrame):
     h100 = catalog.device("h100_sxm")
     a, b = (fit_group(h100_gemm, "gemm", h100, seed=3) for _ in range(2))
@@ -217,6 +231,21 @@ def test_tiers(calibrated: Path):
     # same compute, more bandwidth: the transferred H200 GEMM time is never slower than H100's
     assert (on_h200.latency_us[gemm] <= on_h100.latency_us[gemm] * 1.0001).all()
     assert (on_h100.latency_us > 0).all() and (on_h200.latency_us > 0).all()
+
+
+def test_price_bounds_bracket_the_prediction_and_leave_the_roofline(calibrated: Path):
+    ops = layer_ops(catalog.model("llama-3.1-8b"), Batch(prefill=((512, 0),), decode=(900,) * 16))
+    point, lower, upper = (CostModel("h100_sxm", calibrated, bound=b).predict(ops) for b in ("point", "lower", "upper"))
+    gemm = ops.op_family == "gemm"
+    assert (lower.latency_us[gemm] < point.latency_us[gemm]).all()
+    assert (point.latency_us[gemm] < upper.latency_us[gemm]).all()
+    assert lower.latency_us[~gemm].equals(point.latency_us[~gemm])  # roofline tier: no interval
+    on_h200 = [CostModel("h200_sxm", calibrated, bound=b).predict(ops).latency_us[gemm] for b in ("lower", "upper")]
+    assert (on_h200[0] < on_h200[1]).all()  # a transferred efficiency carries its donor's interval
+    entry = next(m for m in artifacts.load(calibrated, "h100_sxm")["models"] if m["dtype"] == "bfloat16")
+    assert 0.0 <= entry["holdout"]["coverage_90"] <= 1.0 and len(entry["interval_90_log"]) == 2
+    with pytest.raises(ValueError, match="unknown price bound 'middle'"):
+        CostModel("h100_sxm", calibrated, bound="middle")
 
 
 def test_report_json_rows(calibrated: Path):

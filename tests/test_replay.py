@@ -454,3 +454,30 @@ def test_validate_silicon_lists_a_bad_row_instead_of_aborting(wh: Path, tmp_path
     first = next(r for r in result["not_expressed"] if r["id"] == src.loc[i, "id"])
     assert first["line"] == i + 2 and "tp_size = 'abc' is not a positive number" in first["reason"]
     assert len(result["rows"]) == 2
+
+
+# ---- uncertainty --------------------------------------------------------------------------------------
+def test_replay_interval_brackets_the_point_and_the_cli_prints_it(wh: Path):
+    from hermes_sim.replay.interval import interval_90
+
+    point = simulate(scenario(), wh)["summary"]
+    bounds = interval_90(scenario(), wh, simulate)
+    lo, hi = bounds["tpot_ms.p50"]
+    assert lo < point["tpot_ms"]["p50"] < hi  # GEMM and attention are calibrated here: TPOT moves with them
+    assert bounds["ttft_ms.p99"][0] < bounds["ttft_ms.p99"][1]
+    assert simulate(scenario(price_at="lower"), wh)["summary"]["tpot_ms"]["p50"] == lo  # the same as a --set
+    path = wh.parent / "interval.yaml"
+    path.write_text(json.dumps(scenario().model_dump(mode="json")))  # JSON is YAML
+    shown = subprocess.run([str(EXE), "replay", str(path), "-w", str(wh), "--interval"], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "90% interval" in shown.stdout and f"tpot_ms.p50 [{lo}, {hi}]" in shown.stdout
+
+
+def test_validate_silicon_interval_reports_coverage_of_held_out_rows(wh: Path):
+    result = validate(SAMPLES / "e2e/silicon_h100.csv", wh, interval=True)
+    held = [r for r in result["rows"] if r["held_out"]]
+    assert held and all(r["predicted_tpot_ms_lower"] < r["predicted_tpot_ms_upper"] for r in held)
+    coverage = result["summary"]["held_out_interval_90_coverage"]
+    assert coverage["rows"] == len(held)
+    inside = sum(r["predicted_tpot_ms_lower"] <= r["measured_tpot_ms"] <= r["predicted_tpot_ms_upper"] for r in held)
+    assert coverage["tpot_coverage"] == round(inside / len(held), 4)

@@ -34,7 +34,9 @@ def device_share(dev: Device, cores: int | None) -> tuple[Device, float]:
     ), f
 
 
-def build_service_pool(spec: ServicePoolSpec, warehouse_root: Path, loop: EventLoop, max_seqs: int) -> ServicePool:
+def build_service_pool(
+    spec: ServicePoolSpec, warehouse_root: Path, loop: EventLoop, max_seqs: int, price_at: str = "point"
+) -> ServicePool:
     if (spec.model is None) == (spec.index is None):
         raise ScenarioError(f"pools.{spec.name}", "a service pool serves one encoder `model` or one vector `index`")
     dev = catalog_device(spec.device)
@@ -43,9 +45,10 @@ def build_service_pool(spec: ServicePoolSpec, warehouse_root: Path, loop: EventL
         spec.model_dump_json(exclude={"name", "replicas", "max_wait_us", "price_per_hour_usd"}),
         max_seqs,
         str(Path(warehouse_root).resolve()),
+        price_at,
     )
     if key not in _COSTS:
-        cm = CostModel(spec.device, warehouse_root, None, share=share)
+        cm = CostModel(spec.device, warehouse_root, None, share=share, bound=price_at)
         if spec.index is not None:
             _COSTS[key] = vector_search_cost(spec.index, cm, max_seqs, spec.cores or dev.compute_units)
         else:

@@ -46,9 +46,12 @@ def step_overhead(pool: LLMPoolSpec, warehouse_root: Path) -> tuple[float, str]:
 _COSTS: dict[tuple, IterationCost] = {}
 
 
-def iteration_cost(pool: LLMPoolSpec, warehouse_root: Path, overhead_us: float) -> IterationCost:
+def iteration_cost(
+    pool: LLMPoolSpec, warehouse_root: Path, overhead_us: float, price_at: str = "point"
+) -> IterationCost:
     """Priced grids are reused while what prices them stays the same: the pool's hardware, model and
-    parallelism, the grids' ranges, and the device's model artifact (sweeps over batching share them)."""
+    parallelism, the grids' ranges, the device's model artifact and the interval end priced (sweeps over
+    batching share them)."""
     artifact = models_path(warehouse_root, pool.device)
     key = (
         pool.model_dump_json(
@@ -59,6 +62,7 @@ def iteration_cost(pool: LLMPoolSpec, warehouse_root: Path, overhead_us: float) 
         str(Path(warehouse_root).resolve()),
         artifact.stat().st_mtime_ns if artifact.exists() else 0,
         overhead_us,
+        price_at,
     )
     if key not in _COSTS:
         dev, mdl = catalog_device(pool.device), catalog_model(pool.model)
@@ -71,7 +75,7 @@ def iteration_cost(pool: LLMPoolSpec, warehouse_root: Path, overhead_us: float) 
                 kv_cache_dtype=pool.kv_cache_dtype,
                 devices_per_node=dev.devices_per_node if pool.tp * pool.pp > dev.devices_per_node else None,
             ),
-            cost=CostModel(pool.device, warehouse_root, pool.framework),
+            cost=CostModel(pool.device, warehouse_root, pool.framework, bound=price_at),
             max_tokens=max(pool.batching.max_batched_tokens, pool.max_model_len),
             max_seqs=pool.batching.max_num_seqs,
             max_len=pool.max_model_len,
@@ -83,7 +87,12 @@ def iteration_cost(pool: LLMPoolSpec, warehouse_root: Path, overhead_us: float) 
 
 
 def build_llm_pool(
-    pool: LLMPoolSpec, warehouse_root: Path, loop: EventLoop, default_router: str, skip_ahead: bool = True
+    pool: LLMPoolSpec,
+    warehouse_root: Path,
+    loop: EventLoop,
+    default_router: str,
+    skip_ahead: bool = True,
+    price_at: str = "point",
 ) -> LLMPool:
     dev, mdl = catalog_device(pool.device), catalog_model(pool.model)
     blocks = kv_blocks(pool, dev, mdl)
@@ -97,7 +106,7 @@ def build_llm_pool(
         mdl.id,
     )
     overhead_us, overhead_source = step_overhead(pool, warehouse_root)
-    cost = iteration_cost(pool, warehouse_root, overhead_us)
+    cost = iteration_cost(pool, warehouse_root, overhead_us, price_at)
     policy = BATCHING[pool.batching.policy](pool.batching)
     block_bytes = kv_block_bytes(pool, mdl)
     host = dev.interconnects.get("pcie") or dev.scale_up_link()
