@@ -20,6 +20,7 @@ from ..warehouse.store import Warehouse, ingest_time
 from .catalog import LOCAL_CPU, Device
 from .fit import Fitted, Form, TooFewSamples, ape, fit_group
 from .splits import split_masks
+from .surface import ResidualSurface
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,16 @@ GROUP_KEYS = ("op_family", "dtype", "framework")
 
 def models_path(warehouse_root: Path, device: str) -> Path:
     return Path(warehouse_root) / MODELS_DIR / f"{device}.json"
+
+
+def residuals_path(warehouse_root: Path, device: str) -> Path:
+    """The models' measured residual surfaces (surface.py), one row per measured grid point: too many numbers
+    for the JSON beside it, which keeps each surface's grid and cells."""
+    return Path(warehouse_root) / MODELS_DIR / f"{device}.residuals.parquet"
+
+
+def _model_key(entry: dict) -> str:
+    return f"{entry['family']}/{entry['dtype']}/{entry['framework']}"
 
 
 def _version_key(v: str | None):
@@ -152,6 +163,7 @@ def _entry(key: tuple, group: pd.DataFrame, fitted: Fitted, holdout: dict) -> di
         "cv_mean_ape_by_degree": fitted.cv,
         # log(measured / predicted) bounding 90% of the chosen form's grouped-CV residuals
         "interval_90_log": list(fitted.log_interval_90) if fitted.log_interval_90 else None,
+        "surface": asdict(fitted.surface) if fitted.surface is not None else None,
         "holdout": holdout,
         "sources": sources,
     }
@@ -261,17 +273,54 @@ def rounded(value):
 
 
 def save(doc: dict, warehouse_root: Path) -> Path:
+    """The JSON artifact, and its surfaces' points as Parquet (written first: a JSON never names missing points)."""
     path = models_path(warehouse_root, doc["device"])
     path.parent.mkdir(parents=True, exist_ok=True)
+    doc = json.loads(json.dumps(doc, default=str))
+    frames = []
+    for entry in doc["models"]:
+        surface = entry.get("surface")
+        if surface:
+            points = np.asarray(surface.pop("points"), dtype=np.int64).reshape(-1, 2)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "model": _model_key(entry),
+                        "cell": points[:, 0].astype(np.int32),
+                        "grid_index": points[:, 1],
+                        "residual_log": np.asarray(surface.pop("values"), dtype=float),
+                    }
+                )
+            )
+    table = residuals_path(warehouse_root, doc["device"])
+    if frames:
+        tmp = table.with_suffix(".tmp")
+        pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
+        tmp.replace(table)
+    else:
+        table.unlink(missing_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rounded(json.loads(json.dumps(doc, default=str))), indent=1, allow_nan=False))
+    tmp.write_text(json.dumps(rounded(doc), indent=1, allow_nan=False))
     tmp.replace(path)
     return path
 
 
 def load(warehouse_root: Path, device: str) -> dict | None:
     path = models_path(warehouse_root, device)
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    with_surface = [e for e in doc.get("models", []) if e.get("surface")]
+    if with_surface:
+        table = residuals_path(warehouse_root, device)
+        if not table.exists():
+            raise FileNotFoundError(f"{path} names residual surfaces but {table} is missing: recalibrate {device}")
+        points = {k: g for k, g in pd.read_parquet(table).groupby("model", sort=False)}
+        for entry in with_surface:
+            got = points.get(_model_key(entry))
+            entry["surface"]["points"] = [] if got is None else got[["cell", "grid_index"]].to_numpy().tolist()
+            entry["surface"]["values"] = [] if got is None else got["residual_log"].tolist()
+    return doc
 
 
 def fitted_from_entry(entry: dict) -> Fitted:
@@ -283,4 +332,5 @@ def fitted_from_entry(entry: dict) -> Fitted:
         n=entry["n"],
         cv=entry.get("cv_mean_ape_by_degree", {}),
         log_interval_90=tuple(entry["interval_90_log"]) if entry.get("interval_90_log") else None,
+        surface=ResidualSurface(**entry["surface"]) if entry.get("surface") else None,
     )

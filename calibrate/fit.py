@@ -21,6 +21,7 @@ import pandas as pd
 
 from .catalog import Device
 from .roofline import COLLECTIVES, DECODE, ELEMENTWISE, GEMM, MOE_COMM, PREFILL, VECTOR_SEARCH, roofline
+from .surface import ResidualSurface
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +155,7 @@ class Form:
         if self.family == GEMM and self.compute_units > 1:
             cols.append(np.log(_wave_efficiency(df, self.compute_units)))
         for column, values in self.categories.items():
-            if column in df.columns:
-                got = df[column].astype(str).to_numpy()
-            else:  # a prediction without a kernel named: the one a serving framework would run
-                graph = df["cuda_graph"].to_numpy(dtype=bool) if "cuda_graph" in df.columns else np.zeros(len(df), bool)
-                got = np.where(graph, serving_kernel(values, graph=True), serving_kernel(values, graph=False))
+            got = self.category(df, column)
             for value in values[1:]:  # the first value is the baseline
                 hit = (got == value).astype(float)
                 cols.extend((hit, hit * np.log1p(FLOOR_US[1] / roof)))
@@ -176,6 +173,24 @@ class Form:
                 cols.append(c)
                 cols.extend(c * p for p in low)
         return np.column_stack(cols)
+
+    def category(self, df: pd.DataFrame, column: str) -> np.ndarray:
+        """The rows' values of a categorical column; without it, the kernel a serving framework would run."""
+        if column in df.columns:
+            return df[column].astype(str).to_numpy()
+        values = self.categories[column]
+        graph = df["cuda_graph"].to_numpy(dtype=bool) if "cuda_graph" in df.columns else np.zeros(len(df), bool)
+        return np.where(graph, serving_kernel(values, graph=True), serving_kernel(values, graph=False))
+
+    def cells(self, df: pd.DataFrame) -> pd.DataFrame:
+        """What names each row's cell of the residual surface: its categorical and config values."""
+        cols = {c: self.category(df, c) for c in self.categories}
+        for d in self.dims[self.n_size :]:
+            cols[d] = pd.to_numeric(df[d], errors="coerce").to_numpy(dtype=float) if d in df.columns else np.nan
+        return pd.DataFrame(cols, index=df.index)
+
+    def surface(self, df: pd.DataFrame, resid: np.ndarray) -> ResidualSurface:
+        return ResidualSurface.build(self.dims[: self.n_size], self.cells(df), df, resid)
 
     def n_features(self) -> int:
         base = 3 + len(FLOOR_US) + (self.family == GEMM and self.compute_units > 1)
@@ -243,6 +258,7 @@ class Fitted:
     # the 90% prediction interval as log(measured / predicted) at its 5th and 95th percentiles, from the chosen
     # form's grouped-CV residuals (shape blocks it was not fitted on); None for artifacts older than it
     log_interval_90: tuple[float, float] | None = None
+    surface: ResidualSurface | None = None  # the form's measured residuals, interpolated (surface.py)
 
     def interval_factors(self) -> tuple[float, float]:
         """(lower, upper) multipliers of a prediction bounding its 90% interval; (1, 1) when it has none."""
@@ -254,7 +270,10 @@ class Fitted:
         terms = roofline(df, device) if terms is None else terms
         roof = terms["roofline_us"].to_numpy()
         raw = self.form.bounded(self.form.design(df, terms)) @ self.coef
-        return roof * np.exp(self.form.clip_inefficiency(raw, np.log(np.maximum(roof, 1e-6))))
+        log_ineff = self.form.clip_inefficiency(raw, np.log(np.maximum(roof, 1e-6)))
+        if self.surface is not None:
+            log_ineff = log_ineff + self.surface.correction(self.form.cells(df), df)
+        return roof * np.exp(log_ineff)
 
 
 def _ols(X: np.ndarray, y: np.ndarray):
@@ -277,9 +296,12 @@ def ape(pred: np.ndarray, measured: np.ndarray) -> np.ndarray:
     return np.abs(pred - measured) / measured
 
 
-def _cv_ape(df: pd.DataFrame, terms: pd.DataFrame, y: np.ndarray, form: Form, seed: int) -> tuple[float, np.ndarray]:
+def _cv_ape(
+    df: pd.DataFrame, terms: pd.DataFrame, y: np.ndarray, form: Form, seed: int, surface: bool = False
+) -> tuple[float, np.ndarray]:
     """Mean absolute percentage error over folds that hold out whole shape blocks, and the held-out residuals
-    log(measured / predicted)."""
+    log(measured / predicted); with `surface`, each fold's prediction includes its training rows' residual
+    surface, as the final model's does."""
     rng = np.random.default_rng(seed)
     idx = np.arange(len(df))
     if len(idx) > CV_MAX_ROWS:
@@ -289,7 +311,8 @@ def _cv_ape(df: pd.DataFrame, terms: pd.DataFrame, y: np.ndarray, form: Form, se
     if len(uniq) < CV_FOLDS:
         groups, uniq = idx, idx
     folds = (rng.permutation(len(uniq)) % CV_FOLDS)[np.searchsorted(uniq, groups)]  # uniq is sorted
-    X = form.design(df.iloc[idx], terms.iloc[idx])
+    sub = df.iloc[idx]
+    X = form.design(sub, terms.iloc[idx])
     log_roof = np.log(np.maximum(terms["roofline_us"].to_numpy()[idx], 1e-6))
     errs = []
     for f in range(CV_FOLDS):
@@ -299,6 +322,10 @@ def _cv_ape(df: pd.DataFrame, terms: pd.DataFrame, y: np.ndarray, form: Form, se
         beta = np.linalg.lstsq(X[train], y[idx][train], rcond=None)[0]
         form.learn_ranges(X[train], y[idx][train], log_roof[train])
         pred = form.clip_inefficiency(form.bounded(X[test]) @ beta, log_roof[test])
+        if surface:
+            fitted = form.clip_inefficiency(form.bounded(X[train]) @ beta, log_roof[train])
+            grid = form.surface(sub[train], y[idx][train] - fitted)
+            pred = pred + grid.correction(form.cells(sub[test]), sub[test])
         errs.append(y[idx][test] - pred)  # log(measured / predicted)
     if not errs:
         return float("inf"), np.array([])
@@ -316,21 +343,25 @@ def fit_group(df: pd.DataFrame, family: str, device: Device, seed: int = 0) -> F
         raise TooFewSamples(f"{family} on {device.id}: shapes missing for the roofline")
     y = np.log(df["latency_us"].to_numpy() / terms["roofline_us"].to_numpy())
     scores: dict[int, float] = {}
-    residuals: dict[int, np.ndarray] = {}
     for degree in DEGREES:
         form = make_form(family, df, degree, device)
         if degree and not form.n_size:
             continue
         if form.n_features() > MAX_FEATURES or len(df) < max(MIN_SAMPLES, 3 * form.n_features()):
             continue
-        scores[degree], residuals[degree] = _cv_ape(df, terms, y, form, seed)
+        scores[degree], _ = _cv_ape(df, terms, y, form, seed)
     if not scores:
         raise TooFewSamples(f"{family} on {device.id}: {len(df)} samples fit no form")
     best = min(scores, key=lambda d: (scores[d], d))
     form = make_form(family, df, best, device)
+    # the form is chosen without the surface (it only corrects what the form leaves); the interval is taken
+    # from held-out residuals with it, as predictions are made
+    _, resid = _cv_ape(df, terms, y, form, seed, surface=True)
     X = form.design(df, terms)
-    form.learn_ranges(X, y, np.log(np.maximum(terms["roofline_us"].to_numpy(), 1e-6)))
+    log_roof = np.log(np.maximum(terms["roofline_us"].to_numpy(), 1e-6))
+    form.learn_ranges(X, y, log_roof)
     res = _ols(X, y)
+    fitted_y = form.clip_inefficiency(form.bounded(X) @ np.asarray(res.params), log_roof)
     return Fitted(
         form=form,
         coef=np.asarray(res.params),
@@ -338,7 +369,8 @@ def fit_group(df: pd.DataFrame, family: str, device: Device, seed: int = 0) -> F
         r2=float(res.rsquared),
         n=len(df),
         cv={f"degree_{d}": round(s, 5) for d, s in scores.items()},
-        log_interval_90=_interval(residuals[best]),
+        log_interval_90=_interval(resid),
+        surface=form.surface(df, y - fitted_y),
     )
 
 

@@ -110,7 +110,7 @@ def _fingerprint(scenario: Scenario, warehouse_root: Path) -> str:
     """What a point's result depends on: its scenario, the cost models it prices with, the logs it reads."""
     h = hashlib.sha256(__version__.encode() + scenario.model_dump_json().encode())
     models = Path(warehouse_root) / MODELS_DIR
-    for f in sorted(models.glob("*.json")) if models.exists() else ():
+    for f in sorted(models.glob("*")) if models.exists() else ():  # JSON artifacts and residual tables
         h.update(f.name.encode() + f.read_bytes())
     for c in scenario.clients:
         if c.source.log and Path(c.source.log).exists():

@@ -339,3 +339,37 @@ def test_refitting_one_family_keeps_the_others(calibrated: Path, sample_warehous
     from hermes_sim.calibrate.report import load_rows
 
     assert {"gemm", "attention_decode"} <= {r["family"] for r in load_rows(root, "h100_sxm")}
+
+
+# ---- the measured residual surface ---------------------------------------------------------------
+def test_residual_surface_returns_measured_points_interpolates_between_and_fades_outside():
+    from hermes_sim.calibrate.surface import ResidualSurface
+
+    sizes = pd.DataFrame({"m": [1, 1, 16, 16], "kv_len": [1, 1023, 1, 1023]})
+    cells = pd.DataFrame({"kernel_source": ["fa3"] * 4})
+    resid = np.array([0.1, 0.3, -0.1, 0.5])
+    surface = ResidualSurface.build(["m", "kv_len"], cells, sizes, resid)
+    assert surface.correction(cells, sizes) == pytest.approx(resid)  # at the measured points, the measurement
+    mid = pd.DataFrame({"m": [1], "kv_len": [31]})  # linear in log1p(size) between the measured 1 and 1023
+    t = (np.log(32) - np.log(2)) / (np.log(1024) - np.log(2))
+    assert surface.correction(cells.iloc[:1], mid) == pytest.approx([0.1 + t * 0.2])
+    far = pd.DataFrame({"m": [1], "kv_len": [1023 * 16]})  # 16x beyond the grid: two e-foldings of 4x
+    assert surface.correction(cells.iloc[:1], far)[0] == pytest.approx(0.3 * np.exp(-np.log(16) / np.log(4)), rel=1e-3)
+    unseen = pd.DataFrame({"kernel_source": ["triton"]})
+    assert surface.correction(unseen, sizes.iloc[:1]) == pytest.approx([0.0])  # a cell never measured: no correction
+
+
+def test_residual_surface_travels_with_the_artifact_and_its_loss_is_an_error(calibrated: Path, tmp_path: Path):
+    entry = next(m for m in artifacts.load(calibrated, "h100_sxm")["models"] if m["framework"] == "vllm")
+    assert entry["surface"]["dims"] and len(entry["surface"]["values"]) > 100
+    root = tmp_path / "wh"
+    shutil.copytree(calibrated, root)
+    shapes = pd.DataFrame({"op_family": "gemm", "dtype": "bfloat16", "m": [3, 96, 700], "n": 4096, "k": 4096})
+    with_table = CostModel("h100_sxm", root, framework="vllm").predict(shapes)["latency_us"].to_numpy()
+    samples = artifacts.device_samples(Warehouse(calibrated, read_only=True), "h100_sxm", "gemm")
+    group = samples[(samples["framework"] == "vllm") & (samples["dtype"] == "bfloat16")].reset_index(drop=True)
+    fresh = fit_group(group, "gemm", catalog.device("h100_sxm"))
+    assert with_table == pytest.approx(fresh.predict(shapes, catalog.device("h100_sxm")), rel=1e-6)
+    artifacts.residuals_path(root, "h100_sxm").unlink()
+    with pytest.raises(FileNotFoundError, match=r"residuals\.parquet is missing"):
+        CostModel("h100_sxm", root)
