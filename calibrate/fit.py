@@ -183,10 +183,12 @@ class Form:
         return np.where(graph, serving_kernel(values, graph=True), serving_kernel(values, graph=False))
 
     def cells(self, df: pd.DataFrame) -> pd.DataFrame:
-        """What names each row's cell of the residual surface: its categorical and config values."""
+        """What names each row's cell of the residual surface: its categorical and config values. A config value
+        not given counts as 0, as in the form (`_log_dim`): an op priced in a replay names no window, and a
+        window of 0 is no window."""
         cols = {c: self.category(df, c) for c in self.categories}
         for d in self.dims[self.n_size :]:
-            cols[d] = pd.to_numeric(df[d], errors="coerce").to_numpy(dtype=float) if d in df.columns else np.nan
+            cols[d] = np.expm1(_log_dim(df, d))
         return pd.DataFrame(cols, index=df.index)
 
     def surface(self, df: pd.DataFrame, resid: np.ndarray) -> ResidualSurface:

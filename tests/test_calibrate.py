@@ -373,3 +373,18 @@ def test_residual_surface_travels_with_the_artifact_and_its_loss_is_an_error(cal
     artifacts.residuals_path(root, "h100_sxm").unlink()
     with pytest.raises(FileNotFoundError, match=r"residuals\.parquet is missing"):
         CostModel("h100_sxm", root)
+
+
+def test_an_attention_op_priced_without_a_window_gets_its_measured_cells_correction():
+    """Replays price attention ops that name no window; the table's dense-attention rows say window 0."""
+    from hermes_sim.calibrate.fit import make_form
+
+    form = make_form(
+        "attention_decode",
+        pd.DataFrame({"batch_size": [1, 2], "kv_len": [1, 2], "num_heads": [32, 8], "window_size": [0, 128]}),
+        1,
+        catalog.device("h100_sxm"),
+    )
+    unnamed = form.cells(pd.DataFrame({"batch_size": [4], "kv_len": [9], "num_heads": [32]}))
+    named = form.cells(pd.DataFrame({"batch_size": [4], "kv_len": [9], "num_heads": [32], "window_size": [0]}))
+    pd.testing.assert_frame_equal(unnamed, named)
