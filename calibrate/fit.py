@@ -22,6 +22,7 @@ import pandas as pd
 from .catalog import Device
 from .roofline import COLLECTIVES, DECODE, ELEMENTWISE, GEMM, MOE_COMM, PREFILL, VECTOR_SEARCH, roofline
 from .surface import ResidualSurface
+from .surface import log_dim as _log_dim
 
 log = logging.getLogger(__name__)
 
@@ -202,11 +203,6 @@ class Form:
         monomials = self.monomials()
         low = sum(len(combo) <= CONFIG_INTERACTION_DEGREE for combo in monomials)
         return base + len(monomials) + (len(self.dims) - self.n_size) * (1 + low)
-
-
-def _log_dim(df: pd.DataFrame, dim: str) -> np.ndarray:
-    x = pd.to_numeric(df[dim], errors="coerce").to_numpy(dtype=float) if dim in df.columns else np.zeros(len(df))
-    return np.log1p(np.nan_to_num(np.maximum(x, 0.0)))
 
 
 def _wave_efficiency(df: pd.DataFrame, units: int) -> np.ndarray:

@@ -24,7 +24,8 @@ FADE_LOG = float(np.log(4.0))  # e-folding of an edge residual beyond the measur
 DIGITS = 4  # residuals are stored to 1e-4 in log: 0.01% of latency
 
 
-def _log(df: pd.DataFrame, dim: str) -> np.ndarray:
+def log_dim(df: pd.DataFrame, dim: str) -> np.ndarray:
+    """log1p of a shape dim, 0 where the row does not give it: the coordinate of forms and surfaces alike."""
     x = pd.to_numeric(df[dim], errors="coerce").to_numpy(dtype=float) if dim in df.columns else np.zeros(len(df))
     return np.log1p(np.nan_to_num(np.maximum(x, 0.0)))
 
@@ -41,7 +42,7 @@ class ResidualSurface:
     @classmethod
     def build(cls, dims: list[str], key_frame: pd.DataFrame, sizes: pd.DataFrame, resid: np.ndarray):
         """From rows: their key values (one column per key), size dims and residuals; duplicates averaged."""
-        logs = [_log(sizes, d) for d in dims]
+        logs = [log_dim(sizes, d) for d in dims]
         axes = [np.unique(x) for x in logs]
         codes, uniques = (
             pd.MultiIndex.from_frame(key_frame.astype(str)).factorize()
@@ -94,7 +95,7 @@ class ResidualSurface:
         lo_idx, hi_idx, w_hi, beyond = [], [], [], np.zeros(len(rows))
         for dim, axis in zip(self.dims, self.axes, strict=True):
             a = np.asarray(axis)
-            x = _log(sizes.iloc[rows], dim)
+            x = log_dim(sizes.iloc[rows], dim)
             xc = np.clip(x, a[0], a[-1])
             beyond += np.abs(x - xc)
             hi = np.clip(np.searchsorted(a, xc, side="left"), 0, len(a) - 1)
