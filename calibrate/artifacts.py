@@ -276,22 +276,23 @@ def save(doc: dict, warehouse_root: Path) -> Path:
     """The JSON artifact, and its surfaces' points as Parquet (written first: a JSON never names missing points)."""
     path = models_path(warehouse_root, doc["device"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = json.loads(json.dumps(doc, default=str))
-    frames = []
+    frames, entries = [], []
     for entry in doc["models"]:
         surface = entry.get("surface")
         if surface:
-            points = np.asarray(surface.pop("points"), dtype=np.int64).reshape(-1, 2)
+            points = np.asarray(surface["points"], dtype=np.int64).reshape(-1, 2)
             frames.append(
                 pd.DataFrame(
                     {
                         "model": _model_key(entry),
                         "cell": points[:, 0].astype(np.int32),
                         "grid_index": points[:, 1],
-                        "residual_log": np.asarray(surface.pop("values"), dtype=float),
+                        "residual_log": np.asarray(surface["values"], dtype=float),
                     }
                 )
             )
+            entry = entry | {"surface": {k: v for k, v in surface.items() if k not in ("points", "values")}}
+        entries.append(entry)
     table = residuals_path(warehouse_root, doc["device"])
     if frames:
         tmp = table.with_suffix(".tmp")
@@ -300,12 +301,14 @@ def save(doc: dict, warehouse_root: Path) -> Path:
     else:
         table.unlink(missing_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rounded(doc), indent=1, allow_nan=False))
+    plain = json.loads(json.dumps(doc | {"models": entries}, default=str))
+    tmp.write_text(json.dumps(rounded(plain), indent=1, allow_nan=False))
     tmp.replace(path)
     return path
 
 
 def load(warehouse_root: Path, device: str) -> dict | None:
+    """The JSON artifact with each surface's points and values (arrays) read back from its Parquet table."""
     path = models_path(warehouse_root, device)
     if not path.exists():
         return None
@@ -315,11 +318,11 @@ def load(warehouse_root: Path, device: str) -> dict | None:
         table = residuals_path(warehouse_root, device)
         if not table.exists():
             raise FileNotFoundError(f"{path} names residual surfaces but {table} is missing: recalibrate {device}")
-        points = {k: g for k, g in pd.read_parquet(table).groupby("model", sort=False)}
+        points = dict(tuple(pd.read_parquet(table).groupby("model", sort=False)))
         for entry in with_surface:
-            got = points.get(_model_key(entry))
-            entry["surface"]["points"] = [] if got is None else got[["cell", "grid_index"]].to_numpy().tolist()
-            entry["surface"]["values"] = [] if got is None else got["residual_log"].tolist()
+            got = points.get(_model_key(entry), pd.DataFrame(columns=["cell", "grid_index", "residual_log"]))
+            entry["surface"]["points"] = got[["cell", "grid_index"]].to_numpy(dtype=np.int64)
+            entry["surface"]["values"] = got["residual_log"].to_numpy(dtype=float)
     return doc
 
 

@@ -36,22 +36,19 @@ class ResidualSurface:
     keys: list[str]  # the columns whose values name a cell
     axes: list[list[float]]  # per dim, the measured log1p values (union over cells)
     cells: list[list[str]]  # per cell, its key values
-    points: list[list[int]] = field(default_factory=list)  # [cell, flat grid index] per stored residual
-    values: list[float] = field(default_factory=list)
+    points: np.ndarray = field(default_factory=lambda: np.empty((0, 2), dtype=np.int64))  # [cell, flat index]
+    values: np.ndarray = field(default_factory=lambda: np.empty(0))  # the residual at each point
 
     @classmethod
     def build(cls, dims: list[str], key_frame: pd.DataFrame, sizes: pd.DataFrame, resid: np.ndarray):
         """From rows: their key values (one column per key), size dims and residuals; duplicates averaged."""
         logs = [log_dim(sizes, d) for d in dims]
         axes = [np.unique(x) for x in logs]
-        codes, uniques = (
-            pd.MultiIndex.from_frame(key_frame.astype(str)).factorize()
-            if len(key_frame.columns)
-            else (
-                np.zeros(len(resid), dtype=np.int64),
-                pd.MultiIndex.from_tuples([()]),
-            )
-        )
+        if len(key_frame.columns):
+            codes, uniques = pd.MultiIndex.from_frame(key_frame.astype(str)).factorize()
+            cells = [[str(v) for v in u] for u in uniques]
+        else:  # one cell: the form has no categorical or config values
+            codes, cells = np.zeros(len(resid), dtype=np.int64), [[]]
         flat = np.zeros(len(resid), dtype=np.int64)
         for x, axis in zip(logs, axes, strict=True):
             flat = flat * len(axis) + np.searchsorted(axis, x)
@@ -60,25 +57,22 @@ class ResidualSurface:
             dims=list(dims),
             keys=list(key_frame.columns),
             axes=[a.round(9).tolist() for a in axes],
-            cells=[[str(v) for v in (u if isinstance(u, tuple) else (u,))] for u in uniques],
-            points=[[int(c), int(f)] for c, f in agg.index],
-            values=agg.round(DIGITS).tolist(),
+            cells=cells,
+            points=np.column_stack([agg.index.get_level_values(0), agg.index.get_level_values(1)]).astype(np.int64),
+            values=agg.round(DIGITS).to_numpy(),
         )
 
     @cached_property
     def _dense(self) -> np.ndarray:
         shape = [len(a) for a in self.axes]
         grid = np.full((len(self.cells), int(np.prod(shape))), np.nan)
-        if self.points:
-            p = np.asarray(self.points)
-            grid[p[:, 0], p[:, 1]] = self.values
+        p = np.asarray(self.points, dtype=np.int64).reshape(-1, 2)
+        grid[p[:, 0], p[:, 1]] = self.values
         return grid
 
     @cached_property
     def _cell_index(self) -> pd.MultiIndex:
-        return (
-            pd.MultiIndex.from_tuples([tuple(c) for c in self.cells]) if self.keys else pd.MultiIndex.from_tuples([()])
-        )
+        return pd.MultiIndex.from_tuples([tuple(c) for c in self.cells])
 
     def correction(self, key_frame: pd.DataFrame, sizes: pd.DataFrame) -> np.ndarray:
         """The interpolated log residual for each row (0 where its cell was never measured)."""
@@ -89,7 +83,7 @@ class ResidualSurface:
             cell = self._cell_index.get_indexer(pd.MultiIndex.from_frame(key_frame[self.keys].astype(str)))
         known = cell >= 0
         out = np.zeros(n)
-        if not known.any() or not self.points:
+        if not known.any() or not len(self.values):
             return out
         rows = np.flatnonzero(known)
         lo_idx, hi_idx, w_hi, beyond = [], [], [], np.zeros(len(rows))
