@@ -1,8 +1,13 @@
 """Predicted vs measured TTFT / TPOT of real deployments (AIConfigurator's silicon CSV layout).
 
-Each dense-model, aggregated-serving row becomes a closed-loop benchmark (concurrency = batch_size, fixed
-isl / osl) on the calibrated models of the row's `system`; rows the engine cannot express are listed with the
-reason, never dropped silently.
+Each dense-model row becomes a closed-loop benchmark (fixed isl / osl) on the calibrated models of the row's
+`system`; rows the engine cannot express are listed with the reason, never dropped silently.
+- aggregated (`mode` agg): one pool of TP x PP replicas; concurrency = batch_size;
+- disaggregated (`mode` disagg): a prefill pool of prefill_num_workers replicas (prefill_tp_size x
+  prefill_pp_size) and a decode pool of decode_num_workers replicas (decode_tp_size x decode_pp_size, at most
+  decode_batch_size sequences each), the prompt's KV moved between them over the system's catalog network link
+  (per sending replica, shared by concurrent transfers); concurrency = decode_batch_size x decode_num_workers,
+  as the campaigns' `silicon_concurrency` records it.
 
 How a row is measured: its clients send ROUNDS requests each, back to back; the first round is a warm-up and
 is left out of the means, as benchmark harnesses do. How the clients start (all at once, or spread over part of a
@@ -32,7 +37,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from ..calibrate.artifacts import MODELS_DIR
-from ..calibrate.catalog import devices, models
+from ..calibrate.catalog import DTYPE_BYTES, devices, models
 from .pools.llm.build import OVERHEADS_FILE
 from .run import simulate
 from .scenario import FRAMEWORK_BATCHING, Scenario
@@ -65,10 +70,18 @@ def _catalog_name(hf_name: str) -> str | None:
     return None
 
 
+AGG_COUNTS = ("tp_size", "batch_size")
+DISAGG_COUNTS = ("prefill_num_workers", "prefill_tp_size", "decode_num_workers", "decode_tp_size", "decode_batch_size")
+
+
+def is_disaggregated(row: pd.Series) -> bool:
+    return row["mode"] == "disagg"
+
+
 def why_not(row: pd.Series) -> str | None:
     """None when the row can be simulated, else the reason it cannot."""
-    if row["mode"] != "agg":
-        return f"mode {row['mode']!r}: disaggregated serving is not expressed yet"
+    if row["mode"] not in ("agg", "disagg"):
+        return f"mode {row['mode']!r} is neither agg nor disagg"
     name = _catalog_name(row["model_path"])
     if name is None:
         return f"model {row['model_path']} is not in the model catalog"
@@ -76,14 +89,16 @@ def why_not(row: pd.Series) -> str | None:
         return "MoE models need expert parallelism, not expressed yet"
     if row["system"] not in devices():
         return f"system {row['system']!r} is not in the device catalog"
-    for col in ("attention_dp_size", "moe_ep_size"):
+    prefixes = ("prefill_", "decode_") if is_disaggregated(row) else ("",)
+    for col in (f"{p}{c}" for p in prefixes for c in ("attention_dp_size", "moe_ep_size")):
         if col in row and pd.notna(row[col]) and float(row[col]) > 1:
             return f"{col} = {row[col]} is not expressed yet"
-    for col in ("tp_size", "batch_size", "isl", "osl", "silicon_ttft_ms", "silicon_tpot_ms"):
-        value = pd.to_numeric(pd.Series([row[col]]), errors="coerce").iloc[0]
+    counts = DISAGG_COUNTS if is_disaggregated(row) else AGG_COUNTS
+    for col in (*counts, "isl", "osl", "silicon_ttft_ms", "silicon_tpot_ms"):
+        value = pd.to_numeric(pd.Series([row.get(col)]), errors="coerce").iloc[0]
         if pd.isna(value) or value <= 0:
-            return f"{col} = {row[col]!r} is not a positive number"
-        if col in ("tp_size", "batch_size", "isl", "osl") and value != int(value):
+            return f"{col} = {row.get(col)!r} is not a positive number"
+        if col in (*counts, "isl", "osl") and value != int(value):
             return f"{col} = {row[col]!r} is not a whole number"
     return None
 
@@ -97,43 +112,96 @@ def preflight(row: pd.Series, warehouse_root: Path) -> str | None:
     return None
 
 
-def scenario_for(row: pd.Series, step_overhead_us: float = 0.0) -> Scenario:
-    concurrency = _int(row, "batch_size")
+def concurrency(row: pd.Series) -> int:
+    """Clients in the closed loop."""
+    if is_disaggregated(row):
+        return _int(row, "decode_batch_size") * _int(row, "decode_num_workers")
+    return _int(row, "batch_size")
+
+
+def _dtypes(row: pd.Series) -> tuple[str, str]:
+    """(weight GEMM dtype, KV-cache dtype): the row's GEMM quantization where it names a known one (fp8_block
+    kernels are not fp8 per-tensor ones), else its precision; 16-bit when neither says."""
     precision = str(row.get("precision")) if pd.notna(row.get("precision")) else "bfloat16"
-    dtype = "fp8" if "fp8" in precision else "bfloat16"
+    kv = "fp8" if "fp8" in precision else "bfloat16"
+    gemm = str(row.get("gemm_quant_mode")) if pd.notna(row.get("gemm_quant_mode")) else ""
+    return (gemm if gemm in DTYPE_BYTES and gemm not in ("float32", "tf32") else kv), kv
+
+
+def _pool(row: pd.Series, step_overhead_us: float, prefix: str = "", **fields) -> dict:
+    """One LLM pool of the row's deployment (`prefix`: prefill_ / decode_ columns of a disaggregated row)."""
+    dtype, kv_dtype = _dtypes(row)
+    pp = f"{prefix}pp_size"
+    return {
+        "device": row["system"],
+        "model": _catalog_name(row["model_path"]),
+        "tp": _int(row, f"{prefix}tp_size"),
+        "pp": _int(row, pp) if pd.notna(row.get(pp)) else 1,
+        "dtype": dtype,
+        "kv_cache_dtype": kv_dtype,
+        "framework": _framework(row) or None,
+        "max_model_len": _int(row, "isl") + _int(row, "osl") + 16,
+        "step_overhead_us": step_overhead_us,
+        **fields,
+    }
+
+
+def scenario_for(row: pd.Series, step_overhead_us: float = 0.0) -> Scenario:
+    clients = concurrency(row)
+    source = {
+        "kind": "closed_loop",
+        "concurrency": clients,
+        "requests": clients * ROUNDS,
+        "input_tokens": _int(row, "isl"),
+        "output_tokens": _int(row, "osl"),
+    }
+    batching = FRAMEWORK_BATCHING.get(_framework(row), FRAMEWORK_BATCHING["vllm"])
+    if not is_disaggregated(row):
+        pool = _pool(row, step_overhead_us, batching={**batching, "max_num_seqs": max(clients, 256)})
+        return Scenario.model_validate({"name": str(row["id"]), "source": source, "pools": [pool]})
+    prefill = _pool(
+        row, step_overhead_us, "prefill_", name="prefill", replicas=_int(row, "prefill_num_workers"), batching=batching
+    )
+    decode = _pool(
+        row,
+        step_overhead_us,
+        "decode_",
+        name="decode",
+        replicas=_int(row, "decode_num_workers"),
+        router="least_outstanding",
+        batching={**batching, "max_num_seqs": _int(row, "decode_batch_size")},
+    )
     return Scenario.model_validate(
         {
             "name": str(row["id"]),
-            "source": {
-                "kind": "closed_loop",
-                "concurrency": concurrency,
-                "requests": concurrency * ROUNDS,
-                "input_tokens": _int(row, "isl"),
-                "output_tokens": _int(row, "osl"),
-            },
-            "pools": [
-                {
-                    "device": row["system"],
-                    "model": _catalog_name(row["model_path"]),
-                    "tp": _int(row, "tp_size"),
-                    "pp": _int(row, "pp_size") if pd.notna(row.get("pp_size")) else 1,
-                    "dtype": dtype,
-                    "kv_cache_dtype": dtype,
-                    "framework": str(row.get("backend")) if pd.notna(row.get("backend")) else None,
-                    "max_model_len": _int(row, "isl") + _int(row, "osl") + 16,
-                    "step_overhead_us": step_overhead_us,
-                    "batching": {
-                        **FRAMEWORK_BATCHING.get(_framework(row), FRAMEWORK_BATCHING["vllm"]),
-                        "max_num_seqs": max(concurrency, 256),
-                    },
+            "clients": [{"name": "benchmark", "source": source, "pipeline": "disaggregated"}],
+            "pools": [prefill, decode],
+            "links": [{"name": "kv", "like": f"{row['system']}.network", "scope": "per_replica"}],
+            "pipelines": {
+                "disaggregated": {
+                    "stages": [
+                        {"name": "prefill", "type": "prefill", "pool": "prefill"},
+                        {"name": "transfer", "type": "kv_transfer", "link": "kv"},
+                        {"name": "decode", "type": "decode", "pool": "decode"},
+                    ]
                 }
-            ],
+            },
         }
     )
 
 
 def _int(row: pd.Series, col: str) -> int:
     return int(float(row[col]))
+
+
+def deployment(row: pd.Series) -> str:
+    """The row's GPUs in words: `TP4` (aggregated) or `prefill 8 x TP1 + decode 2 x TP4`."""
+    if not is_disaggregated(row):
+        return f"TP{_int(row, 'tp_size')}"
+    return (
+        f"prefill {_int(row, 'prefill_num_workers')} x TP{_int(row, 'prefill_tp_size')} + "
+        f"decode {_int(row, 'decode_num_workers')} x TP{_int(row, 'decode_tp_size')}"
+    )
 
 
 def _framework(row: pd.Series) -> str:
@@ -178,7 +246,7 @@ def steady_state(
         scenario.source.ramp_up_s = ramp * e2e_s
     out = simulate(scenario, warehouse_root)
     req = out["requests"]
-    req = req[(req.request_id >= _int(row, "batch_size")) & (req.status == "completed")]
+    req = req[(req.request_id >= concurrency(row)) & (req.status == "completed")]
     return {
         "ttft_ms": float(req.ttft_ms.mean()),
         "tpot_ms": float(req.tpot_ms.mean()),
@@ -280,10 +348,12 @@ def validate(
                     "device": row["system"],
                     "backend": _framework(row),
                     "precision": row.get("precision"),
-                    "tp": _int(row, "tp_size"),
+                    "mode": row["mode"],
+                    "deployment": deployment(row),
+                    "tp": _int(row, "decode_tp_size" if is_disaggregated(row) else "tp_size"),
                     "isl": _int(row, "isl"),
                     "osl": _int(row, "osl"),
-                    "concurrency": _int(row, "batch_size"),
+                    "concurrency": concurrency(row),
                     "held_out": is_held_out(row["id"]),
                     "measured_ttft_ms": float(row["silicon_ttft_ms"]),
                     "measured_tpot_ms": float(row["silicon_tpot_ms"]),
@@ -327,6 +397,7 @@ def validate(
                         {"model": m, "backend": b, "rows": len(g), **_errors(g)}
                         for (m, b), g in held.groupby(["model", "backend"])
                     ],
+                    "held_out_by_mode": [{"mode": m, "rows": len(g), **_errors(g)} for m, g in held.groupby("mode")],
                     "all_rows": _errors(table),
                     "serving_overheads": fitted,
                     "client_ramp_by_campaign": ramps,
