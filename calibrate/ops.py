@@ -39,6 +39,9 @@ class Parallelism:
     dtype: str = "bfloat16"
     kv_cache_dtype: str | None = None
     extra: dict = field(default_factory=dict)
+    # expert parallelism inside the TP group (MoE): each device holds experts / ep experts, each sharded
+    # tp / ep ways (TRT-LLM's moe_ep_size x moe_tp_size = tp_size); attention stays tensor-parallel
+    ep: int = 1
     # set when a replica's GPUs span nodes of this many devices: collectives that cross a node use the
     # inter-node link (None: the replica fits in one node)
     devices_per_node: int | None = None
@@ -93,18 +96,31 @@ def layer_ops(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism()
             kv_cache_dtype=kv_dtype,
         )
     add("o_proj", "gemm", m=T, n=model.hidden, k=h * d)
-    up = (2 if model.gated_mlp else 1) * model.ffn // tp
+    gate = 2 if model.gated_mlp else 1
     if model.experts > 1:
-        add("router", "gemm", m=T, n=model.experts, k=model.hidden)
-        # tokens spread evenly over experts: each expert GEMM sees T * top_k / experts rows
-        per_expert = max(T * model.top_k / model.experts, 1.0)
-        add("expert_up", "gemm", count=layers * model.experts, m=per_expert, n=up, k=model.hidden)
-        add("expert_down", "gemm", count=layers * model.experts, m=per_expert, n=model.hidden, k=model.ffn // tp)
+        # Each token picks top_k of the experts (taken as uniform and independent): an expert receives at least
+        # one of the T tokens with probability 1 - (1 - top_k / experts)^T, so small batches touch few experts
+        # and read only their weights. A device holds experts / ep local experts, each sharded tp / ep ways, and
+        # runs each layer's up and down projections as one grouped GEMM (one kernel): priced as one GEMM whose
+        # rows are those routed to an active expert and whose columns are the active experts' weight matrices
+        # side by side, which has the grouped GEMM's FLOPs and weight bytes and pays one launch, not one per
+        # expert. The partial outputs combine in the all-reduce below, as with TP attention.
+        if tp % par.ep or model.experts % par.ep:
+            raise ValueError(f"{model.id}: ep={par.ep} must divide TP={tp} and the {model.experts} experts")
+        moe_tp, local = tp // par.ep, model.experts // par.ep
+        active = 1.0 - (1.0 - model.top_k / model.experts) ** T
+        routed = T * model.top_k / model.experts / active  # rows per active expert
+        experts_on = local * active
+        add("router", "gemm", dtype=act, m=T, n=model.experts, k=model.hidden)
+        add("expert_up", "gemm", m=routed, n=experts_on * (gate * model.ffn // moe_tp), k=model.hidden)
+        add("expert_down", "gemm", m=routed, n=experts_on * model.hidden, k=model.ffn // moe_tp)
+        act_rows, act_cols = T * model.top_k / par.ep, model.ffn // moe_tp
     else:
-        add("mlp_up", "gemm", m=T, n=up, k=model.hidden)
+        add("mlp_up", "gemm", m=T, n=gate * model.ffn // tp, k=model.hidden)
         add("mlp_down", "gemm", m=T, n=model.hidden, k=model.ffn // tp)
+        act_rows, act_cols = T, model.ffn // tp
     add("norms", "norm", count=2 * layers, dtype=act, m=T, n=model.hidden)
-    add("activation", "elementwise", dtype=act, m=T, n=model.ffn // tp)
+    add("activation", "elementwise", dtype=act, m=act_rows, n=act_cols)
     node = {"devices_per_node": par.devices_per_node} if par.devices_per_node else {}
     if tp > 1:
         add(

@@ -81,6 +81,7 @@ class LLMPoolSpec(_Strict):
     model: str
     tp: PositiveInt = 1
     pp: PositiveInt = 1
+    ep: PositiveInt = Field(1, description="MoE: expert-parallel degree inside the TP group (experts / ep per GPU)")
     dtype: str = "bfloat16"
     kv_cache_dtype: str | None = None
     framework: str | None = Field(None, description="serving framework whose calibrated models price this pool")
@@ -466,6 +467,13 @@ def check_references(sc: Scenario) -> None:
             if models()[p.model].role != "generation":
                 raise ScenarioError(
                     f"pools.{p.name}.model", f"{p.model} is an {models()[p.model].role} model, not a text generator"
+                )
+            experts = models()[p.model].experts
+            if p.ep > 1 and (experts == 1 or p.tp % p.ep or experts % p.ep):
+                raise ScenarioError(
+                    f"pools.{p.name}.ep",
+                    f"ep {p.ep} needs a MoE model whose experts it divides, inside TP {p.tp} ({p.model}: "
+                    f"{experts} expert(s))",
                 )
             if p.tp * p.pp > dev.devices_per_node and not p.spans_nodes:
                 raise ScenarioError(

@@ -1,7 +1,9 @@
 """Predicted vs measured TTFT / TPOT of real deployments (AIConfigurator's silicon CSV layout).
 
-Each dense-model row becomes a closed-loop benchmark (fixed isl / osl) on the calibrated models of the row's
-`system`; rows the engine cannot express are listed with the reason, never dropped silently.
+Each row of a catalog model (dense, or MoE with tensor- and expert-parallel experts: moe_tp_size x moe_ep_size =
+tp_size) becomes a closed-loop benchmark (fixed isl / osl) on the calibrated models of the row's `system`; rows
+the engine cannot express (data-parallel attention, models outside the catalog) are listed with the reason,
+never dropped silently.
 - aggregated (`mode` agg): one pool of TP x PP replicas; concurrency = batch_size;
 - disaggregated (`mode` disagg): a prefill pool of prefill_num_workers replicas (prefill_tp_size x
   prefill_pp_size) and a decode pool of decode_num_workers replicas (decode_tp_size x decode_pp_size, at most
@@ -63,7 +65,7 @@ RAMPS = (0.0, 0.25, 0.5, 1.0)  # client start spreads tried per campaign (fracti
 
 def _catalog_name(hf_name: str) -> str | None:
     """The catalog model of a Hugging Face name; instruction-tuned variants share their base's shapes."""
-    wanted = str(hf_name).lower().removesuffix("-instruct")
+    wanted = str(hf_name).lower().removesuffix("-instruct").removesuffix("-fp8")  # FP8 checkpoints: same shapes
     for name, cfg in models().items():
         if cfg.hf_name.lower() == wanted:
             return name
@@ -85,14 +87,20 @@ def why_not(row: pd.Series) -> str | None:
     name = _catalog_name(row["model_path"])
     if name is None:
         return f"model {row['model_path']} is not in the model catalog"
-    if models()[name].experts > 1:
-        return "MoE models need expert parallelism, not expressed yet"
     if row["system"] not in devices():
         return f"system {row['system']!r} is not in the device catalog"
     prefixes = ("prefill_", "decode_") if is_disaggregated(row) else ("",)
-    for col in (f"{p}{c}" for p in prefixes for c in ("attention_dp_size", "moe_ep_size")):
+    for p in prefixes:
+        col = f"{p}attention_dp_size"
         if col in row and pd.notna(row[col]) and float(row[col]) > 1:
-            return f"{col} = {row[col]} is not expressed yet"
+            return f"{col} = {row[col]} (data-parallel attention) is not expressed yet"
+        if models()[name].experts == 1:
+            if pd.notna(row.get(f"{p}moe_ep_size")) and float(row[f"{p}moe_ep_size"]) > 1:
+                return f"{p}moe_ep_size = {row[f'{p}moe_ep_size']} on a dense model"
+        elif pd.notna(row.get(f"{p}tp_size")):
+            tp, ep, moe_tp = float(row[f"{p}tp_size"]), _expert_parallel(row, p), row.get(f"{p}moe_tp_size")
+            if pd.notna(moe_tp) and float(moe_tp) > 0 and float(moe_tp) * ep != tp:
+                return f"{p}moe_tp_size x {p}moe_ep_size = {float(moe_tp) * ep:g} is not {p}tp_size ({tp:g})"
     counts = DISAGG_COUNTS if is_disaggregated(row) else AGG_COUNTS
     for col in (*counts, "isl", "osl", "silicon_ttft_ms", "silicon_tpot_ms"):
         value = pd.to_numeric(pd.Series([row.get(col)]), errors="coerce").iloc[0]
@@ -110,6 +118,12 @@ def preflight(row: pd.Series, warehouse_root: Path) -> str | None:
     except ValueError as e:
         return str(e)
     return None
+
+
+def _expert_parallel(row: pd.Series, prefix: str = "") -> int:
+    """The row's expert-parallel degree (1 where it names none)."""
+    ep = row.get(f"{prefix}moe_ep_size")
+    return int(float(ep)) if pd.notna(ep) and float(ep) >= 1 else 1
 
 
 def concurrency(row: pd.Series) -> int:
@@ -137,6 +151,7 @@ def _pool(row: pd.Series, step_overhead_us: float, prefix: str = "", **fields) -
         "model": _catalog_name(row["model_path"]),
         "tp": _int(row, f"{prefix}tp_size"),
         "pp": _int(row, pp) if pd.notna(row.get(pp)) else 1,
+        "ep": _expert_parallel(row, prefix) if models()[_catalog_name(row["model_path"])].experts > 1 else 1,
         "dtype": dtype,
         "kv_cache_dtype": kv_dtype,
         "framework": _framework(row) or None,

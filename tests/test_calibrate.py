@@ -122,6 +122,28 @@ def test_tensor_parallel_splits_gemms_and_adds_all_reduces():
     assert "all_reduce" not in set(tp1.op_family)
 
 
+def test_moe_layers_read_only_the_experts_a_batch_routes_to_and_split_them_over_expert_parallel_ranks():
+    mdl = catalog.model("qwen3-235b-a22b")
+    expert_params = 3 * mdl.hidden * mdl.ffn  # gated up (2 x ffn) and down per expert
+
+    def expert_weights(ops):  # elements of the expert projections' weight matrices read per layer
+        e = ops[ops.name.isin(["expert_up", "expert_down"])]
+        return float((e.n * e.k).sum())
+
+    one = layer_ops(mdl, Batch(decode=(100,)), Parallelism(tp=4, ep=4))
+    assert expert_weights(one) == pytest.approx(mdl.top_k / 4 * expert_params)  # 1 token: top_k experts, 1/4 here
+    many = layer_ops(mdl, Batch(prefill=((8192, 0),)), Parallelism(tp=4, ep=4))
+    assert expert_weights(many) == pytest.approx(mdl.experts / 4 * expert_params, rel=1e-6)  # every local expert
+    routed = many[many.name == "expert_up"].iloc[0]
+    assert routed.m * routed.n == pytest.approx(8192 * mdl.top_k / 4 * 2 * mdl.ffn, rel=1e-6)  # rows x columns
+    assert len(many[many.name == "expert_up"]) == 1 and many[many.name == "expert_up"].iloc[0]["count"] == mdl.layers
+    tp_only = layer_ops(mdl, Batch(decode=(100,)), Parallelism(tp=4))  # experts sharded 4 ways instead
+    assert expert_weights(tp_only) == pytest.approx(expert_weights(one))
+    assert tp_only[tp_only.name == "expert_down"].iloc[0].k == mdl.ffn // 4
+    with pytest.raises(ValueError, match="ep=3 must divide"):
+        layer_ops(mdl, Batch(decode=(100,)), Parallelism(tp=4, ep=3))
+
+
 def test_roofline_gemm_regimes_and_ring_all_reduce():
     h100 = catalog.device("h100_sxm")
     ops = pd.DataFrame(

@@ -15,7 +15,7 @@ from conftest import SAMPLES
 from hermes_sim.calibrate.catalog import device, model
 from hermes_sim.replay.run import simulate
 from hermes_sim.replay.scenario import Scenario
-from hermes_sim.replay.validate import validate
+from hermes_sim.replay.validate import steady_state, validate
 
 EXE = Path(sys.executable).with_name("hermes-sim")
 
@@ -270,6 +270,24 @@ def test_validate_silicon_replays_a_disaggregated_row_as_two_pools_and_a_kv_tran
     assert (req.status == "completed").all() and len(req) == 2 * 448
     assert (req.transfer_service_ms > 0).all()  # every prompt's KV crossed the link
     assert (req.decode_queue_ms >= 0).all() and set(req.prefill_pool) == {"prefill"}
+
+
+def test_validate_silicon_expresses_a_moe_row_with_its_expert_parallelism(wh: Path):
+    from hermes_sim.replay.validate import scenario_for, why_not
+
+    rows = pd.read_csv(SAMPLES / "e2e/silicon_h100.csv")
+    row = rows[rows.model_path == "Qwen/Qwen3-235B-A22B-FP8"].iloc[0]
+    assert why_not(row) is None
+    pool = scenario_for(row).pools[0]
+    assert (pool.model, pool.tp, pool.ep, pool.dtype) == ("qwen3-235b-a22b", 4, 4, "fp8_block")
+    bad = row.copy()
+    bad["moe_tp_size"] = 2.0  # 2 x ep 4 is not TP 4
+    assert "moe_tp_size x moe_ep_size = 8 is not tp_size (4)" in why_not(bad)
+    bad = row.copy()
+    bad["attention_dp_size"] = 4.0
+    assert "data-parallel attention" in why_not(bad)
+    out = steady_state(row, wh)
+    assert out["tpot_ms"] > 0 and out["ttft_ms"] > 0
 
 
 def test_sweep_on_dask_equals_serial_and_partitioned_equals_serial(wh: Path, tmp_path: Path):

@@ -71,6 +71,7 @@ def iteration_cost(
             par=Parallelism(
                 tp=pool.tp,
                 pp=pool.pp,
+                ep=pool.ep,
                 dtype=pool.dtype,
                 kv_cache_dtype=pool.kv_cache_dtype,
                 devices_per_node=dev.devices_per_node if pool.tp * pool.pp > dev.devices_per_node else None,
