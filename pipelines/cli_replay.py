@@ -205,6 +205,7 @@ def estimate_cmd(
     output_tokens: Annotated[int, typer.Option(help="Output tokens per request.", min=1)],
     tp: Annotated[int, typer.Option(help="Tensor parallelism.", min=1)] = 1,
     pp: Annotated[int, typer.Option(help="Pipeline parallelism.", min=1)] = 1,
+    ep: Annotated[int, typer.Option(help="MoE: expert parallelism inside the TP group.", min=1)] = 1,
     dtype: Annotated[str, typer.Option(help="Weights / activations dtype.")] = "bfloat16",
     framework: Annotated[str | None, typer.Option(help="Serving framework whose models and overhead price it.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
@@ -217,7 +218,17 @@ def estimate_cmd(
     check_format(fmt)
     with errors():
         est = estimate(
-            device, model, batch, input_tokens, output_tokens, warehouse or default_location(), tp, pp, dtype, framework
+            device,
+            model,
+            batch,
+            input_tokens,
+            output_tokens,
+            warehouse or default_location(),
+            tp,
+            pp,
+            dtype,
+            framework,
+            ep,
         )
     if fmt == "json":
         write_json(est)

@@ -44,17 +44,21 @@ def estimate(
     pp: int = 1,
     dtype: str = "bfloat16",
     framework: str | None = None,
+    ep: int = 1,
 ) -> dict:
     spec = LLMPoolSpec(
         device=device,
         model=model,
         tp=tp,
         pp=pp,
+        ep=ep,
         dtype=dtype,
         framework=framework,
         max_model_len=input_tokens + output_tokens + 1,
     )
     dev, mdl = catalog_device(device), catalog_model(model)
+    if ep > 1 and mdl.experts == 1:
+        raise ValueError(f"--ep {ep}: {model} is a dense model (expert parallelism needs experts)")
     blocks = kv_blocks(spec, dev, mdl)
     need = batch * -(-(input_tokens + output_tokens) // spec.memory.block_tokens)
     overhead_us, overhead_source = step_overhead(spec, warehouse_root)
@@ -63,7 +67,11 @@ def estimate(
         device, str(Path(warehouse_root).resolve()), framework, artifact.stat().st_mtime_ns if artifact.exists() else 0
     )
     par = Parallelism(
-        tp=tp, pp=pp, dtype=dtype, devices_per_node=dev.devices_per_node if tp * pp > dev.devices_per_node else None
+        tp=tp,
+        pp=pp,
+        ep=ep,
+        dtype=dtype,
+        devices_per_node=dev.devices_per_node if tp * pp > dev.devices_per_node else None,
     )
     graphs = dev.vendor == "nvidia"
     steps = max(output_tokens - 1, 0)
