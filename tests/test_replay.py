@@ -290,6 +290,23 @@ def test_validate_silicon_expresses_a_moe_row_with_its_expert_parallelism(wh: Pa
     assert out["tpot_ms"] > 0 and out["ttft_ms"] > 0
 
 
+def test_step_overhead_is_fitted_on_dense_rows_of_the_calibration_half_only():
+    from hermes_sim.replay.validate import _fit_step_overheads
+
+    table = pd.DataFrame(
+        {
+            "device": ["h100_sxm"] * 4,
+            "backend": ["trtllm"] * 4,
+            "held_out": [False, False, False, True],
+            "moe": [False, False, True, False],
+            "measured_tpot_ms": [10.0, 10.0, 30.0, 50.0],
+            "tpot_no_overhead_ms": [9.6, 9.4, 10.0, 10.0],
+        }
+    )
+    fitted = _fit_step_overheads(table)["h100_sxm"]["trtllm"]
+    assert fitted == {"step_overhead_us": 500.0, "calibration_rows": 2}  # neither the MoE nor the held-out gap
+
+
 def test_sweep_on_dask_equals_serial_and_partitioned_equals_serial(wh: Path, tmp_path: Path):
     from hermes_sim.replay.parallel import dask_client, run_sweep, simulate_partitioned, sweep_points
 
