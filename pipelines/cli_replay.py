@@ -239,7 +239,10 @@ def estimate_cmd(
         f"end to end {est['e2e_ms']} ms"
     )
     out.print(f"priced from: {', '.join(f'{k} {v} ops' for k, v in est['cost_tiers'].items())}")
-    out.print(f"step overhead {est['step_overhead_us']} us per iteration: {est['step_overhead_source']}")
+    out.print(
+        f"step overhead {est['step_overhead_us']} us per iteration + {est['sequence_overhead_us']} us per sequence: "
+        f"{est['step_overhead_source']}"
+    )
     if not est["kv_fits"]:
         out.print(
             f"warning: the batch needs {est['kv_blocks_needed']} KV blocks, a replica has "

@@ -3,9 +3,9 @@ one replica. The B prompts are prefilled as one batch; then O - 1 decode iterati
 KV growing from I to I + O (priced at 16 KV lengths and integrated: a decode step's time is smooth in its KV
 length). Ops are priced by the device's cost models exactly as the engine prices an iteration (every stage of
 a PP replica in turn, the LM head once, CUDA-graph variants for small decode batches on NVIDIA GPUs), each
-carrying its tier; the step overhead (the serving framework's CPU time per iteration: scheduling, sampling,
-launch gaps) is included and named. A step-level figure separates cost-model error from scheduling and client
-effects."""
+carrying its tier; the step overhead (the serving framework's CPU time per iteration, launch gaps and the
+scheduler pass, plus its time per sequence: scheduling, sampling, streaming) is included and named. A
+step-level figure separates cost-model error from scheduling and client effects."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def estimate(
         raise ValueError(f"--ep {ep}: {model} is a dense model (expert parallelism needs experts)")
     blocks = kv_blocks(spec, dev, mdl)
     need = batch * -(-(input_tokens + output_tokens) // spec.memory.block_tokens)
-    overhead_us, overhead_source = step_overhead(spec, warehouse_root)
+    overhead = step_overhead(spec, warehouse_root)
     artifact = Path(warehouse_root) / "models" / f"{device}.json"
     cm = _cost_model(
         device, str(Path(warehouse_root).resolve()), framework, artifact.stat().st_mtime_ns if artifact.exists() else 0
@@ -85,10 +85,10 @@ def estimate(
     pred = cm.predict(ops)
     per_stage = np.where(ops["name"] == "lm_head", 1.0, float(pp))  # each PP stage in turn; the head once
     us = pred["latency_us"].to_numpy() * ops["count"].to_numpy() * per_stage
-    prefill_us = float(us[ops["point"].to_numpy() == -1].sum()) + overhead_us
+    prefill_us = float(us[ops["point"].to_numpy() == -1].sum()) + overhead.us(batch)
     decode_s = 0.0
     if steps:
-        at = np.array([us[ops["point"].to_numpy() == i].sum() for i in range(len(kv))]) + overhead_us
+        at = np.array([us[ops["point"].to_numpy() == i].sum() for i in range(len(kv))]) + overhead.us(batch)
         decode_s = float(np.interp(np.arange(input_tokens + 1, input_tokens + steps + 1), kv, at).sum()) / 1e6
     tiers = Counter(pred["tier"])
     return {
@@ -104,8 +104,9 @@ def estimate(
         "prefill_ms": round(prefill_us / 1e3, 4),
         "decode_step_ms": round(decode_s * 1e3 / steps, 4) if steps else None,
         "e2e_ms": round(prefill_us / 1e3 + decode_s * 1e3, 4),
-        "step_overhead_us": overhead_us,
-        "step_overhead_source": overhead_source,
+        "step_overhead_us": overhead.iteration_us,
+        "sequence_overhead_us": overhead.sequence_us,
+        "step_overhead_source": overhead.source,
         "cost_tiers": dict(tiers),
         "kv_fits": need <= blocks,
         "kv_blocks_needed": need,

@@ -89,6 +89,9 @@ class LLMPoolSpec(_Strict):
     # scheduler + launch gap per iteration (CPU side); None: calibrated for the device and framework by
     # `validate silicon`; a pool with neither names the default it used in the summary's assumptions
     step_overhead_us: float | None = Field(None, ge=0)
+    # ... and per sequence in the iteration (scheduling it, sampling, detokenizing and streaming its token);
+    # None: calibrated with the step overhead (0 where the pool sets step_overhead_us alone)
+    sequence_overhead_us: float | None = Field(None, ge=0)
     # HTTP, tokenization and queueing in the serving frontend, between a request's arrival and its routing
     frontend_latency_us: float = Field(0.0, ge=0)
     # iterations of up to this many tokens run as CUDA graphs (vLLM's default capture size; 0: always eager):
@@ -316,9 +319,12 @@ class Source(_Strict):
     lengths: Literal["fixed", "lognormal", "log"] = "fixed"
     length_cv: PositiveFloat = 1.0
     # closed loop: `concurrency` clients, each sending its next request when the last one completes; client i
-    # starts at i * ramp_up_s / concurrency (0: all at once)
+    # starts at i * ramp_up_s / concurrency (0: all at once); lengths normal around input/output_tokens with
+    # these standard deviations (aiperf's --isl-stddev / --osl-stddev; 0: fixed), seeded
     concurrency: PositiveInt = 1
     ramp_up_s: float = Field(0.0, ge=0)
+    input_tokens_stddev: float = Field(0.0, ge=0)
+    output_tokens_stddev: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _log_named(self) -> Source:

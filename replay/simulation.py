@@ -83,8 +83,9 @@ class Simulation:
             if spec.kind == "llm":
                 pool = build_llm_pool(spec, self.root, self.loop, scenario.router, skip_ahead, scenario.price_at)
                 pool.audit = audit
-                if pool.step_overhead_source.startswith("default"):
-                    self.assume(f"pools.{spec.name}.step_overhead_us", pool.step_overhead_us, pool.step_overhead_source)
+                if pool.step_overhead.source.startswith("default"):
+                    o = pool.step_overhead
+                    self.assume(f"pools.{spec.name}.step_overhead_us", o.iteration_us, o.source)
             else:
                 batch = max_seqs.get(spec.name, spec.max_batch)
                 pool = build_service_pool(spec, self.root, self.loop, batch, scenario.price_at)

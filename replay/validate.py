@@ -11,19 +11,23 @@ never dropped silently.
   (per sending replica, shared by concurrent transfers); concurrency = decode_batch_size x decode_num_workers,
   as the campaigns' `silicon_concurrency` records it.
 
-How a row is measured: its clients send ROUNDS requests each, back to back; the first round is a warm-up and
-is left out of the means, as benchmark harnesses do. How the clients start (all at once, or spread over part of a
-request's end-to-end time) differs between measurement campaigns and is not recorded in the CSV, so it is
-calibrated per campaign (the row's source file) on the calibration half, from RAMPS.
+How a row is measured: aiperf's closed loop (the client AIConfigurator's benchmark template runs). Every client
+sends its first request at t = 0 and its next one when the last completes, ROUNDS requests each; the first
+round is a warm-up left out of the means. Each request's lengths are drawn normal around the row's isl / osl
+with the client's length spread (stddev / mean: aiperf's --isl-stddev / --osl-stddev, not recorded in the
+CSV). Whether the clients stay in lockstep or drift apart then emerges from the scheduler.
 
 Each row runs with its framework's default batching (config.FRAMEWORK_BATCHING).
 
-The per-iteration CPU overhead (scheduling, sampling, launch gaps) is a calibrated parameter. Rows are split in
-two by a stable hash of their id. On the calibration half, per (device, framework), the step overhead is the
-median gap between measured TPOT and the TPOT simulated without it (one iteration per output token in steady
-decode). The other half is held out: its errors are the ones reported as the result, beside a plain roofline
-(the same simulation with speed-of-light op times and no overhead). The fitted overheads are written next to
-the device's cost models and used by every replay of that device and framework whose pool does not set one."""
+Rows are split in two by a stable hash of their id. The calibration half fits, per (device, framework):
+- the serving loop's CPU overhead, outside the kernels: step_overhead_us per iteration (scheduler pass,
+  launch gaps) plus sequence_overhead_us per sequence in it (scheduling it, sampling, detokenizing and
+  streaming its token), the median line through the gap between measured TPOT and TPOT simulated without it,
+  against the simulated sequences per iteration;
+- which length spread of SPREADS puts the simulated TTFT (with that overhead) closest to the measured.
+The other half is held out: its errors are the ones reported as the result, beside a plain roofline (the same
+simulation with speed-of-light op times and no overhead). The fitted overheads are written next to the
+device's cost models and used by every replay of that device and framework whose pool does not set one."""
 
 from __future__ import annotations
 
@@ -60,7 +64,10 @@ REQUIRED = (
     "silicon_tpot_ms",
 )
 ROUNDS = 8  # each client sends this many requests; the first round is the warm-up
-RAMPS = (0.0, 0.25, 0.5, 1.0)  # client start spreads tried per campaign (fractions of one request's E2E time)
+# the client's length spread (stddev / mean of isl and osl, aiperf's --isl-stddev / --osl-stddev) values tried
+SPREADS = (0.0, 0.05, 0.1, 0.2)
+MIN_VERSION_ROWS = 8  # a framework version with fewer calibration rows takes its framework's fit
+MIN_LINE_ROWS = 5  # fewer rows fit the overhead as one constant per iteration (a line through 2-4 is noise)
 
 
 def _catalog_name(hf_name: str) -> str | None:
@@ -142,7 +149,7 @@ def _dtypes(row: pd.Series) -> tuple[str, str]:
     return (gemm if gemm in DTYPE_BYTES and gemm not in ("float32", "tf32") else kv), kv
 
 
-def _pool(row: pd.Series, step_overhead_us: float, prefix: str = "", **fields) -> dict:
+def _pool(row: pd.Series, overhead: tuple[float, float], prefix: str = "", **fields) -> dict:
     """One LLM pool of the row's deployment (`prefix`: prefill_ / decode_ columns of a disaggregated row)."""
     dtype, kv_dtype = _dtypes(row)
     pp = f"{prefix}pp_size"
@@ -156,12 +163,13 @@ def _pool(row: pd.Series, step_overhead_us: float, prefix: str = "", **fields) -
         "kv_cache_dtype": kv_dtype,
         "framework": _framework(row) or None,
         "max_model_len": _int(row, "isl") + _int(row, "osl") + 16,
-        "step_overhead_us": step_overhead_us,
+        "step_overhead_us": overhead[0],
+        "sequence_overhead_us": overhead[1],
         **fields,
     }
 
 
-def scenario_for(row: pd.Series, step_overhead_us: float = 0.0) -> Scenario:
+def scenario_for(row: pd.Series, overhead: tuple[float, float] = (0.0, 0.0), spread: float = 0.0) -> Scenario:
     clients = concurrency(row)
     source = {
         "kind": "closed_loop",
@@ -169,17 +177,19 @@ def scenario_for(row: pd.Series, step_overhead_us: float = 0.0) -> Scenario:
         "requests": clients * ROUNDS,
         "input_tokens": _int(row, "isl"),
         "output_tokens": _int(row, "osl"),
+        "input_tokens_stddev": spread * _int(row, "isl"),
+        "output_tokens_stddev": spread * _int(row, "osl"),
     }
     batching = FRAMEWORK_BATCHING.get(_framework(row), FRAMEWORK_BATCHING["vllm"])
     if not is_disaggregated(row):
-        pool = _pool(row, step_overhead_us, batching={**batching, "max_num_seqs": max(clients, 256)})
+        pool = _pool(row, overhead, batching={**batching, "max_num_seqs": max(clients, 256)})
         return Scenario.model_validate({"name": str(row["id"]), "source": source, "pools": [pool]})
     prefill = _pool(
-        row, step_overhead_us, "prefill_", name="prefill", replicas=_int(row, "prefill_num_workers"), batching=batching
+        row, overhead, "prefill_", name="prefill", replicas=_int(row, "prefill_num_workers"), batching=batching
     )
     decode = _pool(
         row,
-        step_overhead_us,
+        overhead,
         "decode_",
         name="decode",
         replicas=_int(row, "decode_num_workers"),
@@ -236,77 +246,154 @@ def campaign(row: pd.Series) -> str:
     return "/".join(Path(path).parts[-4:]) if path else ""
 
 
-def pilot_e2e_s(row: pd.Series, warehouse_root: Path, step_us: float = 0.0) -> float:
-    """Mean end-to-end time (s) of one round with every client starting at once."""
-    pilot = scenario_for(row, step_us)
-    pilot.source.requests = pilot.source.concurrency
-    return float(simulate(pilot, warehouse_root)["requests"].e2e_ms.mean()) / 1e3
-
-
 def steady_state(
     row: pd.Series,
     warehouse_root: Path,
-    step_us: float = 0.0,
-    ramp: float = 0.0,
-    e2e_s: float | None = None,
+    overhead: tuple[float, float] = (0.0, 0.0),
+    spread: float = 0.0,
     price_at: str = "point",
 ) -> dict:
-    """Mean TTFT and TPOT (ms) of the rounds after the warm-up, and the cost tiers used. With ramp > 0 the
-    clients start spread over that fraction of one request's end-to-end time (e2e_s, else a one-round pilot);
-    price_at prices the ops at their prediction or an end of their 90% interval."""
-    scenario = scenario_for(row, step_us)
+    """Mean TTFT and TPOT (ms) of the rounds after the warm-up, the mean sequences per iteration and the cost
+    tiers used, with every client sending its first request at t = 0 (aiperf's closed loop); overhead is the
+    serving loop's (per iteration, per sequence) microseconds, spread the client's length spread; price_at
+    prices the ops at their prediction or an end of their 90% interval."""
+    scenario = scenario_for(row, overhead, spread)
     scenario.price_at = price_at
-    if ramp:
-        e2e_s = pilot_e2e_s(row, warehouse_root, step_us) if e2e_s is None else e2e_s
-        scenario.source.ramp_up_s = ramp * e2e_s
     out = simulate(scenario, warehouse_root)
     req = out["requests"]
     req = req[(req.request_id >= concurrency(row)) & (req.status == "completed")]
+    pools = out["summary"]["pools"]
+    decode = pools.get("decode") or next(iter(pools.values()))
     return {
         "ttft_ms": float(req.ttft_ms.mean()),
         "tpot_ms": float(req.tpot_ms.mean()),
+        "sequences_per_iteration": float(decode["mean_batch_size"]),
         "tiers": out["summary"]["cost_tiers"],
     }
 
 
+def _overhead_line(g: pd.DataFrame) -> dict:
+    """The median (least absolute deviation) line through the rows' TPOT gaps against their sequences per
+    iteration: a fixed part per iteration and a part per sequence, both floored at 0."""
+    import statsmodels.api as sm
+
+    gap_us = ((g.measured_tpot_ms - g.tpot_no_overhead_ms) * 1e3).to_numpy()
+    seqs = g.sequences_per_iteration.to_numpy(dtype=float)
+    fixed, per_seq = float(np.median(gap_us)), 0.0
+    if len(g) >= MIN_LINE_ROWS and np.ptp(seqs) > 0:
+        line = sm.QuantReg(gap_us, sm.add_constant(seqs)).fit(q=0.5, max_iter=5000)
+        fixed, per_seq = (float(x) for x in line.params)
+        if per_seq < 0:  # no per-sequence cost visible: one constant
+            fixed, per_seq = float(np.median(gap_us)), 0.0
+        elif fixed < 0:  # no fixed part visible: the per-sequence cost alone, through the origin
+            fixed, per_seq = 0.0, float(sm.QuantReg(gap_us, seqs).fit(q=0.5).params[0])
+    return {
+        "step_overhead_us": round(max(fixed, 0.0), 1),
+        "sequence_overhead_us": round(max(per_seq, 0.0), 2),
+        "calibration_rows": len(g),
+    }
+
+
 def _fit_step_overheads(table: pd.DataFrame) -> dict:
-    """Per (device, framework): the median gap between measured TPOT and TPOT simulated without the overhead
-    over the calibration half's dense-model rows, in microseconds, floored at 0. MoE rows stay out: their expert
-    GEMMs are priced by the dense GEMM model standing in for grouped MoE kernels, so their TPOT gap holds that
-    stand-in's error, not the serving loop's CPU time."""
+    """Per (device, framework) over the calibration half's dense-model rows, the serving loop's overhead line
+    (_overhead_line); under `versions`, the same per framework version (backend_version) with at least
+    MIN_VERSION_ROWS rows (a scheduler's cost changes between releases; replays of a pool, which names no
+    version, take the framework's line). MoE rows stay out: their expert GEMMs are priced by the dense GEMM
+    model standing in for grouped MoE kernels, so their TPOT gap holds that stand-in's error, not the serving
+    loop's CPU time."""
     out: dict = {}
     for (dev, fw), g in table[~table.held_out & ~table.moe].groupby(["device", "backend"]):
-        gap_us = float(np.median(g.measured_tpot_ms - g.tpot_no_overhead_ms)) * 1e3
-        out.setdefault(dev, {})[fw] = {"step_overhead_us": round(max(gap_us, 0.0), 1), "calibration_rows": len(g)}
+        entry = out.setdefault(dev, {})[fw] = _overhead_line(g)
+        if "backend_version" in g:
+            versions = {
+                str(v): _overhead_line(gv) for v, gv in g.groupby("backend_version") if len(gv) >= MIN_VERSION_ROWS
+            }
+            if versions:
+                entry["versions"] = versions
     return out
 
 
-def _fit_ramps(expressible: list, rows: list[dict], warehouse_root: Path, advance) -> dict:
-    """Per campaign: the client start spread (of RAMPS) whose simulated TTFT (no step overhead) is closest to the
-    measured one on the calibration half (median absolute percentage error). Each calibration row's TPOT at its
-    campaign's spread is kept in rows[i]["tpot_no_overhead_ms"] for the step-overhead fit."""
-    sims: dict[int, dict[float, dict]] = {}
-    errors: dict[str, dict[float, list[float]]] = {}
-    for i, (row, rec) in enumerate(zip(expressible, rows, strict=True)):
-        if rec["held_out"]:
-            continue
-        e2e_s = pilot_e2e_s(row, warehouse_root)  # one pilot serves every spread tried
-        for ramp in RAMPS:
-            sims.setdefault(i, {})[ramp] = out = steady_state(row, warehouse_root, ramp=ramp, e2e_s=e2e_s)
-            ape = abs(out["ttft_ms"] - rec["measured_ttft_ms"]) / rec["measured_ttft_ms"]
-            errors.setdefault(campaign(row), {}).setdefault(ramp, []).append(ape)
-        advance()
-    chosen = {}
-    for name, by_ramp in errors.items():
-        best = min(RAMPS, key=lambda r: (float(np.median(by_ramp[r])), r))
-        chosen[name] = {"ramp": best, "calibration_rows": len(by_ramp[best])}
-    for i, by_ramp in sims.items():
-        rows[i]["tpot_no_overhead_ms"] = by_ramp[chosen[campaign(expressible[i])]["ramp"]]["tpot_ms"]
-    return chosen
+def _version(row: pd.Series) -> str:
+    return str(row.get("backend_version")) if pd.notna(row.get("backend_version")) else ""
 
 
-def _step_overhead(fitted: dict, row: pd.Series) -> float:
-    return fitted.get(row["system"], {}).get(_framework(row), {}).get("step_overhead_us", 0.0)
+def _fitted(fitted: dict, row: pd.Series) -> dict:
+    """What was fitted for the row's device and framework, its version's own fit overriding."""
+    entry = fitted.get(row["system"], {}).get(_framework(row), {})
+    return {**entry, **entry.get("versions", {}).get(_version(row), {})}
+
+
+def _step_overhead(fitted: dict, row: pd.Series) -> tuple[float, float]:
+    f = _fitted(fitted, row)
+    return f.get("step_overhead_us", 0.0), f.get("sequence_overhead_us", 0.0)
+
+
+def _spread(fitted: dict, row: pd.Series) -> float:
+    return _fitted(fitted, row).get("client_length_spread", 0.0)
+
+
+def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advance) -> tuple[dict, dict]:
+    """On the calibration half, for each client length spread of SPREADS: the rows simulated without the
+    overhead, the overhead fitted on their TPOT gaps, the rows simulated again with it. Per (device,
+    framework), and per framework version with at least MIN_VERSION_ROWS rows, the spread whose TTFT is
+    closest to the measured (median APE) is kept with its overhead. Returns the fitted {device: {framework:
+    {..., versions: {version: ...}}}} and the kept simulations {row index: steady_state}."""
+    cal = [i for i, rec in enumerate(rows) if not rec["held_out"]]
+    trials: dict[float, tuple[dict, dict]] = {}
+    for spread in SPREADS:
+        table = pd.DataFrame(rows)
+        for i in cal:
+            bare = steady_state(expressible[i], warehouse_root, spread=spread)
+            table.loc[i, ["tpot_no_overhead_ms", "sequences_per_iteration"]] = (
+                bare["tpot_ms"],
+                bare["sequences_per_iteration"],
+            )
+            advance()
+        fitted = _fit_step_overheads(table)
+        sims = {}
+        for i in cal:
+            sims[i] = steady_state(expressible[i], warehouse_root, _step_overhead(fitted, expressible[i]), spread)
+            sims[i].update(table.loc[i, ["tpot_no_overhead_ms", "sequences_per_iteration"]].to_dict())
+            advance()
+        trials[spread] = fitted, sims
+
+    def choose(members: list[int], dev: str, fw: str, version: str | None = None) -> tuple[dict, float]:
+        """The spread (and the overhead fitted at it) for these rows; a version's entry holds only what was
+        fitted for the version itself (its overhead may be its framework's)."""
+        errors = {}
+        for spread, (_, sims) in trials.items():
+            ape = [abs(sims[i]["ttft_ms"] - rows[i]["measured_ttft_ms"]) / rows[i]["measured_ttft_ms"] for i in members]
+            errors[spread] = float(np.median(ape))
+        best = min(SPREADS, key=lambda x: (errors[x], x))
+        fit = trials[best][0].get(dev, {}).get(fw, {})
+        if version is None:
+            entry = {"step_overhead_us": 0.0, "sequence_overhead_us": 0.0, **fit}
+            entry.pop("versions", None)
+        else:
+            entry = dict(fit.get("versions", {}).get(version, {}))
+        entry["client_length_spread"] = best
+        entry["calibration_ttft_median_ape_by_spread"] = {str(k): round(v, 4) for k, v in errors.items()}
+        entry["calibration_rows"] = len(members)
+        return entry, best
+
+    chosen: dict = {}
+    kept: dict = {}
+    groups: dict[tuple, list[int]] = {}
+    for i in cal:
+        groups.setdefault((rows[i]["device"], rows[i]["backend"]), []).append(i)
+    for (dev, fw), members in groups.items():
+        entry, best = choose(members, dev, fw)
+        spread_of = dict.fromkeys(members, best)
+        versions: dict[str, list[int]] = {}
+        for i in members:
+            versions.setdefault(rows[i]["backend_version"], []).append(i)
+        for ver, vm in versions.items():
+            if len(vm) >= MIN_VERSION_ROWS:
+                entry.setdefault("versions", {})[ver], vbest = choose(vm, dev, fw, ver)
+                spread_of.update(dict.fromkeys(vm, vbest))
+        chosen.setdefault(dev, {})[fw] = entry
+        kept.update({i: trials[spread_of[i]][1][i] for i in members})
+    return chosen, kept
 
 
 def _errors(table: pd.DataFrame, prefix: str = "predicted") -> dict:
@@ -353,7 +440,10 @@ def validate(
     bar = Progress(console=Console(stderr=True), transient=True, disable=not progress)
     calibration_rows = sum(not is_held_out(r["id"]) for r in expressible)
     held_rows = len(expressible) - calibration_rows
-    task = bar.add_task("validate", total=2 * len(expressible) + calibration_rows + (held_rows if interval else 0))
+    task = bar.add_task(
+        "validate",
+        total=2 * len(expressible) + 2 * len(SPREADS) * calibration_rows + (held_rows if interval else 0),
+    )
     with bar, tempfile.TemporaryDirectory() as empty:  # no cost models: every op at its roofline time
         for row in expressible:
             roof = steady_state(row, Path(empty))
@@ -364,6 +454,7 @@ def validate(
                     "model": row["model_path"],
                     "device": row["system"],
                     "backend": _framework(row),
+                    "backend_version": _version(row),
                     "precision": row.get("precision"),
                     "mode": row["mode"],
                     "moe": models()[_catalog_name(row["model_path"])].experts > 1,
@@ -375,30 +466,32 @@ def validate(
                     "held_out": is_held_out(row["id"]),
                     "measured_ttft_ms": float(row["silicon_ttft_ms"]),
                     "measured_tpot_ms": float(row["silicon_tpot_ms"]),
-                    "tpot_no_overhead_ms": np.nan,  # calibration rows: set by _fit_ramps
+                    "tpot_no_overhead_ms": np.nan,  # calibration rows: TPOT simulated without the overhead
+                    "sequences_per_iteration": np.nan,
                     "roofline_ttft_ms": roof["ttft_ms"],
                     "roofline_tpot_ms": roof["tpot_ms"],
                 }
             )
         summary: dict = {"rows": len(rows), "not_expressed": len(skipped)}
         if rows:
-            # each campaign's client start spread from TTFT, then the step overhead from TPOT at that spread
-            ramps = _fit_ramps(expressible, rows, warehouse_root, lambda: bar.advance(task))
-            fitted = _fit_step_overheads(pd.DataFrame(rows))
+            fitted, kept = _calibrate(expressible, rows, warehouse_root, lambda: bar.advance(task))
             for i, row in enumerate(expressible):
-                step_us, ramp = _step_overhead(fitted, row), ramps.get(campaign(row), {}).get("ramp", 0.0)
-                pred = steady_state(row, warehouse_root, step_us, ramp=ramp)
+                overhead, spread = _step_overhead(fitted, row), _spread(fitted, row)
+                pred = kept.get(i) or steady_state(row, warehouse_root, overhead, spread)
                 rows[i].update(
                     campaign=campaign(row),
-                    client_ramp=ramp,
-                    step_overhead_us=step_us,
+                    step_overhead_us=overhead[0],
+                    sequence_overhead_us=overhead[1],
+                    client_length_spread=spread,
+                    tpot_no_overhead_ms=pred.get("tpot_no_overhead_ms", np.nan),
+                    sequences_per_iteration=pred.get("sequences_per_iteration", np.nan),
                     predicted_ttft_ms=pred["ttft_ms"],
                     predicted_tpot_ms=pred["tpot_ms"],
                     cost_tiers=pred["tiers"],
                 )
                 if interval and rows[i]["held_out"]:
                     for bound in ("lower", "upper"):
-                        end = steady_state(row, warehouse_root, step_us, ramp=ramp, price_at=bound)
+                        end = steady_state(row, warehouse_root, overhead, spread, price_at=bound)
                         rows[i].update(
                             {f"predicted_ttft_ms_{bound}": end["ttft_ms"], f"predicted_tpot_ms_{bound}": end["tpot_ms"]}
                         )
@@ -418,7 +511,6 @@ def validate(
                     "held_out_by_mode": [{"mode": m, "rows": len(g), **_errors(g)} for m, g in held.groupby("mode")],
                     "all_rows": _errors(table),
                     "serving_overheads": fitted,
-                    "client_ramp_by_campaign": ramps,
                 }
             )
             if interval and len(held):

@@ -32,7 +32,7 @@ def test_estimate_prices_the_batch_as_the_engine_prices_its_iterations(wh: Path)
         max_model_len=577,
         batching={"max_batched_tokens": 8192, "max_num_seqs": 8},
     )
-    cost = iteration_cost(spec, wh, step_overhead(spec, wh)[0])
+    cost = iteration_cost(spec, wh, step_overhead(spec, wh))
     engine_prefill_ms = cost.iteration_us([(512, 0)] * 8, 0, 0) / 1e3
     assert est["prefill_ms"] == pytest.approx(engine_prefill_ms, rel=0.03)  # grids interpolate; estimate is exact
     engine_step_ms = cost.iteration_us([], 8, 8 * (512 + 32)) / 1e3

@@ -301,10 +301,74 @@ def test_step_overhead_is_fitted_on_dense_rows_of_the_calibration_half_only():
             "moe": [False, False, True, False],
             "measured_tpot_ms": [10.0, 10.0, 30.0, 50.0],
             "tpot_no_overhead_ms": [9.6, 9.4, 10.0, 10.0],
+            "sequences_per_iteration": [8.0, 8.0, 8.0, 8.0],
         }
     )
     fitted = _fit_step_overheads(table)["h100_sxm"]["trtllm"]
-    assert fitted == {"step_overhead_us": 500.0, "calibration_rows": 2}  # neither the MoE nor the held-out gap
+    # neither the MoE nor the held-out gap
+    assert fitted == {"step_overhead_us": 500.0, "sequence_overhead_us": 0.0, "calibration_rows": 2}
+
+
+def test_serving_overhead_is_a_fixed_part_per_iteration_plus_a_part_per_sequence():
+    from hermes_sim.replay.validate import _fit_step_overheads
+
+    seqs = np.array([4.0, 8.0, 16.0, 32.0, 64.0, 128.0])
+    gap_ms = (300.0 + 40.0 * seqs) / 1e3  # a serving loop costing 300 us a pass and 40 us per sequence
+    table = pd.DataFrame(
+        {
+            "device": "h100_sxm",
+            "backend": "vllm",
+            "held_out": False,
+            "moe": False,
+            "measured_tpot_ms": 20.0 + gap_ms,
+            "tpot_no_overhead_ms": 20.0,
+            "sequences_per_iteration": seqs,
+        }
+    )
+    fitted = _fit_step_overheads(table)["h100_sxm"]["vllm"]
+    assert fitted["step_overhead_us"] == pytest.approx(300.0, abs=0.5)
+    assert fitted["sequence_overhead_us"] == pytest.approx(40.0, abs=0.01)
+    falling = table.assign(measured_tpot_ms=20.0 + (2000.0 - 10.0 * seqs) / 1e3)  # no per-sequence cost visible
+    assert _fit_step_overheads(falling)["h100_sxm"]["vllm"]["sequence_overhead_us"] == 0.0
+
+
+def test_the_engine_charges_the_per_sequence_overhead_for_every_sequence_of_an_iteration(wh: Path):
+    from hermes_sim.replay.pools.llm.build import StepOverhead, iteration_cost
+
+    pool = scenario().pools[0]
+    bare = iteration_cost(pool, wh, StepOverhead(0.0, 0.0, "test"))
+    loaded = iteration_cost(pool, wh, StepOverhead(300.0, 40.0, "test"))
+    for prefill, decodes in (([(512, 0)], 0), ([], 16), ([(256, 0), (128, 64)], 30)):
+        kv = 600.0 * decodes
+        gap = loaded.iteration_us(prefill, decodes, kv) - bare.iteration_us(prefill, decodes, kv)
+        assert gap == pytest.approx(300.0 + 40.0 * (len(prefill) + decodes))
+    runs = loaded.decode_run_ends(16, 16 * 600.0, 40, 0.0), bare.decode_run_ends(16, 16 * 600.0, 40, 0.0)
+    assert runs[0][-1] - runs[1][-1] == pytest.approx(40 * (300.0 + 40.0 * 16) / 1e6)
+
+
+def test_a_closed_loop_client_draws_its_lengths_around_the_mean_with_its_spread_seeded():
+    from hermes_sim.replay.sources import ClosedLoopSource
+
+    spec = scenario().source.model_copy(
+        update={
+            "kind": "closed_loop",
+            "concurrency": 4,
+            "requests": 4000,
+            "input_tokens": 1000,
+            "output_tokens": 200,
+            "input_tokens_stddev": 100.0,
+            "output_tokens_stddev": 20.0,
+        }
+    )
+    a, b = ClosedLoopSource(spec, Path("."), 7), ClosedLoopSource(spec, Path("."), 7)
+    first = [(s.prompt, s.output) for s in a.initial()]
+    assert first == [(s.prompt, s.output) for s in b.initial()]  # same seed, same draws
+    follow = [a.follow_up(0, 1.0) for _ in range(3996)]
+    prompts = np.array([p for p, _ in first] + [s.prompt for s in follow])
+    assert prompts.mean() == pytest.approx(1000, rel=0.01) and prompts.std() == pytest.approx(100, rel=0.05)
+    assert a.follow_up(0, 2.0) is None  # the requests are all sent
+    fixed = ClosedLoopSource(spec.model_copy(update={"input_tokens_stddev": 0.0}), Path("."), 7)
+    assert {s.prompt for s in fixed.initial()} == {1000}
 
 
 def test_sweep_on_dask_equals_serial_and_partitioned_equals_serial(wh: Path, tmp_path: Path):
@@ -406,11 +470,14 @@ def test_step_overhead_comes_from_the_calibrated_file_unless_the_pool_sets_one(w
     root = tmp_path / "wh"
     shutil.copytree(wh, root)
     pool = scenario().pools[0].model_copy(update={"framework": "vllm"})
-    assert step_overhead(pool, root)[0] == DEFAULT_STEP_OVERHEAD_US
-    fitted = {"h100_sxm": {"vllm": {"step_overhead_us": 1500.0, "calibration_rows": 3}}}
+    assert step_overhead(pool, root).iteration_us == DEFAULT_STEP_OVERHEAD_US
+    fitted = {"h100_sxm": {"vllm": {"step_overhead_us": 1500.0, "sequence_overhead_us": 20.0, "calibration_rows": 3}}}
     (root / "models/serving_overheads.json").write_text(json.dumps(fitted))
-    assert step_overhead(pool, root) == (1500.0, "calibrated (serving_overheads.json, h100_sxm/vllm)")
-    assert step_overhead(pool.model_copy(update={"step_overhead_us": 10.0}), root) == (10.0, "scenario")
+    got = step_overhead(pool, root)
+    assert (got.iteration_us, got.sequence_us) == (1500.0, 20.0)
+    assert got.source == "calibrated (serving_overheads.json, h100_sxm/vllm)"
+    own = step_overhead(pool.model_copy(update={"step_overhead_us": 10.0}), root)
+    assert (own.iteration_us, own.sequence_us, own.source) == (10.0, 0.0, "scenario")
     sc = scenario(**{"pools.framework": "vllm"})
     slow, fast = simulate(sc, root), simulate(sc, wh)
     assert slow["summary"]["tpot_ms"]["p50"] > fast["summary"]["tpot_ms"]["p50"] + 1.0  # 1.5 vs 0.25 ms an iteration

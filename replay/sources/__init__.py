@@ -97,17 +97,26 @@ class ClosedLoopSource(LogSource):
     def __init__(self, src: Source, warehouse_root: Path, seed: int):
         super().__init__(src, warehouse_root, seed)
         self.sent = src.concurrency
+        rng = np.random.default_rng(seed)  # the k-th request sent gets the k-th draw
+        n = src.requests
+        self.prompt = _normal_lengths(rng, src.input_tokens, src.input_tokens_stddev, n)
+        self.output = _normal_lengths(rng, src.output_tokens, src.output_tokens_stddev, n)
 
     def initial(self) -> list[Spec]:
-        src = self.src
-        gap = src.ramp_up_s / src.concurrency
-        return [Spec(i * gap, src.input_tokens, src.output_tokens, seat=i) for i in range(src.concurrency)]
+        gap = self.src.ramp_up_s / self.src.concurrency
+        return [Spec(i * gap, self.prompt[i], self.output[i], seat=i) for i in range(self.src.concurrency)]
 
     def follow_up(self, done_seat: int, now: float) -> Spec | None:
         if self.sent >= self.src.requests:
             return None
-        self.sent += 1
-        return Spec(now, self.src.input_tokens, self.src.output_tokens, seat=done_seat)
+        k, self.sent = self.sent, self.sent + 1
+        return Spec(now, self.prompt[k], self.output[k], seat=done_seat)
+
+
+def _normal_lengths(rng: np.random.Generator, mean: int, stddev: float, n: int) -> list[int]:
+    if not stddev:
+        return [mean] * n
+    return np.maximum(np.round(rng.normal(mean, stddev, n)), 1).astype(int).tolist()
 
 
 SOURCES = {cls.kind: cls for cls in (LogSource, SyntheticSource, ClosedLoopSource)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from ....calibrate.artifacts import MODELS_DIR, models_path
@@ -26,20 +27,40 @@ OVERHEADS_FILE = "serving_overheads.json"  # under <warehouse>/models, written b
 DEFAULT_STEP_OVERHEAD_US = 250.0  # a stand-in when nothing is calibrated: named in the summary's assumptions
 
 
-def step_overhead(pool: LLMPoolSpec, warehouse_root: Path) -> tuple[float, str]:
-    """A pool's per-iteration CPU overhead and where it came from: its own setting, else the one calibrated
-    for its device and framework against measured serving runs (`hermes-sim validate silicon`), else a
-    default."""
+@dataclass(frozen=True)
+class StepOverhead:
+    """The serving loop's CPU time per iteration, outside the GPU kernels: a fixed part per iteration (the
+    scheduler pass, kernel launch gaps) and a part per sequence in the batch (scheduling it, sampling, and
+    detokenizing and streaming its token), both in microseconds, and where they came from."""
+
+    iteration_us: float
+    sequence_us: float
+    source: str
+
+    def us(self, sequences: int) -> float:
+        return self.iteration_us + self.sequence_us * sequences
+
+
+def step_overhead(pool: LLMPoolSpec, warehouse_root: Path) -> StepOverhead:
+    """A pool's serving-loop overhead: its own setting, else the one calibrated for its device and framework
+    against measured serving runs (`hermes-sim validate silicon`), else a default."""
     if pool.step_overhead_us is not None:
-        return pool.step_overhead_us, "scenario"
+        return StepOverhead(pool.step_overhead_us, pool.sequence_overhead_us or 0.0, "scenario")
     path = Path(warehouse_root) / MODELS_DIR / OVERHEADS_FILE
     fitted = json.loads(path.read_text()).get(pool.device, {}) if path.exists() else {}
     if pool.framework in fitted:
-        return fitted[pool.framework]["step_overhead_us"], f"calibrated ({path.name}, {pool.device}/{pool.framework})"
+        f = fitted[pool.framework]
+        return StepOverhead(
+            f["step_overhead_us"],
+            f.get("sequence_overhead_us", 0.0) if pool.sequence_overhead_us is None else pool.sequence_overhead_us,
+            f"calibrated ({path.name}, {pool.device}/{pool.framework})",
+        )
     known = ", ".join(f"{pool.device}/{fw}" for fw in fitted) or "none"
-    return DEFAULT_STEP_OVERHEAD_US, (
+    return StepOverhead(
+        DEFAULT_STEP_OVERHEAD_US,
+        pool.sequence_overhead_us or 0.0,
         f"default: no step overhead calibrated for {pool.device}/{pool.framework} (calibrated: {known}); "
-        "run `hermes-sim validate silicon`, name a pool framework, or set step_overhead_us"
+        "run `hermes-sim validate silicon`, name a pool framework, or set step_overhead_us",
     )
 
 
@@ -47,7 +68,7 @@ _COSTS: dict[tuple, IterationCost] = {}
 
 
 def iteration_cost(
-    pool: LLMPoolSpec, warehouse_root: Path, overhead_us: float, price_at: str = "point"
+    pool: LLMPoolSpec, warehouse_root: Path, overhead: StepOverhead, price_at: str = "point"
 ) -> IterationCost:
     """Priced grids are reused while what prices them stays the same: the pool's hardware, model and
     parallelism, the grids' ranges, the device's model artifact and the interval end priced (sweeps over
@@ -61,7 +82,8 @@ def iteration_cost(
         pool.batching.max_num_seqs,
         str(Path(warehouse_root).resolve()),
         artifact.stat().st_mtime_ns if artifact.exists() else 0,
-        overhead_us,
+        overhead.iteration_us,
+        overhead.sequence_us,
         price_at,
     )
     if key not in _COSTS:
@@ -80,7 +102,8 @@ def iteration_cost(
             max_tokens=max(pool.batching.max_batched_tokens, pool.max_model_len),
             max_seqs=pool.batching.max_num_seqs,
             max_len=pool.max_model_len,
-            step_overhead_us=overhead_us,
+            step_overhead_us=overhead.iteration_us,
+            sequence_overhead_us=overhead.sequence_us,
             # CUDA graphs are NVIDIA's: other devices run every iteration's kernels as launched
             cuda_graph_max_tokens=pool.cuda_graph_max_tokens if dev.vendor == "nvidia" else 0,
         )
@@ -106,8 +129,8 @@ def build_llm_pool(
         blocks * pool.memory.block_tokens,
         mdl.id,
     )
-    overhead_us, overhead_source = step_overhead(pool, warehouse_root)
-    cost = iteration_cost(pool, warehouse_root, overhead_us, price_at)
+    overhead = step_overhead(pool, warehouse_root)
+    cost = iteration_cost(pool, warehouse_root, overhead, price_at)
     policy = BATCHING[pool.batching.policy](pool.batching)
     block_bytes = kv_block_bytes(pool, mdl)
     host = dev.interconnects.get("pcie") or dev.scale_up_link()
@@ -126,5 +149,5 @@ def build_llm_pool(
     out.kv_bytes_per_token = kv_bytes_per_token(pool, mdl)
     out.hash_tokens = pool.memory.prefix_block_tokens
     out.devices_per_replica = pool.tp * pool.pp
-    out.step_overhead_us, out.step_overhead_source = overhead_us, overhead_source
+    out.step_overhead = overhead
     return out

@@ -43,7 +43,8 @@ class IterationCost:
     max_tokens: int
     max_seqs: int
     max_len: int
-    step_overhead_us: float
+    step_overhead_us: float  # serving-loop CPU time per iteration ...
+    sequence_overhead_us: float = 0.0  # ... and per sequence in it (build.StepOverhead)
     cuda_graph_max_tokens: int = 0
     tiers: Counter = field(default_factory=Counter)
 
@@ -98,7 +99,12 @@ class IterationCost:
         """End times (s) of `steps` decode-only iterations of a fixed batch from start_s, its total KV growing by
         batch_size a step: the token-linear and LM-head parts are constant; only attention follows the KV
         length. Short runs (most) in plain Python, long ones vectorized."""
-        fixed = _lookup(self._dense_table, batch_size) + _lookup(self._head_table, batch_size) + self.step_overhead_us
+        fixed = (
+            _lookup(self._dense_table, batch_size)
+            + _lookup(self._head_table, batch_size)
+            + self.step_overhead_us
+            + self.sequence_overhead_us * batch_size
+        )
         values, row = self._row("decode", batch_size)
         kv_mean = kv_sum_start / batch_size
         if steps <= SHORT_RUN:
@@ -133,11 +139,12 @@ class IterationCost:
             t += c
         if tokens == 0:
             return 0.0
-        t += _lookup(self._dense_table, tokens) + _lookup(self._head_table, len(prefill) + decode_count)
+        sequences = len(prefill) + decode_count
+        t += _lookup(self._dense_table, tokens) + _lookup(self._head_table, sequences)
         if decode_count:
             row = self._rows.get(("decode", decode_count)) or self._row("decode", decode_count)
             t += _along(self._ll, row[1], decode_kv_sum / decode_count)
-        return t + self.step_overhead_us
+        return t + self.step_overhead_us + self.sequence_overhead_us * sequences
 
     @cached_property
     def _rows(self) -> dict[tuple[str, int], tuple[np.ndarray, list[float]]]:
