@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import tempfile
 from pathlib import Path
 
@@ -149,7 +150,7 @@ def _dtypes(row: pd.Series) -> tuple[str, str]:
     return (gemm if gemm in DTYPE_BYTES and gemm not in ("float32", "tf32") else kv), kv
 
 
-def _pool(row: pd.Series, overhead: tuple[float, float], prefix: str = "", **fields) -> dict:
+def _pool(row: pd.Series, overhead: tuple[float, float], spread: float, prefix: str = "", **fields) -> dict:
     """One LLM pool of the row's deployment (`prefix`: prefill_ / decode_ columns of a disaggregated row)."""
     dtype, kv_dtype = _dtypes(row)
     pp = f"{prefix}pp_size"
@@ -162,7 +163,8 @@ def _pool(row: pd.Series, overhead: tuple[float, float], prefix: str = "", **fie
         "dtype": dtype,
         "kv_cache_dtype": kv_dtype,
         "framework": _framework(row) or None,
-        "max_model_len": _int(row, "isl") + _int(row, "osl") + 16,
+        # room for the longest drawn lengths (4 standard deviations above the means)
+        "max_model_len": math.ceil((_int(row, "isl") + _int(row, "osl")) * (1 + 4 * spread)) + 16,
         "step_overhead_us": overhead[0],
         "sequence_overhead_us": overhead[1],
         **fields,
@@ -182,14 +184,15 @@ def scenario_for(row: pd.Series, overhead: tuple[float, float] = (0.0, 0.0), spr
     }
     batching = FRAMEWORK_BATCHING.get(_framework(row), FRAMEWORK_BATCHING["vllm"])
     if not is_disaggregated(row):
-        pool = _pool(row, overhead, batching={**batching, "max_num_seqs": max(clients, 256)})
+        pool = _pool(row, overhead, spread, batching={**batching, "max_num_seqs": max(clients, 256)})
         return Scenario.model_validate({"name": str(row["id"]), "source": source, "pools": [pool]})
     prefill = _pool(
-        row, overhead, "prefill_", name="prefill", replicas=_int(row, "prefill_num_workers"), batching=batching
+        row, overhead, spread, "prefill_", name="prefill", replicas=_int(row, "prefill_num_workers"), batching=batching
     )
     decode = _pool(
         row,
         overhead,
+        spread,
         "decode_",
         name="decode",
         replicas=_int(row, "decode_num_workers"),

@@ -272,6 +272,19 @@ def test_validate_silicon_replays_a_disaggregated_row_as_two_pools_and_a_kv_tran
     assert (req.decode_queue_ms >= 0).all() and set(req.prefill_pool) == {"prefill"}
 
 
+def test_validate_silicon_serves_every_request_its_client_draws_at_the_widest_spread(wh: Path):
+    from hermes_sim.replay.validate import SPREADS, concurrency, scenario_for
+
+    rows = pd.read_csv(SAMPLES / "e2e/silicon_h100.csv")
+    row = rows[(rows["mode"] == "agg") & (rows.backend == "vllm")].iloc[0]
+    sc = scenario_for(row, spread=max(SPREADS))
+    assert sc.source.output_tokens_stddev == max(SPREADS) * row.osl  # the spread reaches the client
+    sc.source.requests = 4 * concurrency(row)
+    req = simulate(sc, wh)["requests"]
+    assert (req.status == "completed").all()  # no drawn request is longer than the pool admits
+    assert req.input_tokens.nunique() > 1 and req.input_tokens.mean() == pytest.approx(row.isl, rel=0.15)
+
+
 def test_validate_silicon_expresses_a_moe_row_with_its_expert_parallelism(wh: Path):
     from hermes_sim.replay.validate import scenario_for, why_not
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,10 @@ def step_overhead(pool: LLMPoolSpec, warehouse_root: Path) -> StepOverhead:
     )
 
 
-_COSTS: dict[tuple, IterationCost] = {}
+# the most recently used priced grids kept: each holds per-integer tables, and a validation or search run
+# builds thousands of distinct ones (a cache without a bound grew one validate run past 24 GiB)
+COST_CACHE_ENTRIES = 64
+_COSTS: OrderedDict[tuple, IterationCost] = OrderedDict()
 
 
 def iteration_cost(
@@ -86,7 +90,11 @@ def iteration_cost(
         overhead.sequence_us,
         price_at,
     )
-    if key not in _COSTS:
+    if key in _COSTS:
+        _COSTS.move_to_end(key)
+    else:
+        while len(_COSTS) >= COST_CACHE_ENTRIES:
+            _COSTS.popitem(last=False)
         dev, mdl = catalog_device(pool.device), catalog_model(pool.model)
         _COSTS[key] = IterationCost(
             model=mdl,
