@@ -229,15 +229,25 @@ def validate_bench(
         write_json(result)
         return
     for metric, s in result["summary"].items():
-        if not isinstance(s, dict) or "by_device_and_tier" not in s:
+        if not isinstance(s, dict) or "by_device_framework_and_tier" not in s:
+            continue
+        h = s["held_out"]
+        if not h["rows"]:
             continue
         out.print(
-            f"{metric}: {s['rows']} rows, median / p90 APE {s['all']['median_ape']:.1%} / "
-            f"{s['all']['p90_ape']:.1%} (roofline {s['all']['roofline']['median_ape']:.1%})"
+            f"{metric}: {s['rows']} rows, {h['rows']} held out: median / p90 APE {h['median_ape']:.1%} / "
+            f"{h['p90_ape']:.1%} (roofline {h['roofline']['median_ape']:.1%}, kernels without the serving "
+            f"loop {h['kernels_only']['median_ape']:.1%})"
         )
-        for g in s["by_device_and_tier"]:
+        for g in s["by_device_framework_and_tier"]:
             out.print(
-                f"  {g['device']:<16} {g['tier']:<20} {g['rows']:>4} rows  {g['median_ape']:.1%} / "
-                f"{g['p90_ape']:.1%}  (roofline {g['roofline']['median_ape']:.1%})"
+                f"  {g['device']:<16} {g['framework']:<14} {g['tier']:<20} {g['rows']:>4} rows  "
+                f"{g['median_ape']:.1%} / {g['p90_ape']:.1%}  (roofline {g['roofline']['median_ape']:.1%})"
             )
+    for fw, f in result["summary"]["serving_overheads"].items():
+        out.print(
+            f"serving loop of {fw} (fitted on {f['calibration_rows']} calibration rows): {f['step_overhead_us']} us "
+            f"per iteration + {f['sequence_overhead_us']} us per sequence + {f['broadcast_overhead_us']} us per "
+            "doubling of TP"
+        )
     out.print(f"{result['summary']['not_expressed']} rows not expressed (--out lists them with the reason)")

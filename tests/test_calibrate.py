@@ -24,6 +24,7 @@ from hermes_sim.ingest.runner import ingest
 from hermes_sim.warehouse.store import Warehouse
 
 EXE = Path(sys.executable).with_name("hermes-sim")
+RECORDED_CPU_PROFILE = Path(__file__).parent / "data" / "cpu_profile_xeon_2core.json.gz"
 
 
 # ---- catalogs ------------------------------------------------------------------------------------
@@ -301,7 +302,9 @@ def test_random_forest_baseline_runs(sample_warehouse: Path):
 
 
 # ---- the local-hardware loop ---------------------------------------------------------------------
-def test_profile_ingest_calibrate_report_on_this_machine(tmp_path: Path):
+def test_profile_ingest_calibrate_on_this_machine(tmp_path: Path):
+    """The whole loop live: this machine is profiled, ingested and calibrated, and its models price searches.
+    Live timings follow the machine's load, so fidelity is checked on a recorded profile (the next test)."""
     trace = tmp_path / "cpu.json"
     prof = subprocess.run([str(EXE), "profile", "cpu", "--out", str(trace)], capture_output=True, text=True)
     assert prof.returncode == 0, prof.stderr
@@ -318,19 +321,13 @@ def test_profile_ingest_calibrate_report_on_this_machine(tmp_path: Path):
     }
     with Warehouse(tmp_path / "wh") as w:
         ingest(w, [trace], progress=False)
-    result = calibrate_device(tmp_path / "wh", "local_cpu", splits=("shape_block",), random_forest=False)
+    calibrate_device(tmp_path / "wh", "local_cpu", splits=("shape_block",), random_forest=False)
     models = artifacts.load(tmp_path / "wh", "local_cpu")
     assert {(m["family"], m["framework"]) for m in models["models"]} >= {
         ("gemm", "hermes-profile"),
         ("vector_search", "faiss"),
     }
     assert "measured by hermes-sim profile cpu" in models["device_figures"]["sources"]["compute"]
-    rows = {(r["family"], r["framework"], r["model"]): r for r in result.rows if r["subset"] == "all"}
-    gemm = rows["gemm", "hermes-profile", "calibrated"], rows["gemm", "hermes-profile", "roofline"]
-    assert gemm[0]["median_ape"] < gemm[1]["median_ape"]  # at least as good as the plain roofline
-    # faiss's threaded searches time noisily on a loaded 2-core machine: a looser bound
-    search = rows["vector_search", "faiss", "calibrated"], rows["vector_search", "faiss", "roofline"]
-    assert search[0]["median_ape"] < 1.5 * search[1]["median_ape"]
     search = pd.DataFrame(
         {
             "op_family": ["vector_search"],
@@ -350,6 +347,18 @@ def test_profile_ingest_calibrate_report_on_this_machine(tmp_path: Path):
     xeon = CostModel("xeon_8480p", tmp_path / "wh").predict(search)
     assert xeon.tier.iloc[0] == "transferred"  # a catalog CPU borrows this CPU's measured efficiency
     assert CostModel("h100_sxm", tmp_path / "wh").predict(search).tier.iloc[0] == "roofline"  # never a CPU's
+
+
+def test_cpu_models_fitted_on_a_recorded_profile_beat_the_roofline_on_held_out_shapes(tmp_path: Path):
+    """A real `hermes-sim profile cpu` trace of a 2-core Xeon VM, recorded on a quiet machine (tests/data):
+    the fitted GEMM and faiss models score better than the plain roofline on held-out shapes."""
+    with Warehouse(tmp_path / "wh") as w:
+        ingest(w, [RECORDED_CPU_PROFILE], progress=False)
+    result = calibrate_device(tmp_path / "wh", "local_cpu", splits=("shape_block",), random_forest=False)
+    rows = {(r["family"], r["framework"], r["model"]): r for r in result.rows if r["subset"] == "all"}
+    for family, framework in (("gemm", "hermes-profile"), ("vector_search", "faiss")):
+        fitted, plain = rows[family, framework, "calibrated"], rows[family, framework, "roofline"]
+        assert fitted["median_ape"] < plain["median_ape"], (family, fitted["median_ape"], plain["median_ape"])
 
 
 def test_refitting_one_family_keeps_the_others(calibrated: Path, sample_warehouse: Path, tmp_path: Path):

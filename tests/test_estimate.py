@@ -7,10 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from conftest import SAMPLES
 from hermes_sim.replay.estimate import estimate
-from hermes_sim.replay.validate_bench import validate_bench
+from hermes_sim.replay.validate_bench import fit_serving_overheads, validate_bench
 
 EXE = Path(sys.executable).with_name("hermes-sim")
 
@@ -74,7 +76,7 @@ def test_estimate_cli_json():
     assert doc["prefill_ms"] > 0 and doc["decode_step_ms"] > 0
 
 
-def test_validate_bench_reports_errors_per_device_and_tier(wh: Path):
+def test_validate_bench_reports_held_out_errors_per_device_framework_and_tier(wh: Path):
     result = validate_bench(SAMPLES / "e2e/llm_inference_bench", wh, limit=60)
     rows = result["rows"]
     assert rows and {r["metric"] for r in rows} == {"batch_latency", "ttft"}
@@ -83,6 +85,47 @@ def test_validate_bench_reports_errors_per_device_and_tier(wh: Path):
     assert ("h100_sxm", "measured-calibrated") in tiers
     reasons = " ".join(r["reason"] for r in result["not_expressed"])
     assert "not in the device catalog" in reasons and "KV blocks, a replica has" in reasons
+    assert {r["held_out"] for r in rows} == {True, False}  # two halves, by a stable hash
+    assert all(r["kernels_ms"] <= r["predicted_ms"] + 1e-9 for r in rows)  # the serving loop only adds time
     summary = result["summary"]["batch_latency"]
     assert summary["rows"] == sum(1 for r in rows if r["metric"] == "batch_latency")
-    assert all(g["rows"] > 0 and g["median_ape"] >= 0 for g in summary["by_device_and_tier"])
+    groups = summary["by_device_framework_and_tier"]
+    assert sum(g["rows"] for g in groups) == summary["held_out"]["rows"]  # scored on the held-out half only
+    assert all(g["rows"] > 0 and g["median_ape"] >= 0 for g in groups)
+
+
+def _bench_table(parts: dict[str, float], rows: int = 40) -> pd.DataFrame:
+    """Rows whose measured time is their kernels' plus a known serving-loop overhead per iteration."""
+    rng = np.random.default_rng(0)
+    batch = rng.choice([1, 16, 32, 64], rows)
+    tp = rng.choice([1, 2, 4], rows)
+    steps = rng.choice([128, 256, 512], rows)
+    kernels_ms = rng.uniform(500, 5000, rows)
+    per_step_us = parts["step"] + parts["sequence"] * batch + parts["broadcast"] * np.log2(tp)
+    return pd.DataFrame(
+        {
+            "framework": "vLLM",
+            "device": "h100_sxm",
+            "tier": "measured-calibrated",
+            "metric": "batch_latency",
+            "held_out": False,
+            "batch": batch,
+            "tp": tp,
+            "steps": steps,
+            "kernels_ms": kernels_ms,
+            "measured_ms": kernels_ms + steps * per_step_us / 1e3,
+        }
+    )
+
+
+def test_bench_serving_overhead_fit_recovers_its_parts_and_drops_one_the_data_makes_negative():
+    got = fit_serving_overheads(_bench_table({"step": 1500.0, "sequence": 60.0, "broadcast": 800.0}))["vLLM"]
+    assert got["step_overhead_us"] == pytest.approx(1500.0, rel=1e-3)
+    assert got["sequence_overhead_us"] == pytest.approx(60.0, rel=1e-3)
+    assert got["broadcast_overhead_us"] == pytest.approx(800.0, rel=1e-3)
+    # a gap that falls with TP is not a broadcast cost: that part is dropped, the others refitted
+    got = fit_serving_overheads(_bench_table({"step": 1500.0, "sequence": 60.0, "broadcast": -300.0}))["vLLM"]
+    assert got["broadcast_overhead_us"] == 0.0 and got["step_overhead_us"] > 0
+    # transferred-tier rows hold the borrowed kernels' error, not CPU time: they fit nothing
+    table = _bench_table({"step": 1500.0, "sequence": 60.0, "broadcast": 800.0}).assign(tier="transferred")
+    assert fit_serving_overheads(table) == {}

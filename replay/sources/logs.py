@@ -17,14 +17,34 @@ COLUMNS = (
 _FRAMES: dict[tuple, pd.DataFrame] = {}
 
 
-def _frame(warehouse_root: Path, sql: str, params: tuple) -> pd.DataFrame:
-    """A log's rows, read once per process while the warehouse catalog is unchanged (sweep points share it)."""
+def _cache_key(warehouse_root: Path, sql: str, params: tuple) -> tuple:
+    """A query's key while the warehouse catalog is unchanged (sweep points in one process share the rows)."""
     catalog = warehouse_root / "catalog.duckdb"
-    key = (str(warehouse_root.resolve()), catalog.stat().st_mtime_ns if catalog.exists() else 0, sql, params)
-    if key not in _FRAMES:
-        with Warehouse(warehouse_root, read_only=True) as wh:
-            _FRAMES[key] = wh.arrow(sql, list(params)).to_pandas()
-    return _FRAMES[key]
+    return (str(warehouse_root.resolve()), catalog.stat().st_mtime_ns if catalog.exists() else 0, sql, params)
+
+
+class _Reader:
+    """Queries of one log on one read-only warehouse session, opened only when a result is not cached (each
+    open costs about 0.1 s: a replay's fixed cost)."""
+
+    def __init__(self, root: Path):
+        self.root, self.wh = root, None
+
+    def frame(self, sql: str, params: tuple) -> pd.DataFrame:
+        key = _cache_key(self.root, sql, params)
+        if key not in _FRAMES:
+            _FRAMES[key] = self.open().arrow(sql, list(params)).to_pandas()
+        return _FRAMES[key]
+
+    def open(self) -> Warehouse:
+        if self.wh is None:
+            self.wh = Warehouse(self.root, read_only=True)
+        return self.wh
+
+    def close(self) -> None:
+        if self.wh is not None:
+            self.wh.close()
+            self.wh = None
 
 
 def _looks_like_a_path(name: str) -> bool:
@@ -38,22 +58,33 @@ def log_frame(src: Source, warehouse_root: Path, field: str = "source.log") -> p
     warehouse_root = Path(warehouse_root)
     path = Path(src.log)
     where, params = "log_name = ?", [src.log]
-    if path.exists():
-        from ...ingest.runner import ingest, source_ids
+    reader = _Reader(warehouse_root)
+    try:
+        if path.exists():
+            from ...ingest.runner import ingest, source_ids
 
-        params = source_ids([path])
-        where = f"source_id IN ({', '.join('?' * len(params))})"
-        catalog = warehouse_root / "catalog.duckdb"
-        with Warehouse(warehouse_root, read_only=catalog.exists()) as wh:
-            missing = not all(wh.has_source(sid) for sid in params)
-        if missing:
-            with Warehouse(warehouse_root) as wh:
-                ingest(wh, [path], progress=False)
-    elif _looks_like_a_path(src.log):
-        raise ScenarioError(field, f"no such file: {src.log}")
-    segments = _frame(warehouse_root, f"SELECT DISTINCT segment FROM requests WHERE {where} ORDER BY 1", tuple(params))
+            params = source_ids([path])
+            where = f"source_id IN ({', '.join('?' * len(params))})"
+            has_catalog = (warehouse_root / "catalog.duckdb").exists()
+            if not has_catalog or not all(reader.open().has_source(sid) for sid in params):
+                reader.close()  # the ingest takes the write lock
+                with Warehouse(warehouse_root) as wh:
+                    ingest(wh, [path], progress=False)
+        elif _looks_like_a_path(src.log):
+            raise ScenarioError(field, f"no such file: {src.log}")
+        df = _rows(src, field, reader, where, tuple(params))
+    finally:
+        reader.close()
+    scale = src.time_scale / src.rate_scale
+    df = df.copy()
+    df["arrival_s"] = (df["arrival_s"] - df["arrival_s"].iloc[0]) * scale
+    return df
+
+
+def _rows(src: Source, field: str, reader: _Reader, where: str, params: tuple) -> pd.DataFrame:
+    segments = reader.frame(f"SELECT DISTINCT segment FROM requests WHERE {where} ORDER BY 1", params)
     if segments.empty:
-        known = _frame(warehouse_root, "SELECT DISTINCT log_name FROM requests ORDER BY 1", ())
+        known = reader.frame("SELECT DISTINCT log_name FROM requests ORDER BY 1", ())
         names = ", ".join(known["log_name"].astype(str)) or "(none: ingest a log first)"
         raise ScenarioError(field, f"no requests for log {src.log!r}; known logs: {names}")
     found = [int(s) for s in segments["segment"].fillna(0)]
@@ -72,8 +103,4 @@ def log_frame(src: Source, warehouse_root: Path, field: str = "source.log") -> p
     )
     if src.limit:
         sql += f" LIMIT {int(src.limit)}"
-    df = _frame(warehouse_root, sql, (*params, segment))
-    scale = src.time_scale / src.rate_scale
-    df = df.copy()
-    df["arrival_s"] = (df["arrival_s"] - df["arrival_s"].iloc[0]) * scale
-    return df
+    return reader.frame(sql, (*params, segment))
