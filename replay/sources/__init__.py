@@ -33,15 +33,15 @@ _FIELDS = ("user_input_tokens", "passage_tokens", "passages", "reasoning_share")
 
 def _log_specs(src: Source, warehouse_root: Path) -> list[Spec]:
     df = log_frame(src, warehouse_root)
-    extra = {f: df[f].to_numpy() for f in _FIELDS if df[f].notna().any()}
-    sessions = df["session_id"].to_numpy()
-    hashes = [tuple(h) if h is not None and len(h) else () for h in df["prefix_block_hashes"]]
+    # Python values, not numpy scalars: block hashes key every prefix cache and tier lookup of the replay
+    extra = {f: df[f].tolist() for f in _FIELDS if df[f].notna().any()}
+    sessions = [None if s is None or s != s else s for s in df["session_id"].tolist()]
+    hashes = [tuple(h.tolist()) if h is not None and len(h) else () for h in df["prefix_block_hashes"]]
+    arrivals, prompts, outputs = (df[c].tolist() for c in ("arrival_s", "input_tokens", "output_tokens"))
     out = []
-    for i, (a, p, o, s, h) in enumerate(
-        zip(df["arrival_s"].to_numpy(), df["input_tokens"], df["output_tokens"], sessions, hashes, strict=True)
-    ):
+    for i in range(len(df)):
         fields = {f: v[i] for f, v in extra.items() if v[i] is not None and v[i] == v[i]} if extra else {}
-        out.append(Spec(float(a), int(p), int(o), None if s is None or s != s else s, h, fields))
+        out.append(Spec(float(arrivals[i]), int(prompts[i]), int(outputs[i]), sessions[i], hashes[i], fields))
     return out
 
 
