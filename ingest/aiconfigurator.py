@@ -1,6 +1,9 @@
 """NVIDIA AIConfigurator perf database: systems/data/<gpu>/<family>/<framework>/<version>/<table>_perf.parquet.
 
-Latencies there are milliseconds (the DeepEP tables: microseconds, as their column names say). A version folder
+Latencies there are milliseconds (the DeepEP tables: microseconds, as their column names say); the comm tables'
+`message_size` counts elements of their dtype, not bytes (AIConfigurator's collectors log nccl-tests' byte size
+divided by the dtype's width, and build custom all-reduce tensors of that many elements), so it becomes
+`message_bytes` = elements x bytes per element. A version folder
 holding only `reuse.yaml` borrows another version's table: it is recorded as a source with no rows, so the
 borrowed measurements are never counted twice."""
 
@@ -19,6 +22,9 @@ from .devices import canonical_device
 
 MS_TO_US = 1000.0
 _DTYPE_ALIASES = {"half": "float16", "float": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# Bytes per element of the collectives' dtypes: the comm tables' `message_size` counts elements (the collectors
+# log nccl-tests' byte size divided by the dtype's bytes, and size custom all-reduce tensors in elements)
+ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "int8": 1, "uint8": 1, "fp8": 1}
 
 
 def tree_position(path: Path) -> dict[str, str] | None:
@@ -56,6 +62,17 @@ def _dtype(values: pa.ChunkedArray) -> pa.Array:
     enc = values.combine_chunks().dictionary_encode()
     names = [_DTYPE_ALIASES.get(str(v).lower(), str(v).lower()) for v in enc.dictionary.to_pylist()]
     return pa.array(names, pa.string()).take(enc.indices)
+
+
+def _message_bytes(path: Path, elements: pa.ChunkedArray, dtype: pa.Array, dtype_col: str) -> pa.Array:
+    """A comm table's message sizes in bytes: its `message_size` (elements) times its dtype's bytes."""
+    unknown = sorted(set(dtype.to_pylist()) - set(ELEMENT_BYTES))
+    if unknown:
+        raise IngestError(
+            path, f"column {dtype_col}", f"unknown collective dtype(s) {unknown}; known: {sorted(ELEMENT_BYTES)}"
+        )
+    width = pa.array([ELEMENT_BYTES[d] for d in dtype.to_pylist()], pa.int64())
+    return pc.multiply(elements.cast(pa.int64()), width)
 
 
 def _require(path: Path, table: pa.Table, columns: list[str]) -> None:
@@ -131,12 +148,13 @@ def parse_perf_table(path: Path, batch: SourceBatch) -> SourceBatch:
         for extra in ("backend", "implementation"):
             if extra in t.column_names:
                 kernel = pc.binary_join_element_wise(kernel, t[extra].cast(pa.string()), ":")
+        dtype = _dtype(t[dtype_col])
         cols = {
             "op_family": t["op_name"],
             "kernel_source": kernel,
-            "dtype": _dtype(t[dtype_col]),
+            "dtype": dtype,
             "num_gpus": t["num_gpus"],
-            "message_bytes": t["message_size"],
+            "message_bytes": _message_bytes(path, t["message_size"], dtype, dtype_col),
             "latency_us": _ms_to_us(t),
         }
         if table == "nccl_perf" and "framework" not in pos:

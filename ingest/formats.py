@@ -21,6 +21,13 @@ class Format:
     parse: Callable[[Path, SourceBatch], SourceBatch]
     describe: str
     companions: Callable[[Path], list[Path]] = lambda path: []
+    # Raised when a parser's reading of the same file changes (then its rows differ): part of a source's
+    # identity from 2 on, so a warehouse holding the older reading is told to rebuild, never mixed with the new
+    revision: int = 1
+    changed: str = ""  # what the latest revision changed, for that message
+
+
+AICONFIGURATOR_REVISION_2 = "comm tables' message_size counts elements, not bytes"
 
 
 def _ragpulse_tables(path: Path) -> list[Path]:
@@ -35,7 +42,14 @@ def _collection_meta(path: Path) -> list[Path]:
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
-        Format("aiconfigurator", aiconfigurator.parse_perf_table, "AIConfigurator *_perf.parquet", _collection_meta),
+        Format(
+            "aiconfigurator",
+            aiconfigurator.parse_perf_table,
+            "AIConfigurator *_perf.parquet",
+            _collection_meta,
+            revision=2,
+            changed=AICONFIGURATOR_REVISION_2,
+        ),
         Format("aiconfigurator-reuse", aiconfigurator.parse_reuse, "AIConfigurator reuse.yaml (borrowed table)"),
         Format("vidur-mlp", vidur.parse_mlp, "Vidur mlp.csv"),
         Format("vidur-attention", vidur.parse_attention, "Vidur attention CSV"),

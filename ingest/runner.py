@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..warehouse.batch import SourceBatch, file_sha256
+from ..warehouse.batch import IngestError, SourceBatch, file_sha256
 from ..warehouse.schema import DATA_TABLES
 from ..warehouse.store import Warehouse
 from ..warehouse.validation import validate
@@ -73,7 +74,7 @@ def ingest(
             with Warehouse(root, read_only=True) as wh:
                 known = _known_sources(wh)
         else:
-            known = set()
+            known = {}
         batches, already, skipped = _parse(known, paths, fmt, params, progress)
         with Warehouse(root) as wh:
             report = wh.commit(batches)
@@ -83,11 +84,26 @@ def ingest(
     return IngestReport(report.committed, already + [(b.path, b.source_id) for b, _ in report.skipped], skipped)
 
 
-def _known_sources(wh: Warehouse) -> set[str]:
-    return {sid for (sid,) in wh.query("SELECT source_id FROM sources")[1]}
+Known = dict[str, tuple[str, str, dict]]  # source_id -> (content hash, format, parameters)
 
 
-def _parse(known: set[str], paths: list[Path], fmt: str | None, params: dict | None, progress: bool):
+def _known_sources(wh: Warehouse) -> Known:
+    """source_id -> (content hash, format, parameters) of every source the warehouse holds."""
+    rows = wh.query("SELECT source_id, sha256, format, params FROM sources")[1]
+    return {sid: (sha, fmt, json.loads(params or "{}")) for sid, sha, fmt, params in rows}
+
+
+def _older_reading(known: Known, batch: SourceBatch) -> tuple[str, int] | None:
+    """(source id, revision) of this very file read by an older revision of its parser, if the warehouse has it."""
+    mine = {k: v for k, v in batch.params.items() if k != "revision"}
+    for sid, (sha, fmt, params) in known.items():
+        same_file = sha == batch.sha256 and fmt == batch.format and sid != batch.source_id
+        if same_file and {k: v for k, v in params.items() if k != "revision"} == mine:
+            return sid, int(params.get("revision", 1))
+    return None
+
+
+def _parse(known: Known, paths: list[Path], fmt: str | None, params: dict | None, progress: bool):
     files, skipped = expand([Path(p) for p in paths], fmt)
     for f, why in skipped:
         log.debug("skipping %s: %s", f, why)
@@ -113,6 +129,16 @@ def _parse(known: set[str], paths: list[Path], fmt: str | None, params: dict | N
                 size_bytes=path.stat().st_size,
                 params=_format_params(name, params or {}),
             )
+            stale = None if batch.source_id in known else _older_reading(known, batch)
+            if stale:
+                raise IngestError(
+                    path,
+                    None,
+                    f"this file is in the warehouse as source {stale[0]}, read by revision {stale[1]} of the "
+                    f"{name} parser; revision {spec.revision} reads it differently ({spec.changed}), and the two "
+                    "would be counted together: rebuild the warehouse from its inputs with `hermes-sim ingest "
+                    "--fresh PATH...`",
+                )
             if batch.source_id in known or any(b.source_id == batch.source_id for b in batches):
                 log.info("%s: already ingested as source %s; nothing to do", path, batch.source_id)
                 already.append((str(path), batch.source_id))
@@ -125,8 +151,9 @@ def _parse(known: set[str], paths: list[Path], fmt: str | None, params: dict | N
 
 
 def _format_params(fmt: str, params: dict) -> dict:
-    """The parameters that shape this format's rows (and so belong to its source identity)."""
-    out = {}
+    """The parameters that shape this format's rows (and so belong to its source identity), with the parser's
+    revision once it has changed how it reads the format."""
+    out: dict = {"revision": FORMATS[fmt].revision} if FORMATS[fmt].revision > 1 else {}
     if params.get("log_name") and fmt in ("azure", "burstgpt", "mooncake", "ragpulse", "servegen"):
         out["log_name"] = params["log_name"]
     if fmt == "servegen":

@@ -84,6 +84,49 @@ def test_borrowed_tables_are_recorded_and_not_counted(sample_warehouse: Path):
         assert one(w, "SELECT count(*) FROM kernel_samples WHERE framework_version = '0.22.0'") == 0
 
 
+def test_aiconfigurator_comm_message_sizes_are_elements_and_become_bytes(wh: Warehouse):
+    """AIConfigurator's collectors log nccl-tests' byte size divided by the dtype's width (and build custom
+    all-reduce tensors of `message_size` elements): a half all-reduce of n elements moves 2n bytes, an int8 one
+    n. The measurements agree: at large sizes an int8 all-reduce takes about half the time of a half one of
+    the same `message_size`."""
+    comm = SAMPLES / "hardware/aiconfigurator/systems/data/h100_sxm/comm"
+    nccl, custom = comm / "nccl/2.27.3/nccl_perf.parquet", comm / "vllm/0.14.0/custom_allreduce_perf.parquet"
+    ingest(wh, [nccl, custom], progress=False)
+    got = wh.arrow(
+        "SELECT op_family, dtype, num_gpus, message_bytes, latency_us, framework FROM kernel_samples"
+    ).to_pandas()
+    src = pq.read_table(nccl).to_pandas()
+    width = src.nccl_dtype.map({"half": 2, "int8": 1})
+    expect = sorted(zip(src.op_name, src.num_gpus, src.message_size * width, strict=True))
+    mine = got[got.framework == "nccl"]
+    assert sorted(zip(mine.op_family, mine.num_gpus, mine.message_bytes, strict=True)) == expect
+    src = pq.read_table(custom).to_pandas()
+    assert set(src.allreduce_dtype) == {"bfloat16"}
+    assert sorted(got[got.framework == "vllm"].message_bytes) == sorted(src.message_size * 2)
+
+
+def test_a_file_read_by_an_older_parser_revision_is_an_error_not_a_second_copy(tmp_path: Path, monkeypatch):
+    from dataclasses import replace
+
+    from hermes_sim.ingest import formats
+    from hermes_sim.warehouse.batch import IngestError
+
+    nccl = SAMPLES / "hardware/aiconfigurator/systems/data/h100_sxm/comm/nccl/2.27.3/nccl_perf.parquet"
+    current = formats.FORMATS["aiconfigurator"]
+    monkeypatch.setitem(formats.FORMATS, "aiconfigurator", replace(current, revision=1))
+    with Warehouse(tmp_path / "wh") as w:
+        ingest(w, [nccl], progress=False)  # a warehouse built before the parser changed
+    monkeypatch.setitem(formats.FORMATS, "aiconfigurator", current)
+    with Warehouse(tmp_path / "wh") as w:
+        before = w.query("SELECT count(*) FROM kernel_samples")[1]
+        with pytest.raises(IngestError, match=r"revision 1 .* --fresh") as e:
+            ingest(w, [nccl], progress=False)
+        assert "message_size counts elements" in str(e.value) and str(nccl) in str(e.value)
+        assert w.query("SELECT count(*) FROM kernel_samples")[1] == before  # nothing added
+    with Warehouse(tmp_path / "fresh") as w:  # a fresh warehouse takes it
+        assert ingest(w, [nccl], progress=False).rows_accepted == len(pq.read_table(nccl))
+
+
 @pytest.mark.shared
 def test_h100_tree_counts_match_the_parquet_files(tmp_path: Path):
     tree = shared_path("hardware/aiconfigurator/systems/data/h100_sxm")
