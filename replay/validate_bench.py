@@ -22,7 +22,6 @@ far a vLLM-kernel estimate is from them."""
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import pandas as pd
 from ..calibrate.catalog import devices, models
 from ..calibrate.model import CALIBRATED
 from .estimate import estimate
+from .validate import is_held_out
 
 # The benchmark's hardware names, and the catalog part each was measured on (by Argonne's documentation)
 HARDWARE = {
@@ -64,11 +64,6 @@ def _why_not(hw: str, model: str) -> str | None:
     if MODELS.get(model) not in models():
         return f"model {model} is not in the model catalog"
     return None
-
-
-def held_out(file: str, line: int) -> bool:
-    """Which half a row is in: a stable hash of its file and line (the same on every machine and run)."""
-    return hashlib.sha256(f"{file}:{line}".encode()).digest()[0] % 2 == 1
 
 
 def _predict(rows: pd.DataFrame, warehouse_root: Path, measured: str, output: pd.Series, file: str):
@@ -121,7 +116,7 @@ def _predict(rows: pd.DataFrame, warehouse_root: Path, measured: str, output: pd
                     "input_tokens": args["input_tokens"],
                     "output_tokens": args["output_tokens"],
                     "steps": steps,
-                    "held_out": held_out(file, line),
+                    "held_out": is_held_out(f"{file}:{line}"),  # the split validate silicon uses
                     "measured_ms": float(r[measured]) * 1e3,
                     "kernels_ms": predicted - steps * used_us / 1e3,
                     "predicted_ms": predicted,
