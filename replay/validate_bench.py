@@ -170,11 +170,7 @@ def _apply_overheads(table: pd.DataFrame, fitted: dict) -> pd.DataFrame:
     for framework, f in fitted.items():
         hit = table.framework == framework
         sub = table[hit]
-        per_step_us = (
-            f["step_overhead_us"]
-            + f["sequence_overhead_us"] * sub["batch"]
-            + f["broadcast_overhead_us"] * np.log2(sub["tp"])
-        )
+        per_step_us = _overhead_terms(sub) @ np.array([f[p] for p in OVERHEAD_PARTS])
         table.loc[hit, "predicted_ms"] = sub["kernels_ms"] + sub["steps"] * per_step_us / 1e3
         table.loc[hit, "overhead_source"] = f"fitted on this benchmark's calibration half ({framework})"
     return table
@@ -217,21 +213,22 @@ def validate_bench(path: Path, warehouse_root: Path, limit: int | None = None) -
         metric = "batch_latency" if measured == "Latency" else "ttft"
         done += [{**r, "file": name, "metric": metric} for r in rows]
         out["not_expressed"] += [{**s, "file": name} for s in skipped]
-    table = pd.DataFrame(done)
-    fitted = fit_serving_overheads(table) if len(table) else {}
-    if len(table):
+    fitted: dict = {}
+    if done:
+        table = pd.DataFrame(done)
+        fitted = fit_serving_overheads(table)
         table = _apply_overheads(table, fitted)
-    out["rows"] = table.to_dict(orient="records")
-    for metric, t in table.groupby("metric", sort=False) if len(table) else ():
-        test = t[t.held_out]
-        out["summary"][metric] = {
-            "rows": len(t),
-            "held_out": _scores(test) if len(test) else {"rows": 0},
-            "by_device_framework_and_tier": [
-                {"device": d, "framework": fw, "tier": tier, **_scores(g)}
-                for (d, fw, tier), g in test.groupby(["device", "framework", "tier"])
-            ],
-        }
+        out["rows"] = table.to_dict(orient="records")
+        for metric, t in table.groupby("metric", sort=False):
+            test = t[t.held_out]
+            out["summary"][metric] = {
+                "rows": len(t),
+                "held_out": _scores(test) if len(test) else {"rows": 0},
+                "by_device_framework_and_tier": [
+                    {"device": d, "framework": fw, "tier": tier, **_scores(g)}
+                    for (d, fw, tier), g in test.groupby(["device", "framework", "tier"])
+                ],
+            }
     out["summary"]["serving_overheads"] = fitted
     out["summary"]["not_expressed"] = len(out["not_expressed"])
     out["summary"]["part_assumed"] = {hw: note for hw, (_, note) in HARDWARE.items()}
