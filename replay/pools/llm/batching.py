@@ -25,6 +25,7 @@ class BatchPlan:
     end: float = 0.0
     duration: float = 0.0
     ends: list[float] | None = None  # end time (s) of each iteration of a decode run
+    chunk_s: list[float] | None = None  # duration (s) of each iteration of a prefill run
 
     @property
     def empty(self) -> bool:

@@ -7,8 +7,9 @@ A batch's forward pass decomposes (calibrate.ops.layer_ops) into parts that depe
 - prefill attention: each chunk's new tokens q and cached tokens p.
 Each part is priced once on a log-spaced grid with the device's CostModel (every op carrying its tier; batches
 small enough to be CUDA-graph captured priced with graph-captured kernels where those were measured) and
-interpolated in log-log space afterwards (1-D parts tabulated per integer), so one iteration costs a few list
-lookups and one or two interpolations instead of a model call.
+interpolated in log-log space afterwards (1-D parts tabulated per integer; decode attention linearly along the
+KV length, see fixed_us), so one iteration costs a few list lookups and one or two interpolations instead of a
+model call.
 
 Under pipeline parallelism an iteration passes through every stage in turn: the per-stage parts (layers / pp,
 with the stage-to-stage send) count pp times, the LM head once."""
@@ -95,26 +96,53 @@ class IterationCost:
         return np.log(np.maximum(total, 1e-9)).reshape(len(g1), len(g2))
 
     # ---- evaluation ------------------------------------------------------------------------------
+    # A decode iteration's time is fixed_us(B, B) + the decode attention at the batch's mean KV length, summed in
+    # that order, and a run's end times are its start plus each iteration in turn. The scalar and the vectorized
+    # paths use only IEEE-exact arithmetic in the same order (no log or exp per step: along the KV length the
+    # attention row is interpolated linearly, which is also what a bandwidth-bound kernel's time does), so a
+    # run priced in one call and the same iterations stepped one by one give bit-identical times.
+    def fixed_us(self, tokens: int, sequences: int) -> float:
+        """The parts that depend on the batch's token and sequence counts only, serving-loop overhead included."""
+        return (
+            _lookup(self._dense_table, tokens)
+            + _lookup(self._head_table, sequences)
+            + self.step_overhead_us
+            + self.sequence_overhead_us * sequences
+        )
+
     def decode_run_ends(self, batch_size: int, kv_sum_start: float, steps: int, start_s: float) -> list[float]:
         """End times (s) of `steps` decode-only iterations of a fixed batch from start_s, its total KV growing by
         batch_size a step: the token-linear and LM-head parts are constant; only attention follows the KV
-        length. Short runs (most) in plain Python, long ones vectorized."""
-        fixed = (
-            _lookup(self._dense_table, batch_size)
-            + _lookup(self._head_table, batch_size)
-            + self.step_overhead_us
-            + self.sequence_overhead_us * batch_size
-        )
-        values, row = self._row("decode", batch_size)
-        kv_mean = kv_sum_start / batch_size
+        length. Short runs (most) in plain Python, long ones vectorized; both give the same bits."""
+        fixed = self.fixed_us(batch_size, batch_size)
+        base, slope = self._decode_row(batch_size)
+        grid, width = self._l_lin
         if steps <= SHORT_RUN:
-            ends, t, ll = [], start_s, self._ll
+            ends, t = [], start_s
             for k in range(steps):
-                t += (fixed + _along(ll, row, kv_mean + k)) / 1e6
+                t += (fixed + _linear(grid, width, base, slope, (kv_sum_start + k * batch_size) / batch_size)) / 1e6
                 ends.append(t)
             return ends
-        attention = np.exp(np.interp(np.log(kv_mean + np.arange(steps)), self._l_log, values))
-        return (start_s + np.cumsum((attention + fixed) / 1e6)).tolist()
+        grid, width = self._l_arrays
+        kv_mean = np.arange(steps, dtype=np.float64)
+        kv_mean *= batch_size
+        kv_mean += kv_sum_start
+        kv_mean /= batch_size
+        i = grid.searchsorted(kv_mean)
+        i -= 1
+        np.maximum(i, 0, out=i)
+        np.minimum(i, len(grid) - 2, out=i)
+        w = kv_mean - grid[i]
+        w /= width[i]
+        np.maximum(w, 0.0, out=w)
+        np.minimum(w, 1.0, out=w)
+        w *= np.asarray(slope)[i]
+        w += np.asarray(base)[i]  # the attention time
+        out = np.empty(steps + 1)
+        out[0] = start_s
+        np.add(fixed, w, out=out[1:])
+        out[1:] /= 1e6
+        return out.cumsum().tolist()[1:]
 
     def _row(self, part: str, n: int) -> tuple[np.ndarray, list[float]]:
         """Log attention time over the KV-length grid at n decode sequences (part "decode") or a chunk of n
@@ -127,24 +155,36 @@ class IterationCost:
             row = self._rows[part, n] = (values, values.tolist())
         return row
 
+    def _decode_row(self, batch_size: int) -> tuple[list[float], list[float]]:
+        """Decode attention time (us) over the KV-length grid at `batch_size` sequences, as each cell's start value
+        and its rise across the cell; kept per batch size."""
+        row = self._decode_rows.get(batch_size)
+        if row is None:
+            values = np.exp(self._row("decode", batch_size)[0])
+            row = self._decode_rows[batch_size] = (values[:-1].tolist(), np.diff(values).tolist())
+        return row
+
     def iteration_us(self, prefill: list[tuple[int, int]], decode_count: int, decode_kv_sum: float) -> float:
-        """One iteration. The same interpolation as the vectorized path, in plain Python: on scalars that is
-        several times faster than numpy, and this runs once per simulated iteration."""
-        t, tokens, chunks = 0.0, decode_count, self._chunks
+        """One iteration, in plain Python (on scalars several times faster than numpy; this runs once per
+        simulated iteration). A decode-only batch is priced exactly as decode_run_ends prices each step."""
+        attention, tokens, chunks = 0.0, decode_count, self._chunks
         for q, p in prefill:
             tokens += q
             c = chunks.get((q, p))
             if c is None:  # chunk shapes repeat (budget-sized chunks, first chunks): each is interpolated once
                 c = chunks[q, p] = _along(self._ll, self._row("prefill", q)[1], p + 1)
-            t += c
+            attention += c
         if tokens == 0:
             return 0.0
-        sequences = len(prefill) + decode_count
-        t += _lookup(self._dense_table, tokens) + _lookup(self._head_table, sequences)
         if decode_count:
-            row = self._rows.get(("decode", decode_count)) or self._row("decode", decode_count)
-            t += _along(self._ll, row[1], decode_kv_sum / decode_count)
-        return t + self.step_overhead_us + self.sequence_overhead_us * sequences
+            base, slope = self._decode_rows.get(decode_count) or self._decode_row(decode_count)
+            grid, width = self._l_lin
+            attention += _linear(grid, width, base, slope, decode_kv_sum / decode_count)
+        return self.fixed_us(tokens, len(prefill) + decode_count) + attention
+
+    @cached_property
+    def _decode_rows(self) -> dict[int, tuple[list[float], list[float]]]:
+        return {}
 
     @cached_property
     def _rows(self) -> dict[tuple[str, int], tuple[np.ndarray, list[float]]]:
@@ -155,8 +195,14 @@ class IterationCost:
         return {}
 
     @cached_property
-    def _l_log(self) -> np.ndarray:
-        return np.log(self.l_grid)
+    def _l_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The KV-length grid and its cells' widths (the linear interpolation along it)."""
+        grid = self.l_grid.astype(np.float64)
+        return grid, np.diff(grid)
+
+    @cached_property
+    def _l_lin(self) -> tuple[list[float], list[float]]:
+        return tuple(a.tolist() for a in self._l_arrays)
 
     # Python-list copies of the grids for the scalar path
     @cached_property
@@ -196,6 +242,13 @@ def _table(grid: np.ndarray, logv: np.ndarray) -> list[float]:
 def _lookup(table: list[float], n: int) -> float:
     """A 1-D part at integer n; past the grid's end the value holds, as np.interp clamps."""
     return table[n] if n < len(table) else table[-1]
+
+
+def _linear(grid: list[float], width: list[float], base: list[float], slope: list[float], x: float) -> float:
+    """A row at x, linear between grid points and clamped at the ends. Its vectorized twin in decode_run_ends
+    keeps this exact order of operations (bit-identical results)."""
+    i = min(max(bisect_left(grid, x) - 1, 0), len(grid) - 2)
+    return base[i] + slope[i] * min(max((x - grid[i]) / width[i], 0.0), 1.0)
 
 
 def _along(grid: list[float], logv: list[float], x: float) -> float:

@@ -391,11 +391,11 @@ class LLMPool:
             kv.take(cohort.advance(extra, need_cohort) if plan.decodes else 0)
             kv.take(need_req)
             req.blocks += need_req
-        t, done, kv_sum = now, req.prefilled, plan.decode_kv_sum
-        for q in chunks:
-            t += rep.cost.iteration_us([(q, done)], plan.decodes, kv_sum) / 1e6
-            done += q
-            kv_sum += plan.decodes
+        t, done, kv_sum, plan.chunk_s = now, req.prefilled, plan.decode_kv_sum, []
+        for q in chunks:  # as many iterations stepped one by one would sum (bit for bit)
+            end = t + rep.cost.iteration_us([(q, done)], plan.decodes, kv_sum) / 1e6
+            plan.chunk_s.append(end - t)
+            t, done, kv_sum = end, done + q, kv_sum + plan.decodes
         plan.prefills, plan.prefill_tokens, plan.steps = [(req, sum(chunks))], sum(chunks), len(chunks)
         return t
 
@@ -406,7 +406,8 @@ class LLMPool:
         for req, q in plan.prefills:
             req.prefilled += q
             if req.first_token is None:  # the iterations before its first token (not a recompute's later ones)
-                req.prefill_s += plan.duration
+                for duration in plan.chunk_s or (plan.duration,):
+                    req.prefill_s += duration
             if req.prefilled >= req.target:  # the last chunk's pass emits the first (or next) token
                 req.generated += 1
                 if req.first_token is None:
