@@ -11,6 +11,7 @@ queued before the boundary is processed, so it is considered there, as a step-by
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 from collections.abc import Callable
@@ -54,6 +55,18 @@ class EventLoop:
 
     # ---- the loop --------------------------------------------------------------------------------
     def run(self, on_progress: Callable[[], None] | None = None) -> None:
+        """Process every event in time order. The cyclic garbage collector is paused meanwhile: the loop makes
+        few cycles and frees little, while the collector would keep rescanning the simulation's live objects
+        (about 5% of the loop)."""
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            self._run(on_progress)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _run(self, on_progress: Callable[[], None] | None) -> None:
         arrivals, events, replicas = self.arrivals, self.events, self.replicas
         heapq.heapify(arrivals)
         pop = heapq.heappop

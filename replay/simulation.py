@@ -90,6 +90,10 @@ class Simulation:
                 batch = max_seqs.get(spec.name, spec.max_batch)
                 pool = build_service_pool(spec, self.root, self.loop, batch, scenario.price_at)
             self.pools[spec.name] = pool
+        models: dict[str, int] = {}
+        for pool in self.pools.values():  # tier keys: a block hash (int64) offset by its model's slot
+            if pool.kind == "llm":
+                pool.kv_key_base = models.setdefault(pool.model_id, len(models)) << 64
         self.link_specs = {x.name: x for x in scenario.links}
         self.tier_specs = {t.name: self._tier_figures(t) for t in scenario.tiers}
         self.links: dict[tuple, Link] = {}

@@ -222,6 +222,33 @@ def test_skip_ahead_gives_bit_identical_requests_to_stepping_in_a_pipeline(wh: P
     pd.testing.assert_frame_equal(ahead, stepped["requests"], check_exact=True)
 
 
+def test_tier_keys_separate_models_and_are_shared_by_pools_of_one_model(wh: Path):
+    """Equal block hashes are the same KV only within one model: a tier's key is the hash offset by the model's
+    slot (0 for the first model, so its keys are the hashes themselves)."""
+    from hermes_sim.replay.simulation import Simulation
+
+    doc = kv_tiers()
+    doc["pools"] = [
+        {**LLAMA8, "name": "llm", "replicas": 1, "max_model_len": 131072},
+        {**LLAMA8, "name": "twin", "replicas": 1, "max_model_len": 131072},
+        {**LLAMA8, "name": "other", "model": "mistral-7b", "replicas": 1, "max_model_len": 32768},
+    ]
+    doc["clients"] += [
+        {"name": "twin", "source": log(MOONCAKE, limit=5), "pipeline": "twin"},
+        {"name": "other", "source": log(MOONCAKE, limit=5), "pipeline": "other"},
+    ]
+    for name in ("twin", "other"):
+        doc["pipelines"][name] = {
+            "stages": [
+                {"name": "fetch", "type": "kv_retrieval", "tiers": ["dram", "remote"], "pool": name},
+                {"name": "generate", "type": "llm", "pool": name},
+            ]
+        }
+    pools = Simulation(sc(doc), wh).pools
+    assert pools["llm"].kv_key_base == pools["twin"].kv_key_base == 0
+    assert pools["other"].kv_key_base == 1 << 64  # beyond every int64 hash of the first model
+
+
 # ---- disaggregated prefill and decode -------------------------------------------------------------------------
 def disagg(decode_device: str = "a100_sxm") -> dict:
     return {

@@ -32,7 +32,8 @@ class KVRetrievalStage(Stage):
         ht = pool.hash_tokens
         full = min(len(run.hashes), max(run.context - 1, 0) // ht)  # whole blocks of the prompt, last token excluded
         hbm = min(rep.prefix.cached_prefix(run.hashes[:full]) if rep.prefix is not None else 0, full)
-        keys = [(pool.model_id, h) for h in run.hashes[hbm:full]]
+        base = pool.kv_key_base  # 0 for the first model: its keys are the hashes themselves
+        keys = run.hashes[hbm:full] if not base else tuple(base + h for h in run.hashes[hbm:full])
         found, pending = 0, []
         for name in self.spec.tiers:
             n = sim.tier(name, pool, replica).prefix(keys[found:])

@@ -1,6 +1,7 @@
 """KV-cache memory tiers (host DRAM, CXL, local NVMe, a remote pool): stores of prefix blocks with a capacity
 in bytes and an eviction policy chosen by name. A block is keyed by (model, block hash): equal hashes of one
-model are the same KV bytes. Occupancy never exceeds capacity (TierOverCapacity)."""
+model are the same KV bytes; the key is one int (the hash plus the model's slot x 2^64, hashes being int64), as
+fast a dict key as there is. Occupancy never exceeds capacity (TierOverCapacity)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class Tier:
     def __contains__(self, key) -> bool:
         return key in self.blocks
 
-    def put_many(self, keys: list, nbytes: float) -> list[tuple[tuple, float]]:
+    def put_many(self, keys: list, nbytes: float) -> list[tuple[int, float]]:
         """Store several blocks of one size (put, inlined: the write-back hot path); returns every block
         evicted to make room."""
         if nbytes > self.capacity:
@@ -86,7 +87,7 @@ class Tier:
         self.hits += n
         return n
 
-    def _make_room(self, nbytes: float) -> list[tuple[tuple, float]]:
+    def _make_room(self, nbytes: float) -> list[tuple[int, float]]:
         """Evict from the front (the policy keeps the next victim there) until nbytes fit."""
         evicted = []
         while self.used + nbytes > self.capacity:
@@ -96,7 +97,7 @@ class Tier:
             evicted.append((old, size))
         return evicted
 
-    def put(self, key, nbytes: float) -> list[tuple[tuple, float]]:
+    def put(self, key, nbytes: float) -> list[tuple[int, float]]:
         """Store a block, evicting as the policy says; returns the evicted (key, bytes). A block larger than the
         whole tier is not stored."""
         return self.put_many([key], nbytes)

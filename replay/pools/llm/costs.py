@@ -115,7 +115,7 @@ class IterationCost:
         batch_size a step: the token-linear and LM-head parts are constant; only attention follows the KV
         length. Short runs (most) in plain Python, long ones vectorized; both give the same bits."""
         fixed = self.fixed_us(batch_size, batch_size)
-        base, slope = self._decode_row(batch_size)
+        base, slope, base_array, slope_array = self._decode_row(batch_size)
         grid, width = self._l_lin
         if steps <= SHORT_RUN:
             ends, t = [], start_s
@@ -136,8 +136,8 @@ class IterationCost:
         w /= width[i]
         np.maximum(w, 0.0, out=w)
         np.minimum(w, 1.0, out=w)
-        w *= np.asarray(slope)[i]
-        w += np.asarray(base)[i]  # the attention time
+        w *= slope_array[i]
+        w += base_array[i]  # the attention time
         out = np.empty(steps + 1)
         out[0] = start_s
         np.add(fixed, w, out=out[1:])
@@ -155,13 +155,15 @@ class IterationCost:
             row = self._rows[part, n] = (values, values.tolist())
         return row
 
-    def _decode_row(self, batch_size: int) -> tuple[list[float], list[float]]:
+    def _decode_row(self, batch_size: int) -> tuple[list[float], list[float], np.ndarray, np.ndarray]:
         """Decode attention time (us) over the KV-length grid at `batch_size` sequences, as each cell's start value
-        and its rise across the cell; kept per batch size."""
+        and its rise across the cell (lists for the scalar path, arrays for the vectorized); kept per batch
+        size."""
         row = self._decode_rows.get(batch_size)
         if row is None:
             values = np.exp(self._row("decode", batch_size)[0])
-            row = self._decode_rows[batch_size] = (values[:-1].tolist(), np.diff(values).tolist())
+            base, slope = values[:-1], np.diff(values)
+            row = self._decode_rows[batch_size] = (base.tolist(), slope.tolist(), base, slope)
         return row
 
     def iteration_us(self, prefill: list[tuple[int, int]], decode_count: int, decode_kv_sum: float) -> float:
@@ -177,13 +179,13 @@ class IterationCost:
         if tokens == 0:
             return 0.0
         if decode_count:
-            base, slope = self._decode_rows.get(decode_count) or self._decode_row(decode_count)
+            base, slope, _, _ = self._decode_rows.get(decode_count) or self._decode_row(decode_count)
             grid, width = self._l_lin
             attention += _linear(grid, width, base, slope, decode_kv_sum / decode_count)
         return self.fixed_us(tokens, len(prefill) + decode_count) + attention
 
     @cached_property
-    def _decode_rows(self) -> dict[int, tuple[list[float], list[float]]]:
+    def _decode_rows(self) -> dict[int, tuple]:
         return {}
 
     @cached_property

@@ -221,6 +221,7 @@ class Replica:
 
 class LLMPool:
     kind = "llm"
+    kv_key_base = 0  # its model's offset in tier keys (Simulation sets it per model)
 
     def __init__(self, name: str, replicas: list[Replica], router: Router, loop: EventLoop, skip_ahead: bool = True):
         self.name, self.replicas, self.router, self.loop = name, replicas, router, loop

@@ -67,15 +67,18 @@ class PrefixAware(Router):
 
     def route(self, req: Req, replicas: list[Replica]) -> int:
         loads = [rep.outstanding for rep in replicas]
-        idlest = min(range(len(replicas)), key=lambda i: (loads[i], i))
+        least = min(loads)
+        idlest = loads.index(least)  # the first of the least loaded
         busiest = max(loads)
-        if busiest - loads[idlest] > self.BALANCE_ABS and busiest > self.BALANCE_REL * loads[idlest]:
+        if busiest - least > self.BALANCE_ABS and busiest > self.BALANCE_REL * least:
             return idlest
         if not req.hashes or replicas[0].prefix is None:
             return idlest
         hits = [rep.prefix.cached_prefix(req.hashes) for rep in replicas]
-        best = min(range(len(replicas)), key=lambda i: (-hits[i], loads[i], i))
-        return best if hits[best] >= self.CACHE_THRESHOLD * len(req.hashes) else idlest
+        most = max(hits)
+        if most < self.CACHE_THRESHOLD * len(req.hashes):
+            return idlest
+        return min((loads[i], i) for i in range(len(replicas)) if hits[i] == most)[1]
 
 
 ROUTERS = {cls.name: cls for cls in (RoundRobin, LeastOutstanding, SessionAffinity, PrefixAware)}
