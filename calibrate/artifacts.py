@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from packaging.version import InvalidVersion, Version
 
 from .. import __version__
@@ -318,12 +319,26 @@ def load(warehouse_root: Path, device: str) -> dict | None:
         table = residuals_path(warehouse_root, device)
         if not table.exists():
             raise FileNotFoundError(f"{path} names residual surfaces but {table} is missing: recalibrate {device}")
-        points = dict(tuple(pd.read_parquet(table).groupby("model", sort=False)))
+        rows_of, points, values = _surface_points(table)
         for entry in with_surface:
-            got = points.get(_model_key(entry), pd.DataFrame(columns=["cell", "grid_index", "residual_log"]))
-            entry["surface"]["points"] = got[["cell", "grid_index"]].to_numpy(dtype=np.int64)
-            entry["surface"]["values"] = got["residual_log"].to_numpy(dtype=float)
+            rows = rows_of.get(_model_key(entry), np.empty(0, dtype=np.int64))
+            entry["surface"]["points"] = points[rows]
+            entry["surface"]["values"] = values[rows]
     return doc
+
+
+def _surface_points(table: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The residual table: per model key the numbers of its rows, then every row's [cell, grid index] and
+    residual. The model column is read as a dictionary and grouped by its codes: decoding and grouping its
+    strings would cost a replay about 0.1 s."""
+    t = pq.read_table(table, read_dictionary=["model"])
+    model = t.column("model").combine_chunks()
+    codes, names = model.indices.to_numpy(), model.dictionary.to_pylist()
+    order = np.argsort(codes, kind="stable")  # a model's rows in file order (written contiguously)
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    rows_of = {name: order[bounds[i] : bounds[i + 1]] for i, name in enumerate(names)}
+    cell, grid_index = (t.column(c).to_numpy().astype(np.int64) for c in ("cell", "grid_index"))
+    return rows_of, np.column_stack([cell, grid_index]), t.column("residual_log").to_numpy().astype(float)
 
 
 def fitted_from_entry(entry: dict) -> Fitted:
