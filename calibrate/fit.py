@@ -139,11 +139,12 @@ class Form:
     def clip_inefficiency(self, pred: np.ndarray, log_roof: np.ndarray) -> np.ndarray:
         """Larger work is never predicted less efficient than the fitted shapes of its size or larger were.
 
-        Collectives are bounded so only beyond their largest measured message: the envelope pools every GPU
-        count, and a collective's inefficiency against its roofline depends on the ring length and the NCCL
-        protocol, not on the size alone (an 8-GPU all-reduce of 8 MiB is less efficient than a 2-GPU one of
-        16 MiB), so inside the measured range the pooled bound cut measured shapes (A100, 8 MiB on 4 and 8
-        GPUs: -13% and -15%)."""
+        Collectives are bounded only beyond their largest measured message. The envelope pools every GPU count,
+        while a collective's inefficiency against its roofline depends on the ring length and the NCCL protocol,
+        not on its size alone (an 8-GPU all-reduce of 8 MiB is less efficient than a 2-GPU one of 16 MiB):
+        inside the measured range the pooled bound cut measured shapes (A100, 8 MiB on 4 and 8 GPUs: -13% and
+        -15%). Other families pool kernels and head layouts the same way; per-cell envelopes would be the
+        general form, but there the pooled bound is what keeps extrapolation sane."""
         if not self.envelope_y:
             return pred
         i = np.clip(np.searchsorted(self.envelope_log_roof, log_roof, side="right") - 1, 0, len(self.envelope_y) - 1)
