@@ -143,8 +143,10 @@ class Form:
         while a collective's inefficiency against its roofline depends on the ring length and the NCCL protocol,
         not on its size alone (an 8-GPU all-reduce of 8 MiB is less efficient than a 2-GPU one of 16 MiB):
         inside the measured range the pooled bound cut measured shapes (A100, 8 MiB on 4 and 8 GPUs: -13% and
-        -15%). Other families pool kernels and head layouts the same way; per-cell envelopes would be the
-        general form, but there the pooled bound is what keeps extrapolation sane."""
+        -15%). A bound per cell (GPU count) does not help: within one GPU count the inefficiency falls steeply
+        across the protocol switch, so the larger messages above a held-out size still cap it (tried: A100
+        NCCL fp16 back at 8.6% median). Other families keep the bound everywhere: without it inside the range,
+        GEMM extrapolation breaks (H100 bf16 p90 31% -> 129%)."""
         if not self.envelope_y:
             return pred
         i = np.clip(np.searchsorted(self.envelope_log_roof, log_roof, side="right") - 1, 0, len(self.envelope_y) - 1)
