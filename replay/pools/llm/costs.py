@@ -116,9 +116,8 @@ class IterationCost:
         length. Short runs (most) in plain Python, long ones vectorized; both give the same bits."""
         fixed = self.fixed_us(batch_size, batch_size)
         base, slope, base_array, slope_array = self._decode_row(batch_size)
-        grid, width = self._l_lin
         if steps <= SHORT_RUN:
-            ends, t = [], start_s
+            (grid, width), ends, t = self._l_lin, [], start_s
             for k in range(steps):
                 t += (fixed + _linear(grid, width, base, slope, (kv_sum_start + k * batch_size) / batch_size)) / 1e6
                 ends.append(t)
