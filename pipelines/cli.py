@@ -4,7 +4,6 @@ warehouse, the catalogs), cli_calibrate.py, cli_replay.py, main_job.py."""
 
 from __future__ import annotations
 
-import gc
 import logging
 import sys
 from pathlib import Path
@@ -233,14 +232,3 @@ def _catalog(rows: list[dict], as_json: bool) -> None:
 
 
 from . import cli_calibrate, cli_replay, cli_studies, main_job  # noqa: E402, F401  (their commands register on `app`)
-
-
-def entry_point() -> None:
-    """The `hermes-sim` command. What a command leaves in memory goes with the process: freezing it first keeps
-    the interpreter's last garbage collection from walking every object of a large replay on the way out
-    (0.3-0.4 s of Mooncake's 12k-request KV-tier replay; the OS takes the memory back either way). Outputs are
-    written and closed by then; tests call `app` in-process, never this."""
-    try:
-        app()
-    finally:
-        gc.freeze()

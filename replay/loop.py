@@ -14,9 +14,26 @@ from __future__ import annotations
 import gc
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from .errors import ClockWentBack
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a simulation is built, run and tabulated: what it allocates
+    lives until the end and makes few cycles, so collections meanwhile free little and keep rescanning every
+    live object (on Mooncake's 12k-request KV-tier replay about 5% of the event loop, and 0.2 s of building,
+    reading the log and tabulating). Nested pauses restore what they found."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
 
 ARRIVAL, TIMER, END = 0, 1, 2
 INF = float("inf")
@@ -55,16 +72,9 @@ class EventLoop:
 
     # ---- the loop --------------------------------------------------------------------------------
     def run(self, on_progress: Callable[[], None] | None = None) -> None:
-        """Process every event in time order. The cyclic garbage collector is paused meanwhile: the loop makes
-        few cycles and frees little, while the collector would keep rescanning the simulation's live objects
-        (about 5% of the loop)."""
-        paused = gc.isenabled()
-        gc.disable()
-        try:
+        """Process every event in time order (with the cyclic garbage collector paused: gc_paused)."""
+        with gc_paused():
             self._run(on_progress)
-        finally:
-            if paused:
-                gc.enable()
 
     def _run(self, on_progress: Callable[[], None] | None) -> None:
         arrivals, events, replicas = self.arrivals, self.events, self.replicas

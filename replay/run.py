@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
+from .loop import gc_paused
 from .outputs.tables import batches_frame, facts, requests_frame, summarize, timeline_frame, transfers_frame
 from .scenario import Scenario
 from .simulation import Simulation
@@ -21,14 +22,16 @@ def simulate(
     transfers: bool = False,
 ) -> dict:
     """Run one scenario. Returns {"requests", "timeline", "batches", "transfers": DataFrames, "summary": dict}.
-    With progress, a bar on stderr counts finished requests; with transfers, every link transfer is kept."""
-    sim = Simulation(scenario, Path(warehouse_root), skip_ahead, audit)
-    if transfers:
-        sim.keep_transfers = True
-    with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
-        task = bar.add_task("replay", total=None)
-        sim.run(on_progress=lambda n, total: bar.update(task, completed=n, total=total))
-    return collect(scenario, sim)
+    With progress, a bar on stderr counts finished requests; with transfers, every link transfer is kept. The
+    garbage collector is paused throughout (loop.gc_paused)."""
+    with gc_paused():
+        sim = Simulation(scenario, Path(warehouse_root), skip_ahead, audit)
+        if transfers:
+            sim.keep_transfers = True
+        with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
+            task = bar.add_task("replay", total=None)
+            sim.run(on_progress=lambda n, total: bar.update(task, completed=n, total=total))
+        return collect(scenario, sim)
 
 
 def collect(scenario: Scenario, sim: Simulation) -> dict:

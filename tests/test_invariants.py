@@ -120,6 +120,25 @@ def test_a_tier_over_its_capacity_is_caught(wh: Path, monkeypatch):
         run(wh)
 
 
+def test_a_replay_leaves_the_garbage_collector_as_it_found_it_even_when_it_fails(wh: Path, monkeypatch):
+    import gc
+
+    from hermes_sim.replay.loop import gc_paused
+
+    monkeypatch.setattr(Tier, "_make_room", lambda self, nbytes: [])
+    assert gc.isenabled()
+    with pytest.raises(errors.TierOverCapacity):
+        run(wh)  # simulate pauses the collector for the build, the loop and the tables
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a pause inside a caller's own pause does not switch it back on
+    finally:
+        gc.enable()
+
+
 def test_a_request_that_never_ends_is_caught(wh: Path, monkeypatch):
     from hermes_sim.replay.pools.llm.engine import LLMPool
 
