@@ -4,12 +4,13 @@ not catch the bug it guards is no check."""
 from __future__ import annotations
 
 import copy
+import gc
 from pathlib import Path
 
 import pytest
 from conftest import SAMPLES
 from hermes_sim.replay import errors
-from hermes_sim.replay.loop import EventLoop
+from hermes_sim.replay.loop import EventLoop, gc_paused
 from hermes_sim.replay.resources.link import Link
 from hermes_sim.replay.resources.tier import Tier
 from hermes_sim.replay.run import simulate
@@ -121,10 +122,6 @@ def test_a_tier_over_its_capacity_is_caught(wh: Path, monkeypatch):
 
 
 def test_a_replay_leaves_the_garbage_collector_as_it_found_it_even_when_it_fails(wh: Path, monkeypatch):
-    import gc
-
-    from hermes_sim.replay.loop import gc_paused
-
     monkeypatch.setattr(Tier, "_make_room", lambda self, nbytes: [])
     assert gc.isenabled()
     with pytest.raises(errors.TierOverCapacity):
