@@ -16,6 +16,7 @@ import yaml
 from rich.progress import Progress
 
 from .errors import ScenarioError
+from .loop import gc_paused
 from .outputs.tables import facts, merge_facts, requests_frame, summarize, timeline_frame
 from .run import simulate
 from .scenario import Scenario, with_overrides
@@ -152,13 +153,15 @@ def run_summaries(points: list[tuple[dict, Scenario]], warehouse_root: Path, cli
 
 
 def _one_replica(scenario: Scenario, warehouse_root: str, specs: list, index: int) -> tuple:
-    """One replica's share of a round-robin log, as plain data: its requests, timeline and facts."""
+    """One replica's share of a round-robin log, as plain data: its requests, timeline and facts (built, run and
+    tabulated with the collector paused, as simulate does)."""
     pool = scenario.pools[0]
-    sim = Simulation(
-        scenario.model_copy(update={"pools": [pool.model_copy(update={"replicas": 1})]}), Path(warehouse_root)
-    )
-    sim.run(initial=[specs])
-    req, tl = requests_frame(sim), timeline_frame(sim)
+    with gc_paused():
+        sim = Simulation(
+            scenario.model_copy(update={"pools": [pool.model_copy(update={"replicas": 1})]}), Path(warehouse_root)
+        )
+        sim.run(initial=[specs])
+        req, tl = requests_frame(sim), timeline_frame(sim)
     req.loc[req.replica >= 0, "replica"] = index  # rejected requests keep -1, as in the serial run
     tl["replica"] = index
     return req, tl, facts(sim)
