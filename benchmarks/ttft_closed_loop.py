@@ -1,0 +1,103 @@
+"""Why `validate silicon` misses TTFT: the measured TTFT in units of one prompt's prefill.
+
+    hermes-sim validate silicon ../shared/data/e2e/silicon_h100.csv -w WH --out OUT
+    python benchmarks/ttft_closed_loop.py --silicon ../shared/data/e2e/silicon_h100.csv --rows OUT/rows.csv -w WH
+
+For every aggregated dense-model row whose clients' KV fits the replica (C x (isl + osl) tokens: beyond it
+requests wait for whole lifetimes, another regime), the single-prompt prefill p1 (one prompt of isl tokens on
+the row's deployment, priced by the calibrated cost models with the framework's step overhead: `estimate`) and
+the measured TTFT / p1, the number of prompts' worth of prefill a request waits for, its own included. Printed:
+its median per framework, deployment, isl and concurrency C; then, per framework, the line TTFT / p1 = a + b C
+fitted on the calibration half (median regression) and scored on the held-out half, beside the simulator's and
+the plain roofline's errors on the same held-out rows (from rows.csv). Written to
+benchmarks/results/ttft_closed_loop.json.
+
+A diagnostic, not a model the replay uses: a line fitted to TTFT is a residual, not a mechanism. What it
+separates: the cost models (p1, and the TPOT the same rows confirm) from how the benchmark's closed-loop
+clients bunch up in front of the prefill. In full lockstep a request waits for half its round's prompts (b =
+0.5); fully desynchronised clients wait for about their own prompt (a = 1, b = 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+from hermes_sim.replay import validate as v
+from hermes_sim.replay.estimate import estimate
+
+RESULTS = Path(__file__).resolve().parent / "results" / "ttft_closed_loop.json"
+
+
+def _ape(pred: pd.Series, meas: pd.Series) -> dict:
+    e = (pred - meas).abs() / meas
+    return {"median_ape": round(float(e.median()), 4), "p90_ape": round(float(e.quantile(0.9)), 4)}
+
+
+def single_prompt(row: pd.Series, warehouse: Path) -> dict:
+    gemm, _ = v._dtypes(row)
+    common = dict(
+        device=row["system"],
+        model=v._catalog_name(row["model_path"]),
+        warehouse_root=warehouse,
+        tp=v._int(row, "tp_size"),
+        dtype=gemm,
+        framework=v._framework(row) or None,
+    )
+    one = estimate(batch=1, input_tokens=v._int(row, "isl"), output_tokens=2, **common)
+    every = estimate(
+        batch=v.concurrency(row), input_tokens=v._int(row, "isl"), output_tokens=v._int(row, "osl"), **common
+    )
+    return {"p1_ms": one["prefill_ms"], "kv_fits": every["kv_fits"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--silicon", type=Path, default=Path("../shared/data/e2e/silicon_h100.csv"))
+    ap.add_argument("--rows", type=Path, required=True, help="rows.csv of `hermes-sim validate silicon --out`")
+    ap.add_argument("-w", "--warehouse", type=Path, required=True)
+    args = ap.parse_args()
+    silicon = pd.read_csv(args.silicon).set_index("id", drop=False)
+    rows = pd.read_csv(args.rows)
+    rows = rows[(rows["mode"] == "agg") & ~rows["moe"].astype(bool) & rows["id"].isin(silicon.index)]
+    found = [single_prompt(silicon.loc[i], args.warehouse) for i in rows["id"]]
+    rows = rows.assign(**pd.DataFrame(found, index=rows.index))
+    out: dict = {"rows_kv_bound": int((~rows.kv_fits).sum())}
+    rows = rows[rows.kv_fits]
+    rows = rows.assign(prefills=rows.measured_ttft_ms / rows.p1_ms)
+    table = rows.pivot_table(index=["backend", "tp", "isl"], columns="concurrency", values="prefills", aggfunc="median")
+    print("measured TTFT / single-prompt prefill, median per framework, TP, isl (rows) and concurrency (columns)")
+    print(table.round(2).to_string())
+    out["by_framework"] = {}
+    for fw, g in rows.groupby("backend"):
+        cal, held = g[~g.held_out], g[g.held_out]
+        if len(cal) < 5 or g.concurrency.nunique() < 2 or held.empty:
+            continue
+        line = sm.QuantReg(cal.prefills, sm.add_constant(cal.concurrency.astype(float))).fit(q=0.5)
+        a, b = (float(x) for x in line.params)
+        law = (a + b * held.concurrency) * held.p1_ms
+        out["by_framework"][fw] = {
+            "calibration_rows": len(cal),
+            "held_out_rows": len(held),
+            "a": round(a, 3),
+            "b_per_client": round(b, 4),
+            "held_out": {
+                "p1_times_line": _ape(law, held.measured_ttft_ms),
+                "simulator": _ape(held.predicted_ttft_ms, held.measured_ttft_ms),
+                "roofline": _ape(held.roofline_ttft_ms, held.measured_ttft_ms),
+            },
+            "median_prefills_by_concurrency": {
+                str(c): round(float(x), 3) for c, x in g.groupby("concurrency").prefills.median().items()
+            },
+        }
+    print(json.dumps(out, indent=1))
+    RESULTS.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {RESULTS} ({np.sum([len(g) for _, g in rows.groupby('backend')])} rows)")
+
+
+if __name__ == "__main__":
+    main()
