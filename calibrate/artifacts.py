@@ -54,14 +54,20 @@ def profile_samples(wh: Warehouse, family: str | None = None) -> pd.DataFrame:
     """Kernel samples of this machine from `hermes-sim profile cpu` traces in the warehouse."""
     from .profile_cpu import OPS, TRACE_NAME
 
-    rows = wh.arrow(
-        "SELECT t.source_id, s.sha256, t.name, t.input_dims, t.dur_us AS latency_us FROM trace_events t "
-        "JOIN sources s USING (source_id) WHERE s.format = 'kineto' AND t.kind = 'cpu_op' "
-        "AND json_extract_string(s.note, '$.trace_name') = ?",
+    _, found = wh.query(
+        "SELECT source_id, sha256 FROM sources WHERE format = 'kineto' "
+        "AND json_extract_string(note, '$.trace_name') = ?",
         [TRACE_NAME],
+    )
+    if not found:
+        return pd.DataFrame()
+    ids = [sid for sid, _ in found]
+    rows = wh.arrow(  # a filtered scan keeps the tables' order (a join would not): a fit sees rows in one order
+        "SELECT source_id, name, input_dims, dur_us AS latency_us FROM trace_events "
+        f"WHERE kind = 'cpu_op' AND source_id IN ({', '.join('?' * len(ids))})",
+        ids,
     ).to_pandas()
-    if rows.empty:
-        return rows
+    rows.insert(1, "sha256", rows["source_id"].map(dict(found)))
     rows["op_family"] = rows["name"].map(OPS)
     rows = rows[rows["op_family"].notna() & (rows["latency_us"] > 0)].copy()
     dims = rows["input_dims"]
@@ -133,14 +139,19 @@ def device_samples(wh: Warehouse, device: str, family: str | None = None) -> pd.
     frames = []
     for (fam, fw), ver in sorted(newest.items(), key=str):
         frames.append(
-            wh.arrow(
-                "SELECT k.*, s.sha256 FROM kernel_samples k JOIN sources s USING (source_id) "
-                "WHERE k.device = ? AND k.op_family = ? AND k.framework IS NOT DISTINCT FROM ? "
-                "AND k.framework_version IS NOT DISTINCT FROM ?",
+            wh.arrow(  # a filtered scan keeps the tables' order; a join's order varies run to run with its threads,
+                # and a least-squares fit's last bits with the order of its rows
+                "SELECT * FROM kernel_samples WHERE device = ? AND op_family = ? AND framework IS NOT DISTINCT "
+                "FROM ? AND framework_version IS NOT DISTINCT FROM ?",
                 [device, fam, fw, ver],
             ).to_pandas()
         )
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    sha = dict(wh.query("SELECT source_id, sha256 FROM sources")[1])
+    out["sha256"] = out["source_id"].map(sha)
+    return out
 
 
 def or_none(value):
