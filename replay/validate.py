@@ -11,11 +11,17 @@ never dropped silently.
   (per sending replica, shared by concurrent transfers); concurrency = decode_batch_size x decode_num_workers,
   as the campaigns' `silicon_concurrency` records it.
 
-How a row is measured: aiperf's closed loop (the client AIConfigurator's benchmark template runs). Every client
-sends its first request at t = 0 and its next one when the last completes, ROUNDS requests each; the first
-round is a warm-up left out of the means. Each request's lengths are drawn normal around the row's isl / osl
-with the client's length spread (stddev / mean: aiperf's --isl-stddev / --osl-stddev, not recorded in the
-CSV). Whether the clients stay in lockstep or drift apart then emerges from the scheduler.
+How a row is measured: aiperf's closed loop (the client AIConfigurator's benchmark template runs). aiperf runs
+its warm-up requests and lets them drain before profiling begins; profiling then starts every client at once
+(its opening burst: a whole round of prompts arriving together), each client sending its next request when
+its last one completes, and the reported means cover every profiled request, the burst's included. So here
+every client sends its first request at t = 0 and ROUNDS requests in all, and the means are over all of them
+(the drained warm-up leaves nothing behind that the simulation keeps). Each request's lengths are drawn normal
+around the row's isl / osl with the client's length spread (stddev / mean: aiperf's --isl-stddev /
+--osl-stddev, not recorded in the CSV). Whether the clients stay in lockstep or drift apart after the burst
+then emerges from the scheduler. The burst weighs 1 / ROUNDS in the means; the benchmark's own request count
+per client is not recorded either (AIConfigurator's template sends 50; on vLLM's rows 6-8 fit best, 10
+worse: benchmarks/ttft_closed_loop.py's notes).
 
 Each row runs with its framework's default batching (config.FRAMEWORK_BATCHING).
 
@@ -64,7 +70,7 @@ REQUIRED = (
     "silicon_ttft_ms",
     "silicon_tpot_ms",
 )
-ROUNDS = 8  # each client sends this many requests; the first round is the warm-up
+ROUNDS = 8  # each client sends this many requests, the opening burst the first of them
 # the client's length spread (stddev / mean of isl and osl, aiperf's --isl-stddev / --osl-stddev) values tried
 SPREADS = (0.0, 0.05, 0.1, 0.2)
 MIN_VERSION_ROWS = 8  # a framework version with fewer calibration rows takes its framework's fit
@@ -249,22 +255,22 @@ def campaign(row: pd.Series) -> str:
     return "/".join(Path(path).parts[-4:]) if path else ""
 
 
-def steady_state(
+def benchmark_means(
     row: pd.Series,
     warehouse_root: Path,
     overhead: tuple[float, float] = (0.0, 0.0),
     spread: float = 0.0,
     price_at: str = "point",
 ) -> dict:
-    """Mean TTFT and TPOT (ms) of the rounds after the warm-up, the mean sequences per iteration and the cost
-    tiers used, with every client sending its first request at t = 0 (aiperf's closed loop); overhead is the
-    serving loop's (per iteration, per sequence) microseconds, spread the client's length spread; price_at
-    prices the ops at their prediction or an end of their 90% interval."""
+    """Mean TTFT and TPOT (ms) of every request, the opening burst's included (aiperf's profiling phase: every
+    client sends its first request at t = 0), the mean sequences per iteration and the cost tiers used; overhead
+    is the serving loop's (per iteration, per sequence) microseconds, spread the client's length spread;
+    price_at prices the ops at their prediction or an end of their 90% interval."""
     scenario = scenario_for(row, overhead, spread)
     scenario.price_at = price_at
     out = simulate(scenario, warehouse_root)
     req = out["requests"]
-    req = req[(req.request_id >= concurrency(row)) & (req.status == "completed")]
+    req = req[req.status == "completed"]
     pools = out["summary"]["pools"]
     decode = pools.get("decode") or next(iter(pools.values()))
     return {
@@ -340,13 +346,13 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
     overhead, the overhead fitted on their TPOT gaps, the rows simulated again with it. Per (device,
     framework), and per framework version with at least MIN_VERSION_ROWS rows, the spread whose TTFT is
     closest to the measured (median APE) is kept with its overhead. Returns the fitted {device: {framework:
-    {..., versions: {version: ...}}}} and the kept simulations {row index: steady_state}."""
+    {..., versions: {version: ...}}}} and the kept simulations {row index: benchmark_means}."""
     cal = [i for i, rec in enumerate(rows) if not rec["held_out"]]
     trials: dict[float, tuple[dict, dict]] = {}
     for spread in SPREADS:
         table = pd.DataFrame(rows)
         for i in cal:
-            bare = steady_state(expressible[i], warehouse_root, spread=spread)
+            bare = benchmark_means(expressible[i], warehouse_root, spread=spread)
             table.loc[i, ["tpot_no_overhead_ms", "sequences_per_iteration"]] = (
                 bare["tpot_ms"],
                 bare["sequences_per_iteration"],
@@ -355,7 +361,7 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
         fitted = _fit_step_overheads(table)
         sims = {}
         for i in cal:
-            sims[i] = steady_state(expressible[i], warehouse_root, _step_overhead(fitted, expressible[i]), spread)
+            sims[i] = benchmark_means(expressible[i], warehouse_root, _step_overhead(fitted, expressible[i]), spread)
             sims[i].update(table.loc[i, ["tpot_no_overhead_ms", "sequences_per_iteration"]].to_dict())
             advance()
         trials[spread] = fitted, sims
@@ -449,7 +455,7 @@ def validate(
     )
     with bar, tempfile.TemporaryDirectory() as empty:  # no cost models: every op at its roofline time
         for row in expressible:
-            roof = steady_state(row, Path(empty))
+            roof = benchmark_means(row, Path(empty))
             bar.advance(task)
             rows.append(
                 {
@@ -480,7 +486,7 @@ def validate(
             fitted, kept = _calibrate(expressible, rows, warehouse_root, lambda: bar.advance(task))
             for i, row in enumerate(expressible):
                 overhead, spread = _step_overhead(fitted, row), _spread(fitted, row)
-                pred = kept.get(i) or steady_state(row, warehouse_root, overhead, spread)
+                pred = kept.get(i) or benchmark_means(row, warehouse_root, overhead, spread)
                 rows[i].update(
                     campaign=campaign(row),
                     step_overhead_us=overhead[0],
@@ -494,7 +500,7 @@ def validate(
                 )
                 if interval and rows[i]["held_out"]:
                     for bound in ("lower", "upper"):
-                        end = steady_state(row, warehouse_root, overhead, spread, price_at=bound)
+                        end = benchmark_means(row, warehouse_root, overhead, spread, price_at=bound)
                         rows[i].update(
                             {f"predicted_ttft_ms_{bound}": end["ttft_ms"], f"predicted_tpot_ms_{bound}": end["tpot_ms"]}
                         )

@@ -15,7 +15,7 @@ from conftest import SAMPLES
 from hermes_sim.calibrate.catalog import device, model
 from hermes_sim.replay.run import simulate
 from hermes_sim.replay.scenario import Scenario
-from hermes_sim.replay.validate import steady_state, validate
+from hermes_sim.replay.validate import benchmark_means, validate
 
 EXE = Path(sys.executable).with_name("hermes-sim")
 
@@ -297,7 +297,7 @@ def test_validate_silicon_expresses_a_moe_row_with_its_expert_parallelism(wh: Pa
     bad = row.copy()
     bad["attention_dp_size"] = 4.0
     assert "data-parallel attention" in why_not(bad)
-    out = steady_state(row, wh)
+    out = benchmark_means(row, wh)
     assert out["tpot_ms"] > 0 and out["ttft_ms"] > 0
 
 
