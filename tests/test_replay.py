@@ -283,6 +283,20 @@ def test_validate_silicon_serves_every_request_its_client_draws_at_the_widest_sp
     assert req.input_tokens.nunique() > 1 and req.input_tokens.mean() == pytest.approx(row.isl, rel=0.15)
 
 
+def test_validate_silicon_counts_the_opening_burst_as_aiperf_does(wh: Path):
+    """aiperf's profiling phase starts every client at once after its warm-up has drained, and its means cover
+    every profiled request: the burst's first round is measured, not a warm-up to drop."""
+    from hermes_sim.replay.validate import concurrency, scenario_for
+
+    rows = pd.read_csv(SAMPLES / "e2e/silicon_h100.csv")
+    row = rows[(rows["mode"] == "agg") & (rows.backend == "vllm")].iloc[0]
+    req = simulate(scenario_for(row), wh)["requests"]
+    burst = req.request_id < concurrency(row)
+    assert req[burst].ttft_ms.mean() != pytest.approx(req[~burst].ttft_ms.mean(), rel=0.01)  # the burst differs
+    got = benchmark_means(row, wh)
+    assert got["ttft_ms"] == pytest.approx(req.ttft_ms.mean()) and got["tpot_ms"] == pytest.approx(req.tpot_ms.mean())
+
+
 def test_validate_silicon_expresses_a_moe_row_with_its_expert_parallelism(wh: Path):
     from hermes_sim.replay.validate import scenario_for, why_not
 
