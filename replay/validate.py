@@ -20,8 +20,8 @@ every client sends its first request at t = 0 and ROUNDS requests in all, and th
 around the row's isl / osl with the client's length spread (stddev / mean: aiperf's --isl-stddev /
 --osl-stddev, not recorded in the CSV). Whether the clients stay in lockstep or drift apart after the burst
 then emerges from the scheduler. The burst weighs 1 / ROUNDS in the means; the benchmark's own request count
-per client is not recorded either (AIConfigurator's template sends 50, Dynamo's genai-perf recipes 10; on
-vLLM's rows 6 to 8 fit best and 10 less well).
+per client is not recorded either (AIConfigurator's template sends 50, Dynamo's benchmarks/llm/perf.sh 10;
+on vLLM's rows 6 to 8 fit best and 10 less well).
 
 Each row runs with its framework's default batching (config.FRAMEWORK_BATCHING).
 
