@@ -26,10 +26,19 @@ from .sources import SOURCES
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10
+# A local cluster has no dashboard, so nothing reads what the workers' statistical profiler (a stack sample every
+# 10 ms), system monitor (every 500 ms) and loop-blocked tick (every 20 ms) collect; each wakes a thread that
+# takes the GIL from the running replay. Off or slowed for the clusters started here (the memory monitor stays).
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.admin.tick.interval": "500ms",
+}
 
 
 @contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None):
+    import dask
     from dask.distributed import Client, LocalCluster
 
     for name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.nanny"):
@@ -43,6 +52,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None):
             yield client
         return
     with (
+        dask.config.set(LOCAL_CLUSTER_CONFIG),
         LocalCluster(
             n_workers=workers or 2,
             threads_per_worker=1,

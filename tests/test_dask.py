@@ -44,11 +44,14 @@ def points(tmp_path: Path, n_replicas=(1, 2, 3, 4)):
 
 
 def test_local_cluster_listens_on_loopback_only_and_not_on_the_dashboard_port():
-    with dask_client(2):
+    with dask_client(2) as client:
         family = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
         listening = [c for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.pid in family]
+        # without a dashboard nothing reads the workers' stack sampler: it does not run beside the replays
+        sampling = client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks)
     assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening)
     assert 8787 not in {c.laddr.port for c in listening}
+    assert sampling and not any(sampling.values())
 
 
 def _start_cluster(tmp_path: Path) -> tuple[subprocess.Popen, list[subprocess.Popen], str]:
