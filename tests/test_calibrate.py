@@ -246,6 +246,27 @@ def test_extrapolation_stays_bounded(h100_gemm: pd.DataFrame):
     assert np.median(err) < np.median(roof)
 
 
+def test_decode_attention_past_the_measured_kv_lengths_streams_the_extra_kv(sample_warehouse: Path):
+    """A100 TRT-LLM decode attention fitted on KV lengths below 2048: at short KV its time is mostly fixed costs
+    (launch, per head group), so the edge's efficiency times a 32x larger roofline priced 64k-token decodes at
+    3x their measured time (median). The extra KV is streamed at the sustained rate instead; inside the measured
+    range nothing changes."""
+    with Warehouse(sample_warehouse, read_only=True) as wh:
+        df = artifacts.device_samples(wh, "a100_sxm", "attention_decode")
+    trt = df[(df.framework == "trtllm") & (df.dtype == "bfloat16")].reset_index(drop=True)
+    a100 = catalog.device("a100_sxm")
+    fitted = fit_group(trt[trt.kv_len < 2048], "attention_decode", a100, seed=0)
+    held = trt[trt.kv_len > 4096]
+    measured = held.latency_us.to_numpy()
+    err = ape(fitted.predict(held, a100), measured)
+    edge_efficiency = ape(fitted._predict_form(held, roofline(held, a100)), measured)
+    roof = ape(roofline(held, a100).roofline_us.to_numpy(), measured)
+    assert len(held) > 500
+    assert np.median(edge_efficiency) > 1.5 and np.median(err) < 0.25 and np.median(err) < np.median(roof)
+    inside = trt[trt.kv_len < 2048]
+    assert np.array_equal(fitted.predict(inside, a100), fitted._predict_form(inside, roofline(inside, a100)))
+
+
 # ---- artifacts, tiers, report ---------------------------------------------------------------------
 def test_a_collective_is_not_capped_by_other_gpu_counts_inside_its_measured_range(sample_warehouse: Path):
     """A100 NCCL all-reduce, 8 MiB held out (its neighbours 4 and 16 MiB measured): at 4 and 8 GPUs it costs
