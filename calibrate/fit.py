@@ -114,6 +114,9 @@ class Form:
     # per size dim, the highest power it may take: distinct values seen - 1 (two sizes identify a slope, not a
     # curve; a square of a dim with two values is collinear with the intercept and would swing in between)
     max_power: list[int] = field(default_factory=list)
+    # decode attention: the measured batch sizes, ascending, and the longest KV length measured at that batch
+    # size or a larger one (the edge of the measured shapes in both dims at once; empty in older artifacts)
+    kv_hull: list[list[float]] = field(default_factory=list)
 
     def monomials(self) -> list[tuple[int, ...]]:
         """The size-polynomial terms, as tuples of size-dim indices, lowest degree first."""
@@ -293,13 +296,15 @@ class Fitted:
         return roof * np.exp(log_ineff)
 
     def _stream_beyond(self, df: pd.DataFrame, device: Device, roof: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Decode attention streams the KV cache. Past the largest measured batch or KV length, a step costs the
-        prediction at the edge of the measured shapes plus the extra roofline time at the sustained streaming
-        efficiency, not the edge's efficiency times the whole roofline: at the edge that efficiency still holds
-        the fixed per-launch and per-head-group costs, which do not grow with the KV (extrapolation split, every
-        decode group on A100 and H100: A100 TRT-LLM p90 818% -> 137%, vLLM median 37.6% -> 17.7%; H100 TRT-LLM
-        62.4% / 270% -> 29.5% / 137%). Prefill attention (compute-bound, quadratic) and collectives (protocol
-        switches) keep the edge efficiency: the same rule made them worse."""
+        """Decode attention streams the KV cache. Past the measured shapes (a batch larger than any measured, or a
+        KV length longer than any measured at that batch size or a larger one), a step costs the prediction at
+        the edge of the measured shapes plus the extra roofline time at the sustained streaming efficiency, not
+        the edge's efficiency times the whole roofline: at the edge that efficiency still holds the fixed
+        per-launch and per-head-group costs, which do not grow with the KV. Extrapolation split, median / p90
+        (roofline p90 81-98%): A100 TRT-LLM 63.4% / 818% -> 24.2% / 88.2%, vLLM 37.6% / 144% -> 13.0% / 39.3%,
+        SGLang 28.1% / 146% -> 24.7% / 49.4%; H100 TRT-LLM 62.4% / 270% -> 15.5% / 47.3%, vLLM 18.7% / 67.5% ->
+        9.7% / 28.6%, SGLang 16.5% / 38.0% -> 10.4% / 29.0%. Prefill attention (compute-bound, quadratic) and
+        collectives (protocol switches) keep the edge efficiency: the same rule made them worse."""
         edge = df.copy()
         beyond = np.zeros(len(df), dtype=bool)
         for d, c, s, hi in list(zip(self.form.dims, self.form.center, self.form.scale, self.form.hi, strict=True))[
@@ -311,6 +316,15 @@ class Fitted:
             values = pd.to_numeric(df[d], errors="coerce").to_numpy(dtype=float)
             beyond |= values > top
             edge[d] = np.minimum(values, top)
+        if self.form.kv_hull and {"batch_size", "kv_len"} <= set(df.columns):
+            # past the longest KV measured at this batch size or a larger one: a large batch measured only with
+            # short KV has its edge there, not at the longest KV of any batch
+            batches, tops = (np.asarray(v) for v in self.form.kv_hull)
+            batch = pd.to_numeric(df["batch_size"], errors="coerce").to_numpy(dtype=float)
+            top = tops[np.minimum(np.searchsorted(batches, batch), len(batches) - 1)]
+            kv = pd.to_numeric(df["kv_len"], errors="coerce").to_numpy(dtype=float)
+            beyond |= kv > top
+            edge["kv_len"] = np.minimum(kv, top)
         if not beyond.any():
             return out
         edge = edge[beyond]
@@ -319,6 +333,15 @@ class Fitted:
         out = out.copy()
         out[beyond] = self._predict_form(edge, edge_terms) + extra / SUSTAINED_EFFICIENCY
         return out
+
+
+def _kv_hull(df: pd.DataFrame) -> list[list[float]]:
+    """Per measured batch size (ascending), the longest KV length measured at it or at a larger batch."""
+    if not {"batch_size", "kv_len"} <= set(df.columns):
+        return []
+    longest = df.groupby("batch_size")["kv_len"].max().sort_index()
+    tops = longest[::-1].cummax()[::-1]
+    return [longest.index.astype(float).tolist(), tops.astype(float).tolist()]
 
 
 def _ols(X: np.ndarray, y: np.ndarray):
@@ -399,6 +422,8 @@ def fit_group(df: pd.DataFrame, family: str, device: Device, seed: int = 0) -> F
         raise TooFewSamples(f"{family} on {device.id}: {len(df)} samples fit no form")
     best = min(scores, key=lambda d: (scores[d], d))
     form = make_form(family, df, best, device)
+    if family == DECODE:
+        form.kv_hull = _kv_hull(df)
     # the form is chosen without the surface (it only corrects what the form leaves); the interval is taken
     # from held-out residuals with it, as predictions are made
     _, resid = _cv_ape(df, terms, y, form, seed, surface=True)

@@ -267,6 +267,25 @@ def test_decode_attention_past_the_measured_kv_lengths_streams_the_extra_kv(samp
     assert np.array_equal(fitted.predict(inside, a100), fitted._predict_form(inside, roofline(inside, a100)))
 
 
+def test_a_large_batch_measured_only_with_short_kv_has_its_edge_there(sample_warehouse: Path):
+    """The extrapolation split fits decode attention on the smaller half of the work (batch x KV): its large
+    batches were measured with short KV only. Their edge is the longest KV measured at that batch size (or a
+    larger one), not the longest KV of any batch: A100 vLLM held-out p90 is then under half the roofline's, and
+    with the marginal edge alone it is worse than the roofline."""
+    with Warehouse(sample_warehouse, read_only=True) as wh:
+        df = artifacts.device_samples(wh, "a100_sxm", "attention_decode")
+    vllm = df[(df.framework == "vllm") & (df.dtype == "bfloat16")].reset_index(drop=True)
+    a100 = catalog.device("a100_sxm")
+    train, test = split_masks(vllm, "attention_decode", "extrapolation", seed=0)
+    fitted = fit_group(vllm[train], "attention_decode", a100, seed=0)
+    held = vllm[test]
+    measured = held.latency_us.to_numpy()
+    roof = np.percentile(ape(roofline(held, a100).roofline_us.to_numpy(), measured), 90)
+    assert np.percentile(ape(fitted.predict(held, a100), measured), 90) < roof / 2
+    fitted.form.kv_hull = []
+    assert np.percentile(ape(fitted.predict(held, a100), measured), 90) > roof
+
+
 # ---- artifacts, tiers, report ---------------------------------------------------------------------
 def test_a_collective_is_not_capped_by_other_gpu_counts_inside_its_measured_range(sample_warehouse: Path):
     """A100 NCCL all-reduce, 8 MiB held out (its neighbours 4 and 16 MiB measured): at 4 and 8 GPUs it costs
