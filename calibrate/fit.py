@@ -7,9 +7,10 @@ kernel indicators, and a polynomial in the standardized log shape dims, clipped 
 Floors vanish and the clipped polynomial stops moving beyond the fitted shapes, so far outside the data a
 prediction becomes the roofline times the last efficiency seen: it extrapolates like physics, not like a
 polynomial. Decode attention, which streams the KV cache, instead adds the extra work beyond the measured
-shapes at a sustained efficiency to the prediction at their edge (Fitted._stream_beyond). The degree (the form) is chosen by grouped cross-validation on the training rows, holding out
-whole shapes, never by in-sample fit. Coefficients keep their 95% confidence intervals. What the form still
-misses at the measured shapes is kept per kernel cell and interpolated between them (surface.py)."""
+shapes at a sustained efficiency to the prediction at their edge (Fitted._stream_beyond). The degree (the form)
+is chosen by grouped cross-validation on the training rows, holding out whole shapes, never by in-sample fit.
+Coefficients keep their 95% confidence intervals. What the form still misses at the measured shapes is kept per
+kernel cell and interpolated between them (surface.py)."""
 
 from __future__ import annotations
 
