@@ -307,17 +307,16 @@ class Fitted:
         SGLang 28.1% / 146% -> 24.7% / 49.4%; H100 TRT-LLM 62.4% / 270% -> 15.5% / 47.3%, vLLM 18.7% / 67.5% ->
         9.7% / 28.6%, SGLang 16.5% / 38.0% -> 10.4% / 29.0%. Prefill attention (compute-bound, quadratic) and
         collectives (protocol switches) keep the edge efficiency: the same rule made them worse."""
-        edge = df.copy()
+        n = self.form.n_size
+        clipped: dict[str, np.ndarray] = {}  # each size dim's values, clipped to the measured edge
         beyond = np.zeros(len(df), dtype=bool)
-        for d, c, s, hi in list(zip(self.form.dims, self.form.center, self.form.scale, self.form.hi, strict=True))[
-            : self.form.n_size
-        ]:
-            if d not in df.columns:
-                continue
-            top = float(np.round(np.expm1(c + s * hi)))  # the largest measured value of the dim
-            values = pd.to_numeric(df[d], errors="coerce").to_numpy(dtype=float)
-            beyond |= values > top
-            edge[d] = np.minimum(values, top)
+        form = self.form
+        for d, c, s, hi in zip(form.dims[:n], form.center[:n], form.scale[:n], form.hi[:n], strict=True):
+            if d in df.columns:
+                top = float(np.round(np.expm1(c + s * hi)))  # the largest measured value of the dim
+                values = pd.to_numeric(df[d], errors="coerce").to_numpy(dtype=float)
+                beyond |= values > top
+                clipped[d] = np.minimum(values, top)
         if self.form.kv_hull and {"batch_size", "kv_len"} <= set(df.columns):
             # past the longest KV measured at this batch size or a larger one: a large batch measured only with
             # short KV has its edge there, not at the longest KV of any batch
@@ -326,9 +325,15 @@ class Fitted:
             top = tops[np.minimum(np.searchsorted(batches, batch), len(batches) - 1)]
             kv = pd.to_numeric(df["kv_len"], errors="coerce").to_numpy(dtype=float)
             beyond |= kv > top
-            edge["kv_len"] = np.minimum(kv, top)
+            clipped["kv_len"] = np.minimum(kv, top)
         if not beyond.any():
             return out
+        edge = df[beyond].assign(**{d: v[beyond] for d, v in clipped.items()})
+        edge_terms = roofline(edge, device)
+        extra = np.maximum(roof[beyond] - edge_terms["roofline_us"].to_numpy(), 0.0)
+        out = out.copy()
+        out[beyond] = self._predict_form(edge, edge_terms) + extra / SUSTAINED_EFFICIENCY
+        return out
         edge = edge[beyond]
         edge_terms = roofline(edge, device)
         extra = np.maximum(roof[beyond] - edge_terms["roofline_us"].to_numpy(), 0.0)
