@@ -46,14 +46,22 @@ class Batching(_Strict):
     max_num_seqs: PositiveInt = Field(256, description="most sequences running on a replica at once")
     max_batched_tokens: PositiveInt = Field(8192, description="tokens per iteration: the chunk budget")
     order: Literal["decode_first", "prefill_first"] = "decode_first"
+    overlap: bool = Field(
+        False,
+        description="overlap scheduler (TensorRT-LLM's PyTorch executor): the CPU forms iteration n+1 while "
+        "iteration n runs on the GPU, so a request queued during iteration n joins iteration n+2 at the earliest",
+    )
 
 
 # How each serving framework batches in the measured deployments: SGLang runs prefill batches ahead of decodes
-# and does not mix them (mixed chunks are opt-in); TRT-LLM (chunked context on, as AIConfigurator's generated
-# configs set it) and vLLM V1 chunk prefills into decode batches, decodes first. All use a token budget of 8192.
+# and does not mix them (mixed chunks are opt-in); vLLM V1 chunks prefills into decode batches, decodes first,
+# within 8192 tokens. TRT-LLM runs as AIConfigurator's generator configures the engines it benchmarks
+# (ai-dynamo/aiconfigurator, generator/rule_plugin/benchmark/trtllm.rule and the extra_engine_args templates):
+# chunked prefill off (whole prompts mixed into decode batches), the overlap scheduler on for aggregated and
+# decode workers, off for prefill workers; its token budget depends on the row (validate.framework_batching).
 FRAMEWORK_BATCHING = {
     "sglang": {"policy": "continuous", "order": "prefill_first", "max_batched_tokens": 8192},
-    "trtllm": {"policy": "chunked_prefill", "order": "decode_first", "max_batched_tokens": 8192},
+    "trtllm": {"policy": "continuous", "order": "decode_first", "max_batched_tokens": 8192, "overlap": True},
     "vllm": {"policy": "chunked_prefill", "order": "decode_first", "max_batched_tokens": 8192},
 }
 

@@ -23,7 +23,8 @@ then emerges from the scheduler. The burst weighs 1 / ROUNDS in the means; the b
 per client is not recorded either (AIConfigurator's template sends 50, Dynamo's benchmarks/llm/perf.sh 10;
 on vLLM's rows 6 to 8 fit best and 10 less well).
 
-Each row runs with its framework's default batching (config.FRAMEWORK_BATCHING).
+Each row runs with its framework's batching (framework_batching: scenario.FRAMEWORK_BATCHING, and for TRT-LLM
+the token budget and overlap scheduler AIConfigurator's generator gives its engines).
 
 Rows are split in two by a stable hash of their id. The calibration half fits, per (device, framework):
 - the serving loop's CPU overhead, outside the kernels: step_overhead_us per iteration (scheduler pass,
@@ -188,12 +189,18 @@ def scenario_for(row: pd.Series, overhead: tuple[float, float] = (0.0, 0.0), spr
         "input_tokens_stddev": spread * _int(row, "isl"),
         "output_tokens_stddev": spread * _int(row, "osl"),
     }
-    batching = FRAMEWORK_BATCHING.get(_framework(row), FRAMEWORK_BATCHING["vllm"])
     if not is_disaggregated(row):
-        pool = _pool(row, overhead, spread, batching={**batching, "max_num_seqs": max(clients, 256)})
+        batching = {**framework_batching(row, "agg"), "max_num_seqs": max(clients, 256)}
+        pool = _pool(row, overhead, spread, batching=batching)
         return Scenario.model_validate({"name": str(row["id"]), "source": source, "pools": [pool]})
     prefill = _pool(
-        row, overhead, spread, "prefill_", name="prefill", replicas=_int(row, "prefill_num_workers"), batching=batching
+        row,
+        overhead,
+        spread,
+        "prefill_",
+        name="prefill",
+        replicas=_int(row, "prefill_num_workers"),
+        batching=framework_batching(row, "prefill"),
     )
     decode = _pool(
         row,
@@ -203,7 +210,7 @@ def scenario_for(row: pd.Series, overhead: tuple[float, float] = (0.0, 0.0), spr
         name="decode",
         replicas=_int(row, "decode_num_workers"),
         router="least_outstanding",
-        batching={**batching, "max_num_seqs": _int(row, "decode_batch_size")},
+        batching={**framework_batching(row, "decode"), "max_num_seqs": _int(row, "decode_batch_size")},
     )
     return Scenario.model_validate(
         {
@@ -222,6 +229,23 @@ def scenario_for(row: pd.Series, overhead: tuple[float, float] = (0.0, 0.0), spr
             },
         }
     )
+
+
+def framework_batching(row: pd.Series, role: str) -> dict:
+    """The batching of a row's `agg`, `prefill` or `decode` workers: its framework's (FRAMEWORK_BATCHING); for
+    TRT-LLM, the token budget and overlap scheduler AIConfigurator's benchmark rules give each role (trtllm.rule:
+    agg max_num_tokens = max_batch_size + isl + 1500, prefill isl + 1500, decode max_batch_size; the overlap
+    scheduler off on prefill workers only)."""
+    batching = dict(FRAMEWORK_BATCHING.get(_framework(row), FRAMEWORK_BATCHING["vllm"]))
+    if _framework(row) == "trtllm":
+        isl = _int(row, "isl")
+        budget = {
+            "agg": _int(row, "batch_size") + isl + 1500,
+            "prefill": isl + 1500,
+            "decode": _int(row, "decode_batch_size") if role == "decode" else 0,
+        }[role]
+        batching.update(max_batched_tokens=budget, overlap=role != "prefill")
+    return batching
 
 
 def _int(row: pd.Series, col: str) -> int:

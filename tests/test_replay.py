@@ -67,10 +67,11 @@ def test_clock_never_goes_back_and_iterations_do_not_overlap(wh: Path):
         assert (tl.start_s.to_numpy()[1:] >= tl.end_s.to_numpy()[:-1] - 1e-12).all()
 
 
-def tight_memory(policy: str, preemption: str = "recompute") -> Scenario:
+def tight_memory(policy: str, preemption: str = "recompute", overlap: bool = False) -> Scenario:
     sc = scenario(
         **{
             "pools.batching.policy": policy,
+            "pools.batching.overlap": overlap,
             "pools.memory.gpu_memory_utilization": 0.245,
             "pools.memory.preemption": preemption,
         }
@@ -157,8 +158,13 @@ def test_session_affinity_keeps_a_sessions_requests_on_one_replica(wh: Path):
 
 @pytest.mark.parametrize(
     "make",
-    [scenario, lambda: tight_memory("chunked_prefill"), lambda: tight_memory("continuous", "swap")],
-    ids=["plain", "preempting", "swapping"],
+    [
+        scenario,
+        lambda: tight_memory("chunked_prefill"),
+        lambda: tight_memory("continuous", "swap"),
+        lambda: tight_memory("continuous", overlap=True),
+    ],
+    ids=["plain", "preempting", "swapping", "overlap"],
 )
 def test_deterministic_and_skip_ahead_matches_stepping(wh: Path, make):
     a = simulate(make(), wh)["requests"]
@@ -578,6 +584,7 @@ def test_random_configurations_keep_every_invariant_and_match_stepping(wh: Path,
             ],
         }
     )
+    sc.pools[0].batching.overlap = bool(rng.integers(2))
     out = simulate(sc, wh, audit=True)
     req = out["requests"]
     assert len(req) == 150 and ((req.status == "completed") | req.reason.notna()).all()
@@ -624,3 +631,47 @@ def test_validate_silicon_interval_reports_coverage_of_held_out_rows(wh: Path):
     assert coverage["rows"] == len(held)
     inside = sum(r["predicted_tpot_ms_lower"] <= r["measured_tpot_ms"] <= r["predicted_tpot_ms_upper"] for r in held)
     assert coverage["tpot_coverage"] == round(inside / len(held), 4)
+
+
+def test_overlap_scheduler_admits_a_request_one_iteration_later(wh: Path, tmp_path: Path):
+    # A long prompt arrives first; a short one 1 ms later, while the long prompt's prefill runs. Without an
+    # overlap scheduler the short one joins the very next iteration; with it, that iteration was formed while the
+    # prefill ran, so it joins the one after (one decode step of the first request later).
+    log = tmp_path / "two.jsonl"
+    rows = [
+        {"timestamp": 0, "input_length": 4000, "output_length": 40, "hash_ids": []},
+        {"timestamp": 1, "input_length": 100, "output_length": 5, "hash_ids": []},
+    ]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def run(overlap: bool) -> pd.DataFrame:
+        sc = scenario(
+            **{
+                "source": {"kind": "log", "log": str(log)},
+                "pools.replicas": 1,
+                "pools.batching.policy": "continuous",
+                "pools.batching.overlap": overlap,
+            }
+        )
+        return simulate(sc, wh)["requests"].set_index("request_id")
+
+    plain, overlap = run(False), run(True)
+    first_prefill_ms = plain.loc[0, "ttft_ms"]
+    assert plain.loc[1, "queue_ms"] == pytest.approx(first_prefill_ms - 1.0)  # admitted at the prefill's end
+    one_decode_ms = overlap.loc[1, "queue_ms"] - plain.loc[1, "queue_ms"]
+    assert 0 < one_decode_ms < first_prefill_ms / 4  # one decode iteration of the first request, not a prefill
+    assert overlap.loc[0, "ttft_ms"] == plain.loc[0, "ttft_ms"]  # an idle replica plans the first one at once
+
+
+def test_overlap_scheduler_closed_loop_reply_misses_the_batch_formed_as_its_answer_came_back(wh: Path):
+    # A closed-loop client sends its next request the instant the last token comes back. An overlap scheduler
+    # formed the next batch right before emitting that token, so the new request waits one more iteration.
+    def run(overlap: bool) -> pd.DataFrame:
+        batching = {"policy": "continuous", "max_batched_tokens": 8192, "max_num_seqs": 64, "overlap": overlap}
+        sc = scenario(**{"pools.replicas": 1, "pools.batching": batching})
+        sc.source.kind, sc.source.concurrency, sc.source.requests = "closed_loop", 4, 40
+        sc.source.output_tokens_stddev = 30.0  # the clients drift apart: replies come while others decode
+        return simulate(sc, wh)["requests"]
+
+    plain, overlap = run(False), run(True)
+    assert overlap.queue_ms.mean() > plain.queue_ms.mean() + 1.0  # at least a decode step of a 4-sequence batch

@@ -87,6 +87,8 @@ class BatchingPolicy:
             budget = self._add_chunk(rep, plan, req, budget, chunked)
         while rep.waiting and budget > 0 and len(rep.running) < self.cfg.max_num_seqs:
             req = rep.waiting[0]
+            if req.queued > rep.visible:  # queued after this batch was formed (overlap scheduler)
+                break
             need = req.target - req.prefilled if not chunked else min(budget, req.target - req.prefilled)
             alone = not plan.prefills and not plan.decodes  # a prompt over the budget runs on its own
             if (need > budget and not alone) or not rep.kv.can_grow(req.blocks, req.prefilled + need - req.cached):

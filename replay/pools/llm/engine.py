@@ -27,7 +27,8 @@ re-enters the pool from inside that call (it defers its next steps to a timer)."
 
 from __future__ import annotations
 
-from bisect import bisect_left
+import math
+from bisect import bisect_left, bisect_right
 from collections import deque
 
 from ...errors import KVBlocksNotConserved
@@ -70,6 +71,7 @@ class Req:
         "prefill_s",
         "prefilled",
         "prompt",
+        "queued",
         "reason",
         "replica",
         "serial",
@@ -89,6 +91,7 @@ class Req:
         on_done=None,
     ):
         self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, max(output, 1)
+        self.queued = arrival  # when it joined its replica's queue (an overlap scheduler plans without the newest)
         self.session, self.client, self.hashes, self.on_done = session, client, hashes, on_done
         self.owner = None  # the pipeline's (stage, request) this sequence serves
         self.cached = 0  # leading prompt tokens whose KV is shared from the prefix cache (not held privately)
@@ -141,6 +144,10 @@ class Replica:
         self.cohort = DecodeCohort(kv.block_tokens)
         self.busy = False
         self.plan: BatchPlan | None = None  # the plan in flight, while busy
+        # requests queued after this instant are not seen by the next plan: with an overlap scheduler just before
+        # the start of the iteration that just ended (the next one was formed then), else the boundary itself
+        self.visible = 0.0
+        self.overlap = policy.cfg.overlap
         self.event = 0  # the serial of its pending end event (a cut run's old event goes stale)
         self.busy_us = 0.0
         self.timeline: list[tuple] = []  # (start_s, end_s, iterations, batch_size, tokens, kv_used_blocks)
@@ -267,6 +274,7 @@ class LLMPool:
             could_join = True
         else:
             could_join = not rep.waiting and not rep.swapped  # else it queues behind a blocked head
+            req.queued = now
             rep.waiting.append(req)
         if not rep.busy:  # wake it after every arrival of this instant has been queued
             rep.busy = True
@@ -304,6 +312,7 @@ class LLMPool:
         while True:
             if plan is not None:
                 self._finish(rep, plan, now)
+            rep.visible = self._overlap_cutoff(plan, now) if rep.overlap else now
             plan = self._start(rep, now)
             if plan is None:
                 return
@@ -319,10 +328,26 @@ class LLMPool:
         rep.plan = plan
         self.loop.end_at(at, rep.gid, rep.event, plan)
 
+    @staticmethod
+    def _overlap_cutoff(plan: BatchPlan | None, now: float) -> float:
+        """What an overlap scheduler's next batch sees: the queue as it was when the iteration that just ended
+        began, strictly before that instant (the batch is formed right after the previous iteration's tokens are
+        emitted, so a request sent in reply to them misses it); everything up to `now` for a replica waking
+        idle (with nothing in flight it forms its next batch at once)."""
+        if plan is None:
+            return now
+        if plan.ends is not None:
+            start = plan.ends[-2] if len(plan.ends) > 1 else plan.start
+        else:
+            start = now - plan.chunk_s[-1] if plan.chunk_s else plan.start
+        return math.nextafter(start, -math.inf)
+
     def _cut(self, rep: Replica, now: float) -> None:
-        """End the replica's decode run at the first iteration boundary at or after `now`."""
+        """End the replica's decode run where a sequence submitted at `now` is first planned: the first
+        iteration boundary at or after it (with an overlap scheduler, the second boundary after it: the next
+        batch was formed when the current iteration began)."""
         plan = rep.plan
-        keep = bisect_left(plan.ends, now) + 1
+        keep = bisect_right(plan.ends, now) + 2 if rep.overlap else bisect_left(plan.ends, now) + 1
         if keep >= plan.steps:
             return
         rep.kv.release(rep.cohort.retreat(plan.steps - keep))
@@ -334,6 +359,9 @@ class LLMPool:
     def _start(self, rep: Replica, now: float) -> BatchPlan | None:
         """Plan the replica's next iteration (or decode run) from `now`; None when it has nothing to do."""
         plan = rep.policy.plan(rep)
+        if plan.empty and rep.waiting and rep.visible < now:  # an overlap scheduler with nothing in flight
+            rep.visible = now
+            plan = rep.policy.plan(rep)
         if plan.empty:
             rep.busy = False
             rep.plan = None
@@ -342,7 +370,7 @@ class LLMPool:
             req.admitted = now
         rep.busy = True
         plan.start = now
-        if plan.skippable and self.skip_ahead:
+        if plan.skippable and self.skip_ahead and not (rep.waiting and rep.waiting[-1].queued > rep.visible):
             plan.ends = self._decode_run(rep, plan, now)
             plan.steps, end = len(plan.ends), plan.ends[-1]
         elif self.skip_ahead and (chunk := rep.policy.chunk_budget(plan)):
