@@ -54,13 +54,15 @@ class Batching(_Strict):
 
 
 # How each serving framework batches in the measured deployments: SGLang runs prefill batches ahead of decodes
-# and does not mix them (mixed chunks are opt-in); vLLM V1 chunks prefills into decode batches, decodes first,
-# within 8192 tokens. TRT-LLM runs as AIConfigurator's generator configures the engines it benchmarks
-# (ai-dynamo/aiconfigurator, generator/rule_plugin/benchmark/trtllm.rule and the extra_engine_args templates):
-# chunked prefill off (whole prompts mixed into decode batches), the overlap scheduler on for aggregated and
-# decode workers, off for prefill workers; its token budget depends on the row (validate.framework_batching).
+# and does not mix them (mixed chunks are opt-in), with its overlap scheduler (on by default since 0.4); vLLM V1
+# chunks prefills into decode batches, decodes first, within 8192 tokens, and schedules one step ahead from 0.14
+# (async scheduling on by default, its release notes; validate.framework_batching). TRT-LLM runs as
+# AIConfigurator's generator configures the engines it benchmarks (ai-dynamo/aiconfigurator,
+# generator/rule_plugin/benchmark/trtllm.rule and the extra_engine_args templates): chunked prefill off (whole
+# prompts mixed into decode batches), the overlap scheduler on for aggregated and decode workers, off for prefill
+# workers; its token budget depends on the row (validate.framework_batching).
 FRAMEWORK_BATCHING = {
-    "sglang": {"policy": "continuous", "order": "prefill_first", "max_batched_tokens": 8192},
+    "sglang": {"policy": "continuous", "order": "prefill_first", "max_batched_tokens": 8192, "overlap": True},
     "trtllm": {"policy": "continuous", "order": "decode_first", "max_batched_tokens": 8192, "overlap": True},
     "vllm": {"policy": "chunked_prefill", "order": "decode_first", "max_batched_tokens": 8192},
 }

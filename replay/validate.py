@@ -42,6 +42,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -235,8 +236,12 @@ def framework_batching(row: pd.Series, role: str) -> dict:
     """The batching of a row's `agg`, `prefill` or `decode` workers: its framework's (FRAMEWORK_BATCHING); for
     TRT-LLM, the token budget and overlap scheduler AIConfigurator's benchmark rules give each role (trtllm.rule:
     agg max_num_tokens = max_batch_size + isl + 1500, prefill isl + 1500, decode max_batch_size; the overlap
-    scheduler off on prefill workers only)."""
+    scheduler off on prefill workers only); for vLLM, async scheduling from 0.14 on (not with PP)."""
     batching = dict(FRAMEWORK_BATCHING.get(_framework(row), FRAMEWORK_BATCHING["vllm"]))
+    if _framework(row) == "vllm":
+        release = tuple(int(p) for p in re.findall(r"\d+", _version(row))[:2])
+        pp = row.get(f"{'' if role == 'agg' else role + '_'}pp_size")
+        batching["overlap"] = release >= (0, 14) and not (pd.notna(pp) and float(pp) > 1)
     if _framework(row) == "trtllm":
         isl = _int(row, "isl")
         budget = {

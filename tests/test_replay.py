@@ -675,3 +675,21 @@ def test_overlap_scheduler_closed_loop_reply_misses_the_batch_formed_as_its_answ
 
     plain, overlap = run(False), run(True)
     assert overlap.queue_ms.mean() > plain.queue_ms.mean() + 1.0  # at least a decode step of a 4-sequence batch
+
+
+def test_validate_runs_each_framework_with_the_batching_its_measured_engines_used():
+    from hermes_sim.replay.validate import framework_batching
+
+    def row(backend: str, version: str | None = None, **cols) -> pd.Series:
+        return pd.Series({"backend": backend, "backend_version": version, "isl": 1024, "batch_size": 16, **cols})
+
+    trt = row("trtllm", "1.0.0rc3", decode_batch_size=64)
+    agg, prefill, decode = (framework_batching(trt, role) for role in ("agg", "prefill", "decode"))
+    assert (agg["policy"], agg["max_batched_tokens"], agg["overlap"]) == ("continuous", 16 + 1024 + 1500, True)
+    assert (prefill["max_batched_tokens"], prefill["overlap"]) == (1024 + 1500, False)
+    assert (decode["max_batched_tokens"], decode["overlap"]) == (64, True)
+    assert framework_batching(row("sglang", "0.5.1.post1"), "agg")["overlap"]
+    assert not framework_batching(row("vllm", "0.12.0"), "agg")["overlap"]  # async scheduling default from 0.14
+    assert framework_batching(row("vllm", "0.18.0"), "agg")["overlap"]
+    assert not framework_batching(row("vllm", "0.18.0", pp_size=2), "agg")["overlap"]  # not with PP
+    assert not framework_batching(row("vllm"), "agg")["overlap"]  # version unknown

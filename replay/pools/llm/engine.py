@@ -14,6 +14,12 @@ considered it. Likewise, under chunked prefill, a prompt's consecutive full-budg
 decodes) are one event: the budget goes to that partial prefill first, so no arrival can change them. A replica
 keeps iterating locally while its next boundary comes before every other event in the loop.
 
+Overlap scheduler (`batching.overlap`: TensorRT-LLM's and SGLang's default, vLLM's async scheduling): the CPU
+forms iteration n+1 while iteration n runs, so the plan at a boundary sees only what was queued before the
+iteration that just ended began; a request queued during iteration n joins n+2 at the earliest (a replica waking
+idle plans at once). A decode run is then cut at the second boundary after a submission, and stops after one
+iteration while a queued request is still hidden, so skip-ahead stays bit-identical to stepping.
+
 Pipeline parallelism: a replica of PP degree p runs p virtual engines (vLLM's), each with its own batch and 1/p
 of the KV; an iteration passes through the p stages in turn (p x a stage's time plus the stage-to-stage sends),
 so per-token latency never falls with PP while p batches are in flight.
