@@ -48,8 +48,9 @@ class Batching(_Strict):
     order: Literal["decode_first", "prefill_first"] = "decode_first"
     overlap: bool = Field(
         False,
-        description="overlap scheduler (TensorRT-LLM's PyTorch executor): the CPU forms iteration n+1 while "
-        "iteration n runs on the GPU, so a request queued during iteration n joins iteration n+2 at the earliest",
+        description="overlap scheduler (TensorRT-LLM's and SGLang's default, vLLM's async scheduling): the CPU "
+        "forms iteration n+1 while iteration n runs on the GPU, so a request queued during iteration n joins "
+        "iteration n+2 at the earliest",
     )
 
 

@@ -243,12 +243,10 @@ def framework_batching(row: pd.Series, role: str) -> dict:
         pp = row.get(f"{'' if role == 'agg' else role + '_'}pp_size")
         batching["overlap"] = release >= (0, 14) and not (pd.notna(pp) and float(pp) > 1)
     if _framework(row) == "trtllm":
-        isl = _int(row, "isl")
-        budget = {
-            "agg": _int(row, "batch_size") + isl + 1500,
-            "prefill": isl + 1500,
-            "decode": _int(row, "decode_batch_size") if role == "decode" else 0,
-        }[role]
+        if role == "decode":
+            budget = _int(row, "decode_batch_size")
+        else:
+            budget = _int(row, "isl") + 1500 + (_int(row, "batch_size") if role == "agg" else 0)
         batching.update(max_batched_tokens=budget, overlap=role != "prefill")
     return batching
 

@@ -684,7 +684,9 @@ def test_validate_runs_each_framework_with_the_batching_its_measured_engines_use
         return pd.Series({"backend": backend, "backend_version": version, "isl": 1024, "batch_size": 16, **cols})
 
     trt = row("trtllm", "1.0.0rc3", decode_batch_size=64)
-    agg, prefill, decode = (framework_batching(trt, role) for role in ("agg", "prefill", "decode"))
+    agg = framework_batching(trt, "agg")
+    disaggregated = trt.drop("batch_size")  # a disaggregated row has no aggregated batch size
+    prefill, decode = (framework_batching(disaggregated, role) for role in ("prefill", "decode"))
     assert (agg["policy"], agg["max_batched_tokens"], agg["overlap"]) == ("continuous", 16 + 1024 + 1500, True)
     assert (prefill["max_batched_tokens"], prefill["overlap"]) == (1024 + 1500, False)
     assert (decode["max_batched_tokens"], decode["overlap"]) == (64, True)

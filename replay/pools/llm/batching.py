@@ -26,6 +26,7 @@ class BatchPlan:
     duration: float = 0.0
     ends: list[float] | None = None  # end time (s) of each iteration of a decode run
     chunk_s: list[float] | None = None  # duration (s) of each iteration of a prefill run
+    last_start: float = 0.0  # when a prefill run's last iteration began (s)
 
     @property
     def empty(self) -> bool:

@@ -342,10 +342,10 @@ class LLMPool:
         idle (with nothing in flight it forms its next batch at once)."""
         if plan is None:
             return now
-        if plan.ends is not None:
+        if plan.ends is not None:  # a decode run
             start = plan.ends[-2] if len(plan.ends) > 1 else plan.start
         else:
-            start = now - plan.chunk_s[-1] if plan.chunk_s else plan.start
+            start = plan.last_start if plan.chunk_s else plan.start
         return math.nextafter(start, -math.inf)
 
     def _cut(self, rep: Replica, now: float) -> None:
@@ -430,7 +430,7 @@ class LLMPool:
         for q in chunks:  # as many iterations stepped one by one would sum (bit for bit)
             end = t + rep.cost.iteration_us([(q, done)], plan.decodes, kv_sum) / 1e6
             plan.chunk_s.append(end - t)
-            t, done, kv_sum = end, done + q, kv_sum + plan.decodes
+            plan.last_start, t, done, kv_sum = t, end, done + q, kv_sum + plan.decodes
         plan.prefills, plan.prefill_tokens, plan.steps = [(req, sum(chunks))], sum(chunks), len(chunks)
         return t
 
