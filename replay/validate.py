@@ -23,8 +23,9 @@ then emerges from the scheduler. The burst weighs 1 / ROUNDS in the means; the b
 per client is not recorded either (AIConfigurator's template sends 50, Dynamo's benchmarks/llm/perf.sh 10;
 on vLLM's rows 6 to 8 fit best and 10 less well).
 
-Each row runs with its framework's batching (framework_batching: scenario.FRAMEWORK_BATCHING, and for TRT-LLM
-the token budget and overlap scheduler AIConfigurator's generator gives its engines).
+Each row runs with its framework's batching (framework_batching: scenario.FRAMEWORK_BATCHING, each framework's
+overlap scheduler as its version defaults, and for TRT-LLM the token budget AIConfigurator's generator gives its
+engines).
 
 Rows are split in two by a stable hash of their id. The calibration half fits, per (device, framework):
 - the serving loop's CPU overhead, outside the kernels: step_overhead_us per iteration (scheduler pass,
