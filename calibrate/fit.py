@@ -334,12 +334,6 @@ class Fitted:
         out = out.copy()
         out[beyond] = self._predict_form(edge, edge_terms) + extra / SUSTAINED_EFFICIENCY
         return out
-        edge = edge[beyond]
-        edge_terms = roofline(edge, device)
-        extra = np.maximum(roof[beyond] - edge_terms["roofline_us"].to_numpy(), 0.0)
-        out = out.copy()
-        out[beyond] = self._predict_form(edge, edge_terms) + extra / SUSTAINED_EFFICIENCY
-        return out
 
 
 def _kv_hull(df: pd.DataFrame) -> list[list[float]]:
