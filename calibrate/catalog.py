@@ -122,6 +122,10 @@ class ModelConfig(BaseModel):
             raise ValueError("top_k exceeds experts")
         return self
 
+    def splits_over(self, tp: int) -> bool:
+        """Whether its attention heads shard over TP devices (KV heads split, or replicate when fewer than TP)."""
+        return not (self.heads % tp or (self.kv_heads % tp and tp % self.kv_heads))
+
     def weight_bytes(self, dtype_bytes: float = 2.0) -> float:
         per_layer = self.hidden * (self.heads + 2 * self.kv_heads) * self.head_dim  # qkv
         per_layer += self.heads * self.head_dim * self.hidden  # o_proj

@@ -51,7 +51,7 @@ def layer_ops(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism()
     """The ops one device runs for `batch` through its pipeline stage (layers / pp), plus the LM head on the
     last stage. Counts are per pass."""
     tp, T = par.tp, batch.tokens
-    if model.heads % tp or (model.kv_heads % tp and tp % model.kv_heads):
+    if not model.splits_over(tp):
         raise ValueError(f"{model.id}: {model.heads} heads / {model.kv_heads} KV heads do not split over TP={tp}")
     layers = -(-model.layers // par.pp)
     h = model.heads // tp
@@ -148,7 +148,7 @@ def catalog_gemm_shapes(models: list[ModelConfig], tps: tuple[int, ...] = (1, 2,
     shapes = set()
     for mdl in models:
         for tp in tps:
-            if mdl.heads % tp:
+            if not mdl.splits_over(tp):
                 continue
             ops = layer_ops(mdl, Batch(decode=(1,)), Parallelism(tp=tp))
             g = ops[ops.op_family == "gemm"]
@@ -161,6 +161,6 @@ def catalog_head_configs(models: list[ModelConfig], tps: tuple[int, ...] = (1, 2
     out = set()
     for mdl in models:
         for tp in tps:
-            if mdl.heads % tp == 0:
+            if mdl.splits_over(tp):
                 out.add((mdl.heads // tp, max(mdl.kv_heads // tp, 1), mdl.head_dim))
     return out

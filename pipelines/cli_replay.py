@@ -66,7 +66,7 @@ def replay(
 
     check_format(fmt)
     root = warehouse or default_location()
-    with errors():
+    with errors(config):
         scenario = load_scenario(config, sets, log_path)
         if sweep:
             from ..replay.parallel import dask_client, run_sweep, sweep_points
@@ -151,7 +151,7 @@ def search(
 
     check_format(fmt)
     root = warehouse or default_location()
-    with errors():
+    with errors(config):
         scenario = load_scenario(config, sets, None)
         space = load_space(space_path)
         with dask_client(workers, scheduler) if not serial else contextlib.nullcontext() as client:

@@ -45,15 +45,22 @@ def check_format(fmt: str, allowed: tuple[str, ...] = FORMATS) -> str:
 
 
 @contextmanager
-def errors() -> Iterator[None]:
-    """Known failures become one line on stderr and exit status 2; nothing half-written stays behind."""
+def errors(scenario: Path | None = None) -> Iterator[None]:
+    """Known failures become one line on stderr and exit status 2; nothing half-written stays behind. A scenario
+    error found while running (a client's log missing, say) names the scenario file it came from."""
     import duckdb
 
+    from ..replay.errors import ScenarioError
     from ..warehouse.batch import IngestError
     from ..warehouse.store import WarehouseBusy
 
     try:
-        yield
+        try:
+            yield
+        except ScenarioError as e:
+            if scenario is None or e.path is not None:
+                raise
+            raise e.at(str(scenario)) from e
     except (
         IngestError,
         FileNotFoundError,

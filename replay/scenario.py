@@ -485,7 +485,13 @@ def check_references(sc: Scenario) -> None:
                 raise ScenarioError(
                     f"pools.{p.name}.model", f"{p.model} is an {models()[p.model].role} model, not a text generator"
                 )
-            experts = models()[p.model].experts
+            mdl = models()[p.model]
+            if not mdl.splits_over(p.tp):
+                raise ScenarioError(
+                    f"pools.{p.name}.tp",
+                    f"{p.model}'s {mdl.heads} attention heads / {mdl.kv_heads} KV heads do not split over TP {p.tp}",
+                )
+            experts = mdl.experts
             if p.ep > 1 and (experts == 1 or p.tp % p.ep or experts % p.ep):
                 raise ScenarioError(
                     f"pools.{p.name}.ep",

@@ -33,6 +33,7 @@ class ClientRun:
     def __init__(self, index: int, spec: Client, sim: Simulation):
         self.index, self.spec, self.sim = index, spec, sim
         self.source = SOURCES[spec.source.kind](spec.source, sim.root, sim.scenario.seed + index)
+        self.source.field = f"clients.{spec.name}.source"
         self.first_id = 0
         self.next_id = 0
         self.total = 0

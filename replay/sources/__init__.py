@@ -31,8 +31,8 @@ class Spec:
 _FIELDS = ("user_input_tokens", "passage_tokens", "passages", "reasoning_share")
 
 
-def _log_specs(src: Source, warehouse_root: Path) -> list[Spec]:
-    df = log_frame(src, warehouse_root)
+def _log_specs(src: Source, warehouse_root: Path, field: str = "source") -> list[Spec]:
+    df = log_frame(src, warehouse_root, f"{field}.log")
     # Python values, not numpy scalars: block hashes key every prefix cache and tier lookup of the replay
     extra = {f: df[f].tolist() for f in _FIELDS if df[f].notna().any()}
     sessions = [None if s is None or s != s else s for s in df["session_id"].tolist()]
@@ -47,12 +47,13 @@ def _log_specs(src: Source, warehouse_root: Path) -> list[Spec]:
 
 class LogSource:
     kind = "log"
+    field = "source"  # where its spec sits in the scenario, for errors (the simulation names the client)
 
     def __init__(self, src: Source, warehouse_root: Path, seed: int):
         self.src, self.root = src, warehouse_root
 
     def initial(self) -> list[Spec]:
-        return _log_specs(self.src, self.root)
+        return _log_specs(self.src, self.root, self.field)
 
     def follow_up(self, done_seat: int, now: float) -> Spec | None:
         return None
@@ -81,7 +82,7 @@ class SyntheticSource(LogSource):
             prompt = rng.lognormal(np.log(src.input_tokens) - sigma**2 / 2, sigma, n)
             output = rng.lognormal(np.log(src.output_tokens) - sigma**2 / 2, sigma, n)
         elif src.lengths == "log":
-            logged = _log_specs(src.model_copy(update={"kind": "log", "limit": None}), self.root)
+            logged = _log_specs(src.model_copy(update={"kind": "log", "limit": None}), self.root, self.field)
             pick = rng.integers(0, len(logged), n)
             prompt = np.array([logged[i].prompt for i in pick])
             output = np.array([logged[i].output for i in pick])
