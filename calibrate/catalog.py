@@ -181,6 +181,13 @@ def model(name: str) -> ModelConfig:
     return found[name]
 
 
+def dtype(name: str) -> str:
+    """A dtype the cost models know (weights, activations or KV cache): a misspelt one would price as 16-bit."""
+    if name not in DTYPE_BYTES:
+        raise UnknownName("dtype", name, list(DTYPE_BYTES))
+    return name
+
+
 def local_cpu() -> Device:
     """This machine, from what the OS reports. Peak rates are a per-core estimate (2 x 256-bit FMA at the
     reported clock); `hermes-sim profile cpu` measures the real ones."""

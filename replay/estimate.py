@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..calibrate.catalog import device as catalog_device
+from ..calibrate.catalog import dtype as catalog_dtype
 from ..calibrate.catalog import model as catalog_model
 from ..calibrate.model import CostModel
 from ..calibrate.ops import Batch, Parallelism, layer_ops
@@ -57,6 +58,7 @@ def estimate(
         max_model_len=input_tokens + output_tokens + 1,
     )
     dev, mdl = catalog_device(device), catalog_model(model)
+    catalog_dtype(dtype)
     if ep > 1 and mdl.experts == 1:
         raise ValueError(f"--ep {ep}: {model} is a dense model (expert parallelism needs experts)")
     blocks = kv_blocks(spec, dev, mdl)

@@ -47,6 +47,11 @@ def test_estimate_prices_the_batch_as_the_engine_prices_its_iterations(wh: Path)
     assert tp2["decode_step_ms"] < est["decode_step_ms"]
 
 
+def test_estimate_refuses_a_dtype_it_would_price_as_16_bit(wh: Path):
+    with pytest.raises(ValueError, match=r"unknown dtype 'bf16'; known: bfloat16, .*fp8"):
+        estimate("h100_sxm", "llama-3.1-8b", 1, 128, 8, wh, dtype="bf16")
+
+
 def test_estimate_cli_json():
     out = subprocess.run(
         [

@@ -476,6 +476,8 @@ BAD = [
     ({"pools.3.model": "bge-large-en-v1.5"}, "pools.llm.model", "is an embedding model, not a text generator"),
     ({"pools.3.tp": 16}, "pools.llm.tp", "exceeds a h100_sxm node (8)"),
     ({"pools.3.tp": 3}, "pools.llm.tp", "32 attention heads / 8 KV heads do not split over TP 3"),
+    ({"pools.3.kv_cache_dtype": "fp9"}, "pools.llm.kv_cache_dtype", "unknown dtype 'fp9'; known: bfloat16"),
+    ({"pools.0.dtype": "bf16"}, "pools.embedder.dtype", "unknown dtype 'bf16'"),
     ({"pools.3.ep": 2}, "pools.llm.ep", "ep 2 needs a MoE model whose experts it divides"),
     ({"pipelines.rag.stages.1.after": ["rerank"]}, "pipelines.rag.stages", "cycle: "),
     ({"pipelines.rag.stages.1.after": ["ghost"]}, "pipelines.rag.stages.search.after", "unknown stage 'ghost'"),
