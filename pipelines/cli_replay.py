@@ -207,7 +207,9 @@ def estimate_cmd(
     pp: Annotated[int, typer.Option(help="Pipeline parallelism.", min=1)] = 1,
     ep: Annotated[int, typer.Option(help="MoE: expert parallelism inside the TP group.", min=1)] = 1,
     dtype: Annotated[str, typer.Option(help="Weights / activations dtype.")] = "bfloat16",
-    framework: Annotated[str | None, typer.Option(help="Serving framework whose models and overhead price it.")] = None,
+    framework: Annotated[
+        str | None, typer.Option(help="Serving framework whose models and overhead price it: sglang, trtllm or vllm.")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
     warehouse: WarehouseOpt = None,
 ) -> None:

@@ -95,7 +95,9 @@ class LLMPoolSpec(_Strict):
     ep: PositiveInt = Field(1, description="MoE: expert-parallel degree inside the TP group (experts / ep per GPU)")
     dtype: str = "bfloat16"
     kv_cache_dtype: str | None = None
-    framework: str | None = Field(None, description="serving framework whose calibrated models price this pool")
+    framework: str | None = Field(
+        None, description="serving framework whose calibrated models price this pool: sglang, trtllm or vllm"
+    )
     max_model_len: PositiveInt = 32768
     # scheduler + launch gap per iteration (CPU side); None: calibrated for the device and framework by
     # `validate silicon`; a pool with neither names the default it used in the summary's assumptions
@@ -488,6 +490,11 @@ def check_references(sc: Scenario) -> None:
             if models()[p.model].role != "generation":
                 raise ScenarioError(
                     f"pools.{p.name}.model", f"{p.model} is an {models()[p.model].role} model, not a text generator"
+                )
+            if p.framework is not None and p.framework not in FRAMEWORK_BATCHING:
+                raise ScenarioError(
+                    f"pools.{p.name}.framework",
+                    f"unknown serving framework {p.framework!r}; known: {_known(FRAMEWORK_BATCHING)} (or leave it out)",
                 )
             mdl = models()[p.model]
             if not mdl.splits_over(p.tp):

@@ -47,9 +47,11 @@ def test_estimate_prices_the_batch_as_the_engine_prices_its_iterations(wh: Path)
     assert tp2["decode_step_ms"] < est["decode_step_ms"]
 
 
-def test_estimate_refuses_a_dtype_it_would_price_as_16_bit(wh: Path):
+def test_estimate_refuses_a_dtype_or_framework_it_does_not_know(wh: Path):
     with pytest.raises(ValueError, match=r"unknown dtype 'bf16'; known: bfloat16, .*fp8"):
         estimate("h100_sxm", "llama-3.1-8b", 1, 128, 8, wh, dtype="bf16")
+    with pytest.raises(ValueError, match="unknown serving framework 'vLLM'; known: sglang, trtllm, vllm"):
+        estimate("h100_sxm", "llama-3.1-8b", 1, 128, 8, wh, framework="vLLM")
 
 
 def test_estimate_cli_json():

@@ -478,6 +478,7 @@ BAD = [
     ({"pools.3.tp": 3}, "pools.llm.tp", "32 attention heads / 8 KV heads do not split over TP 3"),
     ({"pools.3.kv_cache_dtype": "fp9"}, "pools.llm.kv_cache_dtype", "unknown dtype 'fp9'; known: bfloat16"),
     ({"pools.0.dtype": "bf16"}, "pools.embedder.dtype", "unknown dtype 'bf16'"),
+    ({"pools.3.framework": "vllmm"}, "pools.llm.framework", "unknown serving framework 'vllmm'; known: sglang"),
     ({"pools.3.ep": 2}, "pools.llm.ep", "ep 2 needs a MoE model whose experts it divides"),
     ({"pipelines.rag.stages.1.after": ["rerank"]}, "pipelines.rag.stages", "cycle: "),
     ({"pipelines.rag.stages.1.after": ["ghost"]}, "pipelines.rag.stages.search.after", "unknown stage 'ghost'"),
