@@ -28,6 +28,7 @@ def simulate(
         sim = Simulation(scenario, Path(warehouse_root), skip_ahead, audit)
         if transfers:
             sim.keep_transfers = True
+        sim.prepare()  # before the bar: a bad log fails as one line, without the bar's blank one
         with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
             task = bar.add_task("replay", total=None)
             sim.run(on_progress=lambda n, total: bar.update(task, completed=n, total=total))

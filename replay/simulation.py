@@ -272,8 +272,9 @@ class Simulation:
     # ---- running ------------------------------------------------------------------------------------
     def run(self, on_progress=None, initial: list[list[Spec]] | None = None) -> None:
         """Serve every client's requests (its source's, or `initial`'s) to the end; on_progress(finished, total)
-        now and then."""
-        self.prepare(initial)
+        now and then. Prepares first unless prepare() already ran."""
+        if not self.requests:
+            self.prepare(initial)
         total = self.total
         self.loop.run(None if on_progress is None else lambda: on_progress(self.finished, total))
         self.check()

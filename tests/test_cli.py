@@ -124,7 +124,7 @@ def test_misleading_inputs_get_clear_errors(tmp_path: Path):
     assert no_log.returncode == 2 and "--log" in no_log.stderr
     missing = run("replay", str(cfg), "--log", str(tmp_path / "nope.csv"), "-w", str(wh))
     assert missing.returncode == 2 and "no such file" in missing.stderr
-    assert f"{cfg}: clients.default.source.log: no such file" in missing.stderr  # the scenario file and the field
+    assert missing.stderr.startswith(f"error: {cfg}: clients.default.source.log: no such file")  # one line: file, field
     embed = tmp_path / "e.yaml"
     embed.write_text("pools: [{device: h100_sxm, model: bge-large-en-v1.5}]\n")
     as_generator = run("replay", str(embed), "--log", str(log), "-w", str(wh))
