@@ -21,7 +21,7 @@ from .pools.llm.build import build_llm_pool
 from .request import Request
 from .resources.link import Link
 from .resources.tier import Tier
-from .scenario import Client, Scenario
+from .scenario import Client, Memory, Scenario
 from .sources import SOURCES, Spec, total_requests
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,15 @@ class Simulation:
                 if pool.step_overhead.source.startswith("default"):
                     o = pool.step_overhead
                     self.assume(f"pools.{spec.name}.step_overhead_us", o.iteration_us, o.source)
+                reserve = spec.memory.activation_reserve_bytes
+                if reserve == Memory.model_fields["activation_reserve_bytes"].default:
+                    self.assume(
+                        f"pools.{spec.name}.memory.activation_reserve_bytes",
+                        reserve,
+                        "default estimate of the activation and CUDA-graph memory a serving framework keeps out of "
+                        "its KV cache per GPU (vLLM measures it with a profiling pass at start-up); with "
+                        "gpu_memory_utilization it sets kv_tokens_per_replica: set it from your deployment's log",
+                    )
             else:
                 batch = max_seqs.get(spec.name, spec.max_batch)
                 pool = build_service_pool(spec, self.root, self.loop, batch, scenario.price_at)

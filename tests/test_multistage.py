@@ -444,6 +444,10 @@ def test_summary_names_energy_cost_and_every_stand_in(wh: Path):
     assert s["energy_j"] > 0 and s["cost_usd"] > 0 and s["tokens_per_dollar"] > 0
     assert "Mercatus" in s["pools"]["main"]["price_source"]
     assert "pools.main.step_overhead_us" in s["assumptions"]  # no framework: the default overhead is named
+    assert "pools.main.memory.activation_reserve_bytes" in s["assumptions"]  # the KV capacity's estimate too
+    pool = {"device": "h100_sxm", "model": "llama-3.1-8b", "memory": {"activation_reserve_bytes": 3 * 2**30}}
+    measured = simulate(sc({"source": log(AZURE, limit=20), "pools": [pool]}), wh)["summary"]
+    assert "pools.main.memory.activation_reserve_bytes" not in measured["assumptions"]
     assert s["rejected_by_reason"] == {}
 
 

@@ -57,10 +57,11 @@ def step_overhead(pool: LLMPoolSpec, warehouse_root: Path) -> StepOverhead:
             f"calibrated ({path.name}, {pool.device}/{pool.framework})",
         )
     known = ", ".join(f"{pool.device}/{fw}" for fw in fitted) or "none"
+    missing = f"{pool.device}/{pool.framework}" if pool.framework else f"{pool.device} with no framework named"
     return StepOverhead(
         DEFAULT_STEP_OVERHEAD_US,
         pool.sequence_overhead_us or 0.0,
-        f"default: no step overhead calibrated for {pool.device}/{pool.framework} (calibrated: {known}); "
+        f"default: no step overhead calibrated for {missing} (calibrated: {known}); "
         "run `hermes-sim validate silicon`, name a pool framework, or set step_overhead_us",
     )
 
