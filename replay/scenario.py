@@ -466,7 +466,7 @@ def _known(names) -> str:
 
 def check_references(sc: Scenario) -> None:
     """Every name a scenario uses exists and fits its use; every pipeline is an acyclic graph."""
-    from ..calibrate.catalog import DTYPE_BYTES, devices, models, tiers
+    from ..calibrate.catalog import UnknownName, devices, dtype, models, tiers
 
     for what, items in (("pools", sc.pools), ("links", sc.links), ("tiers", sc.tiers), ("clients", sc.clients)):
         names = [x.name for x in items]
@@ -476,9 +476,11 @@ def check_references(sc: Scenario) -> None:
     pools = {p.name: p for p in sc.pools}
     for p in sc.pools:
         for name in ("dtype", "kv_cache_dtype"):
-            value = getattr(p, name, None)
-            if value is not None and value not in DTYPE_BYTES:
-                raise ScenarioError(f"pools.{p.name}.{name}", f"unknown dtype {value!r}; known: {_known(DTYPE_BYTES)}")
+            if getattr(p, name, None) is not None:
+                try:
+                    dtype(getattr(p, name))
+                except UnknownName as e:
+                    raise ScenarioError(f"pools.{p.name}.{name}", str(e)) from e
         if p.device not in devices():
             raise ScenarioError(f"pools.{p.name}.device", f"unknown device {p.device!r}; known: {_known(devices())}")
         if p.model is not None and p.model not in models():
