@@ -175,6 +175,8 @@ def _entry(key: tuple, group: pd.DataFrame, fitted: Fitted, holdout: dict) -> di
         "cv_mean_ape_by_degree": fitted.cv,
         # log(measured / predicted) bounding 90% of the chosen form's grouped-CV residuals
         "interval_90_log": list(fitted.log_interval_90) if fitted.log_interval_90 else None,
+        # ... and how much wider per e-fold of roofline time beyond the fitted shapes (fit.extrapolation_growth)
+        "interval_90_growth_log": fitted.log_interval_growth,
         "surface": asdict(fitted.surface) if fitted.surface is not None else None,
         "holdout": holdout,
         "sources": sources,
@@ -258,15 +260,18 @@ def _holdout(group: pd.DataFrame, family: str, device: Device, seed: int, trials
         "n": int(test.sum()),
         "median_ape": round(float(np.median(err)), 5),
         "p90_ape": round(float(np.percentile(err, 90)), 5),
-        "coverage_90": coverage_90(trial, pred, measured),
+        "coverage_90": coverage_90(trial, pred, measured, group[test]),
     }
 
 
-def coverage_90(fitted: Fitted, pred: np.ndarray, measured: np.ndarray) -> float | None:
-    """The share of held-out measurements inside the fit's nominal 90% interval (None without one)."""
+def coverage_90(
+    fitted: Fitted, pred: np.ndarray, measured: np.ndarray, ops: pd.DataFrame | None = None
+) -> float | None:
+    """The share of held-out measurements inside the fit's nominal 90% interval (None without one); given the
+    rows (ops), the interval widens past the fitted shapes as a prediction's does."""
     if fitted.log_interval_90 is None or not len(measured):
         return None
-    lo, hi = fitted.interval_factors()
+    lo, hi = fitted.interval_factors(ops)
     return round(float(np.mean((measured >= pred * lo) & (measured <= pred * hi))), 5)
 
 
@@ -361,5 +366,6 @@ def fitted_from_entry(entry: dict) -> Fitted:
         n=entry["n"],
         cv=entry.get("cv_mean_ape_by_degree", {}),
         log_interval_90=tuple(entry["interval_90_log"]) if entry.get("interval_90_log") else None,
+        log_interval_growth=entry.get("interval_90_growth_log"),
         surface=ResidualSurface(**entry["surface"]) if entry.get("surface") else None,
     )

@@ -60,7 +60,11 @@ def _rf_predict(train: pd.DataFrame, test: pd.DataFrame, family: str, device: De
 
 
 def _rows(
-    key: dict, split: str, test: pd.DataFrame, preds: dict[str, np.ndarray | None], fitted: Fitted | None = None
+    key: dict,
+    split: str,
+    test: pd.DataFrame,
+    preds: dict[str, np.ndarray | None],
+    fitted: Fitted | None = None,
 ) -> list[dict]:
     out = []
     measured = test["latency_us"].to_numpy()
@@ -86,7 +90,7 @@ def _rows(
                     "median_ape": round(float(np.median(e)), 5),
                     "p90_ape": round(float(np.percentile(e, 90)), 5),
                     "p99_ape": round(float(np.percentile(e, 99)), 5),
-                    "coverage_90": coverage_90(fitted, pred[mask], measured[mask])
+                    "coverage_90": coverage_90(fitted, pred[mask], measured[mask], test[mask])
                     if model_name == "calibrated" and fitted is not None
                     else None,
                 }
@@ -114,9 +118,10 @@ def _score(
     except TooFewSamples as e:
         log.info("%s %s: %s", split, key, e)
         return []
+    terms = roofline(test, device)
     preds = {
-        "roofline": roofline(test, device)["roofline_us"].to_numpy(),
-        "calibrated": fitted.predict(test, device),
+        "roofline": terms["roofline_us"].to_numpy(),
+        "calibrated": fitted.predict(test, device, terms),
         "random_forest": _rf_predict(train, test, family, device, seed) if rf else None,
     }
     if plots is not None and split == "shape_block" and family not in plots:

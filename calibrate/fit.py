@@ -30,6 +30,7 @@ from .surface import log_dim as _log_dim
 log = logging.getLogger(__name__)
 
 MIN_SAMPLES = 30
+MIN_FAR_ROWS = 8  # rows far past the smaller half that extrapolation_growth needs (a collective table has ~60 rows)
 DEGREES = (0, 1, 2, 3, 4, 5)  # 0 = roofline terms only
 MAX_FEATURES = 160
 FLOOR_US = (2.0, 8.0, 32.0, 128.0)  # launch / latency floors: log1p(roofline / tau) bends the curve there
@@ -113,6 +114,7 @@ class Form:
     envelope_log_roof: list[float] = field(default_factory=list)  # upper envelope of the log inefficiency:
     envelope_y: list[float] = field(default_factory=list)  # the most seen at this roofline size or larger
     log_roof_max: float = np.inf
+    work_max: float = np.inf  # the largest fitted Form.work (inf in older artifacts: no interval widening)
     # per size dim, the highest power it may take: distinct values seen - 1 (two sizes identify a slope, not a
     # curve; a square of a dim with two values is collinear with the intercept and would swing in between)
     max_power: list[int] = field(default_factory=list)
@@ -129,6 +131,21 @@ class Form:
             for combo in itertools.combinations_with_replacement(range(self.n_size), deg)
             if all(combo.count(i) <= caps[i] for i in set(combo))
         ]
+
+    def size_coords(self, df: pd.DataFrame) -> np.ndarray:
+        """The rows' size dims in log units (rows x size dims)."""
+        return np.column_stack([_log_dim(df, d) for d in self.dims[: self.n_size]] or [np.zeros(len(df))])
+
+    def work(self, df: pd.DataFrame) -> np.ndarray:
+        """The rows' size as the sum of their log size dims (the log of m n k for a GEMM, of batch x KV length for
+        decode attention, of the bytes for a collective): the order the extrapolation split holds out by."""
+        return self.size_coords(df).sum(axis=1)
+
+    def beyond(self, df: pd.DataFrame) -> np.ndarray:
+        """Each row's size past the largest fitted one, in e-folds (0 at or below it): ln 4 for a GEMM of four
+        times the largest fitted m n k. Size dims each inside the fitted range can still combine into a corner
+        never measured jointly, so the distance is taken along the size, not per dim."""
+        return np.maximum(self.work(df) - self.work_max, 0.0)
 
     def bounded(self, X: np.ndarray) -> np.ndarray:
         """Columns clipped to their fitted range: unseen corners of the shape space cannot blow up."""
@@ -275,12 +292,21 @@ class Fitted:
     # form's grouped-CV residuals (shape blocks it was not fitted on); None for artifacts older than it
     log_interval_90: tuple[float, float] | None = None
     surface: ResidualSurface | None = None  # the form's measured residuals, interpolated (surface.py)
+    # how much wider (log units, each side) the 90% interval grows per e-fold of shape beyond the fitted ones
+    # (Form.beyond): measured at fit time by predicting the larger half of the training shapes from the smaller
+    # half (extrapolation_growth); None for artifacts older than it, or too few shapes to say (no widening)
+    log_interval_growth: float | None = None
 
-    def interval_factors(self) -> tuple[float, float]:
-        """(lower, upper) multipliers of a prediction bounding its 90% interval; (1, 1) when it has none."""
+    def interval_factors(self, df: pd.DataFrame | None = None) -> tuple[np.ndarray | float, np.ndarray | float]:
+        """(lower, upper) multipliers of a prediction bounding its 90% interval; (1, 1) when it has none. Given
+        the ops, the interval widens with each op's distance beyond the fitted shapes (the same inside them)."""
         if self.log_interval_90 is None:
             return 1.0, 1.0
-        return float(np.exp(self.log_interval_90[0])), float(np.exp(self.log_interval_90[1]))
+        lo, hi = self.log_interval_90
+        if df is None or not self.log_interval_growth:
+            return float(np.exp(lo)), float(np.exp(hi))
+        widen = self.log_interval_growth * self.form.beyond(df)
+        return np.exp(lo - widen), np.exp(hi + widen)
 
     def predict(self, df: pd.DataFrame, device: Device, terms: pd.DataFrame | None = None) -> np.ndarray:
         terms = roofline(df, device) if terms is None else terms
@@ -430,6 +456,9 @@ def fit_group(df: pd.DataFrame, family: str, device: Device, seed: int = 0) -> F
     _, resid = _cv_ape(df, terms, y, form, seed, surface=True)
     X = form.design(df, terms)
     log_roof = np.log(np.maximum(terms["roofline_us"].to_numpy(), 1e-6))
+    interval = _interval(resid)
+    growth = extrapolation_growth(df, form, X, y, log_roof, interval)
+    form.work_max = float(form.work(df).max()) if form.n_size else np.inf
     form.learn_ranges(X, y, log_roof)
     res = _ols(X, y)
     fitted_y = form.clip_inefficiency(form.bounded(X) @ np.asarray(res.params), log_roof)
@@ -440,9 +469,34 @@ def fit_group(df: pd.DataFrame, family: str, device: Device, seed: int = 0) -> F
         r2=float(res.rsquared),
         n=len(df),
         cv={f"degree_{d}": round(s, 5) for d, s in scores.items()},
-        log_interval_90=_interval(resid),
+        log_interval_90=interval,
         surface=form.surface(df, y - fitted_y),
+        log_interval_growth=growth,
     )
+
+
+def extrapolation_growth(
+    df: pd.DataFrame, form: Form, X: np.ndarray, y: np.ndarray, log_roof: np.ndarray, interval: tuple | None
+) -> float | None:
+    """Log units the 90% interval must widen per e-fold of size past the fitted shapes (Form.beyond) to hold 90%
+    of predictions made that far out: the form is fitted on the smaller half of the rows (by Form.work, as the
+    extrapolation split orders them) and predicts the larger half; each larger row's miss beyond the in-range
+    interval over its distance past the smaller half's largest, and the 90th percentile of those, over the rows
+    at least one e-fold past it (nearer, a small miss over a small distance says nothing about the growth).
+    None when the rows do not span enough to say."""
+    if interval is None or not form.n_size:
+        return None
+    work = form.work(df)
+    small = work <= np.median(work)
+    distance = work - work[small].max()
+    far = ~small & (distance >= 1.0)
+    if small.sum() <= max(X.shape[1], MIN_SAMPLES) or far.sum() < MIN_FAR_ROWS:
+        return None
+    beta = np.linalg.lstsq(X[small], y[small], rcond=None)[0]
+    form.learn_ranges(X[small], y[small], log_roof[small])  # fitting learns them again on every row
+    resid = y[far] - form.clip_inefficiency(form.bounded(X[far]) @ beta, log_roof[far])
+    miss = np.maximum(resid - interval[1], interval[0] - resid)  # beyond the in-range interval, either side
+    return float(np.quantile(np.maximum(miss, 0.0) / distance[far], 0.9))
 
 
 def _interval(resid: np.ndarray) -> tuple[float, float] | None:

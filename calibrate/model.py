@@ -109,10 +109,11 @@ class CostModel:
         self._donors[family] = found
         return found
 
-    def _factor(self, fitted: Fitted) -> float:
+    def _factor(self, fitted: Fitted, rows: pd.DataFrame) -> np.ndarray | float:
+        """The ops' multiplier at the priced end of the interval (wider past the fitted shapes)."""
         if self.bound == "point":
             return 1.0
-        lower, upper = fitted.interval_factors()
+        lower, upper = fitted.interval_factors(rows)
         return lower if self.bound == "lower" else upper
 
     def predict(self, ops: pd.DataFrame) -> pd.DataFrame:
@@ -125,7 +126,7 @@ class CostModel:
             fitted = self._pick(self.models, family, dtype)
             pos = ops.index.get_indexer(idx)
             if fitted is not None:
-                latency[pos] = fitted.predict(rows, self.device, terms.loc[idx]) * self._factor(fitted)
+                latency[pos] = fitted.predict(rows, self.device, terms.loc[idx]) * self._factor(fitted, rows)
                 tier[pos] = CALIBRATED
                 self.provenance[f"{family}/{dtype}"] = {"tier": CALIBRATED, **fitted.origin}
                 continue
@@ -137,7 +138,7 @@ class CostModel:
             donor_fit = self._pick(models, family, dtype)
             donor_terms = roofline(rows, other)
             efficiency = donor_fit.predict(rows, other, donor_terms) / donor_terms["roofline_us"].to_numpy()
-            efficiency *= self._factor(donor_fit)
+            efficiency *= self._factor(donor_fit, rows)
             latency[pos] = terms.loc[idx, "roofline_us"].to_numpy() * efficiency
             tier[pos] = TRANSFERRED
             self.provenance[f"{family}/{dtype}"] = {"tier": TRANSFERRED, **donor_fit.origin}

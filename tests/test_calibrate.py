@@ -224,6 +224,29 @@ def test_the_90_percent_interval_covers_about_90_percent_of_unseen_shapes(h100_g
     assert 0.8 <= coverage <= 0.98
 
 
+def test_the_interval_widens_past_the_fitted_shapes_and_then_still_covers(h100_gemm: pd.DataFrame):
+    """Fitted on the smaller half (by work) and asked about shapes at least 4x larger (the extrapolation split),
+    the grouped-CV interval alone is far too narrow; the growth per e-fold past the fitted shapes, measured on
+    the training rows alone, brings the coverage back towards 90%. Inside the fitted range nothing changes."""
+    h100 = catalog.device("h100_sxm")
+    train, test = split_masks(h100_gemm, "gemm", "extrapolation", seed=0)
+    fitted = fit_group(h100_gemm[train], "gemm", h100, seed=0)
+    assert fitted.log_interval_growth is not None and fitted.log_interval_growth > 0
+    held = h100_gemm[test]
+    pred, measured = fitted.predict(held, h100), held.latency_us.to_numpy()
+    beyond = fitted.form.beyond(held)  # in e-folds of m n k (log1p of each dim) past the largest fitted
+    assert (beyond > 0).all() and np.median(beyond) > np.log(4)
+    flat = artifacts.coverage_90(fitted, pred, measured)
+    widened = artifacts.coverage_90(fitted, pred, measured, held)
+    assert flat < 0.3 and widened > flat + 0.3  # the bundled sample's GEMMs: 19% -> 57% (full H100 tree: ~94%)
+    inside = h100_gemm[train].head(50)
+    assert (fitted.form.beyond(inside) == 0).all()
+    lower, upper = fitted.interval_factors(inside)
+    assert np.allclose(lower, np.exp(fitted.log_interval_90[0])) and np.allclose(
+        upper, np.exp(fitted.log_interval_90[1])
+    )
+
+
 def test_fit_is_deterministic(h100_gemm: pd.DataFrame):
     h100 = catalog.device("h100_sxm")
     a, b = (fit_group(h100_gemm, "gemm", h100, seed=3) for _ in range(2))
