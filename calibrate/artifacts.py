@@ -175,7 +175,7 @@ def _entry(key: tuple, group: pd.DataFrame, fitted: Fitted, holdout: dict) -> di
         "cv_mean_ape_by_degree": fitted.cv,
         # log(measured / predicted) bounding 90% of the chosen form's grouped-CV residuals
         "interval_90_log": list(fitted.log_interval_90) if fitted.log_interval_90 else None,
-        # ... and how much wider per e-fold of roofline time beyond the fitted shapes (fit.extrapolation_growth)
+        # ... and how much wider, each side, per e-fold of size past the fitted shapes (fit.extrapolation_growth)
         "interval_90_growth_log": fitted.log_interval_growth,
         "surface": asdict(fitted.surface) if fitted.surface is not None else None,
         "holdout": holdout,

@@ -60,11 +60,7 @@ def _rf_predict(train: pd.DataFrame, test: pd.DataFrame, family: str, device: De
 
 
 def _rows(
-    key: dict,
-    split: str,
-    test: pd.DataFrame,
-    preds: dict[str, np.ndarray | None],
-    fitted: Fitted | None = None,
+    key: dict, split: str, test: pd.DataFrame, preds: dict[str, np.ndarray | None], fitted: Fitted | None = None
 ) -> list[dict]:
     out = []
     measured = test["latency_us"].to_numpy()

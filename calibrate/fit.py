@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -493,8 +493,9 @@ def extrapolation_growth(
     if small.sum() <= max(X.shape[1], MIN_SAMPLES) or far.sum() < MIN_FAR_ROWS:
         return None
     beta = np.linalg.lstsq(X[small], y[small], rcond=None)[0]
-    form.learn_ranges(X[small], y[small], log_roof[small])  # fitting learns them again on every row
-    resid = y[far] - form.clip_inefficiency(form.bounded(X[far]) @ beta, log_roof[far])
+    half = replace(form)  # its ranges learnt on the smaller half; learn_ranges rebinds, so the form is untouched
+    half.learn_ranges(X[small], y[small], log_roof[small])
+    resid = y[far] - half.clip_inefficiency(half.bounded(X[far]) @ beta, log_roof[far])
     miss = np.maximum(resid - interval[1], interval[0] - resid)  # beyond the in-range interval, either side
     return float(np.quantile(np.maximum(miss, 0.0) / distance[far], 0.9))
 
