@@ -61,7 +61,8 @@ def markdown(rows: list[dict]) -> str:
         "",
         "Absolute percentage error on held-out real measurements: median / p90 / p99. Coverage: the share of",
         "those measurements inside the calibrated model's nominal 90% prediction interval (from grouped-CV",
-        "residuals of its training shapes); about 90% means the interval is honest.",
+        "residuals of its training shapes, widened past the largest fitted shape by the growth the fit measured",
+        "on its own smaller and larger halves); about 90% means the interval is honest.",
         "",
     ]
     for device, dev_rows in df.groupby("device", sort=True):
