@@ -23,7 +23,7 @@ from ..calibrate.model import CostModel
 from ..calibrate.ops import Batch, Parallelism, layer_ops
 from .pools.llm.build import step_overhead
 from .pools.llm.kv import kv_blocks
-from .scenario import FRAMEWORK_BATCHING, LLMPoolSpec
+from .scenario import LLMPoolSpec, serving_framework
 
 KV_POINTS = 16
 CUDA_GRAPH_MAX_TOKENS = 512  # vLLM's default capture size, as the engine's pools use
@@ -59,8 +59,8 @@ def estimate(
     )
     dev, mdl = catalog_device(device), catalog_model(model)
     catalog_dtype(dtype)
-    if framework is not None and framework not in FRAMEWORK_BATCHING:
-        raise ValueError(f"unknown serving framework {framework!r}; known: {', '.join(sorted(FRAMEWORK_BATCHING))}")
+    if framework is not None:
+        serving_framework(framework)
     if ep > 1 and mdl.experts == 1:
         raise ValueError(f"--ep {ep}: {model} is a dense model (expert parallelism needs experts)")
     blocks = kv_blocks(spec, dev, mdl)

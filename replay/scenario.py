@@ -464,6 +464,16 @@ def _known(names) -> str:
     return ", ".join(sorted(names)) or "(none)"
 
 
+def serving_framework(name: str) -> str:
+    """A serving framework whose batching and serving overheads the project models (FRAMEWORK_BATCHING): a
+    misspelt one would be priced with another's kernels and the default overhead."""
+    from ..calibrate.catalog import UnknownName
+
+    if name not in FRAMEWORK_BATCHING:
+        raise UnknownName("serving framework", name, list(FRAMEWORK_BATCHING))
+    return name
+
+
 def check_references(sc: Scenario) -> None:
     """Every name a scenario uses exists and fits its use; every pipeline is an acyclic graph."""
     from ..calibrate.catalog import UnknownName, devices, dtype, models, tiers
@@ -475,10 +485,10 @@ def check_references(sc: Scenario) -> None:
             raise ScenarioError(what, f"names must be unique; repeated: {', '.join(dup)}")
     pools = {p.name: p for p in sc.pools}
     for p in sc.pools:
-        for name in ("dtype", "kv_cache_dtype"):
-            if getattr(p, name, None) is not None:
+        for name, known in (("dtype", dtype), ("kv_cache_dtype", dtype), ("framework", serving_framework)):
+            if getattr(p, name, None) is not None:  # a service pool has no framework nor KV cache dtype
                 try:
-                    dtype(getattr(p, name))
+                    known(getattr(p, name))
                 except UnknownName as e:
                     raise ScenarioError(f"pools.{p.name}.{name}", str(e)) from e
         if p.device not in devices():
@@ -492,11 +502,6 @@ def check_references(sc: Scenario) -> None:
             if models()[p.model].role != "generation":
                 raise ScenarioError(
                     f"pools.{p.name}.model", f"{p.model} is an {models()[p.model].role} model, not a text generator"
-                )
-            if p.framework is not None and p.framework not in FRAMEWORK_BATCHING:
-                raise ScenarioError(
-                    f"pools.{p.name}.framework",
-                    f"unknown serving framework {p.framework!r}; known: {_known(FRAMEWORK_BATCHING)} (or leave it out)",
                 )
             mdl = models()[p.model]
             if not mdl.splits_over(p.tp):
