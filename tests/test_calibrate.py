@@ -16,7 +16,7 @@ from hermes_sim.calibrate import artifacts, catalog
 from hermes_sim.calibrate.evaluate import evaluate_device
 from hermes_sim.calibrate.fit import TooFewSamples, ape, fit_group
 from hermes_sim.calibrate.model import CALIBRATED, ROOFLINE, TRANSFERRED, CostModel
-from hermes_sim.calibrate.ops import Batch, Parallelism, layer_ops
+from hermes_sim.calibrate.ops import Batch, Parallelism, expected_max_active, layer_ops
 from hermes_sim.calibrate.pipeline import calibrate_device
 from hermes_sim.calibrate.roofline import roofline
 from hermes_sim.calibrate.splits import split_masks
@@ -131,18 +131,39 @@ def test_moe_layers_read_only_the_experts_a_batch_routes_to_and_split_them_over_
         e = ops[ops.name.isin(["expert_up", "expert_down"])]
         return float((e.n * e.k).sum())
 
-    one = layer_ops(mdl, Batch(decode=(100,)), Parallelism(tp=4, ep=4))
-    assert expert_weights(one) == pytest.approx(mdl.top_k / 4 * expert_params)  # 1 token: top_k experts, 1/4 here
+    tp_only = layer_ops(mdl, Batch(decode=(100,)), Parallelism(tp=4))  # every expert sharded 4 ways
+    assert expert_weights(tp_only) == pytest.approx(mdl.top_k / 4 * expert_params)  # 1 token: top_k experts, 1/4 each
+    assert tp_only[tp_only.name == "expert_down"].iloc[0].k == mdl.ffn // 4
+    one = layer_ops(mdl, Batch(decode=(100,)), Parallelism(tp=4, ep=4))  # 32 whole experts per rank
+    # the layer waits for the rank that drew the most of the token's top_k experts, not for the mean (top_k / 4)
+    busiest = expected_max_active(mdl.experts // 4, mdl.top_k / mdl.experts, 4)
+    assert expert_weights(one) == pytest.approx(busiest * expert_params)
+    assert busiest > 1.5 * mdl.top_k / 4
     many = layer_ops(mdl, Batch(prefill=((8192, 0),)), Parallelism(tp=4, ep=4))
     assert expert_weights(many) == pytest.approx(mdl.experts / 4 * expert_params, rel=1e-6)  # every local expert
     routed = many[many.name == "expert_up"].iloc[0]
     assert routed.m * routed.n == pytest.approx(8192 * mdl.top_k / 4 * 2 * mdl.ffn, rel=1e-6)  # rows x columns
     assert len(many[many.name == "expert_up"]) == 1 and many[many.name == "expert_up"].iloc[0]["count"] == mdl.layers
-    tp_only = layer_ops(mdl, Batch(decode=(100,)), Parallelism(tp=4))  # experts sharded 4 ways instead
-    assert expert_weights(tp_only) == pytest.approx(expert_weights(one))
-    assert tp_only[tp_only.name == "expert_down"].iloc[0].k == mdl.ffn // 4
     with pytest.raises(ValueError, match="ep=3 must divide"):
         layer_ops(mdl, Batch(decode=(100,)), Parallelism(tp=4, ep=3))
+
+
+@pytest.mark.parametrize("tokens, ranks", [(1, 4), (4, 8), (16, 8), (64, 4)])
+def test_the_busiest_expert_parallel_rank_matches_top_k_routing(tokens: int, ranks: int):
+    """expected_max_active (independent experts, a binomial per rank) against routing itself: each token picks
+    top_k distinct experts of 128, a rank holds 128 / ranks of them; the mean over draws of the busiest rank's
+    active experts."""
+    experts, top_k, local = 128, 8, 128 // ranks
+    rng = np.random.default_rng(0)
+    draws = []
+    for _ in range(3000):
+        active = np.zeros(experts, bool)
+        for _ in range(tokens):
+            active[rng.choice(experts, top_k, replace=False)] = True
+        draws.append(active.reshape(ranks, local).sum(axis=1).max())
+    p = 1 - (1 - top_k / experts) ** tokens
+    assert expected_max_active(local, p, ranks) == pytest.approx(np.mean(draws), rel=0.02)
+    assert expected_max_active(local, p, 1) == local * p  # one rank: the mean, exactly
 
 
 def test_roofline_gemm_regimes_and_ring_all_reduce():
