@@ -10,12 +10,13 @@ Tiers, best first:
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .artifacts import MODELS_DIR, fitted_from_entry, load, or_none
+from .artifacts import MODELS_DIR, fitted_from_entry, load, models_path, or_none, residuals_path
 from .catalog import LOCAL_CPU, Device, device, devices
 from .fit import Fitted
 from .roofline import roofline
@@ -26,6 +27,44 @@ CALIBRATED, TRANSFERRED, ROOFLINE = "measured-calibrated", "transferred", "roofl
 FRAMEWORK_PREFERENCE = ("vllm", "sglang", "trtllm", "nccl", "vidur", "hermes-profile")
 BOUNDS = ("point", "lower", "upper")
 _DTYPE_TWINS = {"float16": "bfloat16", "bfloat16": "float16", "fp8_block": "fp8", "fp8": "fp8_block"}
+
+
+# Fitted models read back from their artifacts, kept per warehouse and device while the files are unchanged: a
+# validation or sweep builds a CostModel per simulated pool, and reading the residual surfaces each time cost
+# a validate run a fifth of its time. Few devices are priced in one process; the bound keeps memory flat.
+ARTIFACT_CACHE_ENTRIES = 8
+_FITTED: OrderedDict[tuple, tuple[dict | None, dict]] = OrderedDict()
+
+
+def _fitted_models(root: Path, device_name: str) -> tuple[dict | None, dict[tuple[str, str], list[tuple[str, Fitted]]]]:
+    """A device's measured peak rates (local CPU profiles) and fitted models by (family, dtype), each with the
+    measurements behind it; shared read-only by every CostModel of that artifact."""
+    files = (models_path(root, device_name), residuals_path(root, device_name))
+    key = (
+        str(root.resolve()),
+        device_name,
+        *((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files),
+    )
+    if key in _FITTED:
+        _FITTED.move_to_end(key)
+        return _FITTED[key]
+    doc = load(root, device_name)
+    out: dict[tuple[str, str], list[tuple[str, Fitted]]] = {}
+    for e in (doc or {}).get("models", []):
+        fitted = fitted_from_entry(e)
+        fitted.origin = {
+            "device": doc.get("device"),
+            "framework": e["framework"],
+            "framework_version": or_none(e.get("framework_version")),  # older artifacts hold NaN
+            "dtype": e["dtype"],
+            "samples": e.get("n"),
+            "sources": [x["source_id"] for x in e.get("sources", [])],
+        }
+        out.setdefault((e["family"], e["dtype"]), []).append((e["framework"], fitted))
+    while len(_FITTED) >= ARTIFACT_CACHE_ENTRIES:
+        _FITTED.popitem(last=False)
+    _FITTED[key] = ((doc or {}).get("device_figures"), out)
+    return _FITTED[key]
 
 
 class CostModel:
@@ -46,30 +85,13 @@ class CostModel:
         self.device: Device = share or device(device_name)
         self.root = Path(warehouse_root)
         self.framework = framework
-        doc = load(self.root, device_name)
-        if doc and share is None and device_name == LOCAL_CPU and doc.get("device_figures"):
-            self.device = self.device.model_copy(update=doc["device_figures"])  # its measured peak rates
-        self.models = self._index(doc)
+        figures, self.models = _fitted_models(self.root, device_name)
+        if figures and share is None and device_name == LOCAL_CPU:
+            self.device = self.device.model_copy(update=figures)  # its measured peak rates
         self._donors: dict[str, tuple[Device, dict] | None] = {}
         # per (op family, dtype) priced: the tier and the measurements behind it (device, framework, version,
         # sources), for the summary to say what priced each family
         self.provenance: dict[str, dict] = {}
-
-    @staticmethod
-    def _index(doc: dict | None) -> dict[tuple[str, str], list[tuple[str, Fitted]]]:
-        out: dict[tuple[str, str], list[tuple[str, Fitted]]] = {}
-        for e in (doc or {}).get("models", []):
-            fitted = fitted_from_entry(e)
-            fitted.origin = {
-                "device": doc.get("device"),
-                "framework": e["framework"],
-                "framework_version": or_none(e.get("framework_version")),  # older artifacts hold NaN
-                "dtype": e["dtype"],
-                "samples": e.get("n"),
-                "sources": [x["source_id"] for x in e.get("sources", [])],
-            }
-            out.setdefault((e["family"], e["dtype"]), []).append((e["framework"], fitted))
-        return out
 
     def _pick(self, models: dict, family: str, dtype: str) -> Fitted | None:
         candidates = models.get((family, dtype)) or models.get((family, _DTYPE_TWINS.get(dtype, ""))) or []
@@ -94,7 +116,7 @@ class CostModel:
             other = device(name)
             if (other.kind == "cpu") != (self.device.kind == "cpu"):
                 continue  # a CPU's kernel efficiency says nothing about an accelerator's, nor the reverse
-            idx = self._index(load(self.root, name))
+            idx = _fitted_models(self.root, name)[1]
             if any(f == family for f, _ in idx):
                 rank = (
                     other.device_class != self.device.device_class,

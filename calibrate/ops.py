@@ -51,6 +51,12 @@ class Parallelism:
 def layer_ops(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism()) -> pd.DataFrame:
     """The ops one device runs for `batch` through its pipeline stage (layers / pp), plus the LM head on the
     last stage. Counts are per pass."""
+    return pd.DataFrame(layer_rows(model, batch, par))
+
+
+def layer_rows(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism()) -> list[dict]:
+    """layer_ops as a list of row dicts (many batches' rows make one frame at once: a frame per batch costs
+    pandas' constructor each time)."""
     tp, T = par.tp, batch.tokens
     if not model.splits_over(tp):
         raise ValueError(f"{model.id}: {model.heads} heads / {model.kv_heads} KV heads do not split over TP={tp}")
@@ -68,7 +74,7 @@ def layer_ops(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism()
         rows.append({"name": name, "op_family": family, "count": count, "dtype": dtype, **shape})
 
     if T == 0:
-        return pd.DataFrame(rows)
+        return rows
     add("qkv_proj", "gemm", m=T, n=(h + 2 * hk) * d, k=model.hidden)
     kv_dtype = par.kv_cache_dtype or par.dtype
     causal = model.kind == "decoder"
@@ -145,7 +151,7 @@ def layer_ops(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism()
     if model.kind == "decoder":
         logits = batch.sequences  # one next-token distribution per sequence
         add("lm_head", "gemm", count=1, dtype=act, m=logits, n=model.vocab // tp, k=model.hidden)
-    return pd.DataFrame(rows)
+    return rows
 
 
 def expected_max_active(local: int, active: float, ranks: int) -> float:

@@ -378,6 +378,18 @@ def test_tiers(calibrated: Path):
     assert (on_h100.latency_us > 0).all() and (on_h200.latency_us > 0).all()
 
 
+def test_cost_models_share_a_device_s_fitted_models_until_its_artifact_changes(calibrated: Path, tmp_path: Path):
+    root = tmp_path / "wh"
+    shutil.copytree(calibrated, root)
+    ops = layer_ops(catalog.model("llama-3.1-8b"), Batch(prefill=((512, 0),)))
+    first, second = CostModel("h100_sxm", root), CostModel("h100_sxm", root, framework="vllm")
+    assert first.models is second.models  # read from the artifact once, shared read-only
+    assert CALIBRATED in set(first.predict(ops).tier)
+    path = artifacts.models_path(root, "h100_sxm")
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"models": []}))  # recalibrated in place: nothing fits
+    assert set(CostModel("h100_sxm", root).predict(ops).tier) == {ROOFLINE}
+
+
 def test_price_bounds_bracket_the_prediction_and_leave_the_roofline(calibrated: Path):
     ops = layer_ops(catalog.model("llama-3.1-8b"), Batch(prefill=((512, 0),), decode=(900,) * 16))
     point, lower, upper = (CostModel("h100_sxm", calibrated, bound=b).predict(ops) for b in ("point", "lower", "upper"))

@@ -369,6 +369,7 @@ def test_the_engine_charges_the_per_sequence_overhead_for_every_sequence_of_an_i
     pool = scenario().pools[0]
     bare = iteration_cost(pool, wh, StepOverhead(0.0, 0.0, "test"))
     loaded = iteration_cost(pool, wh, StepOverhead(300.0, 40.0, "test"))
+    assert loaded.dense_us is bare.dense_us  # one pricing: the overhead is no part of the grids
     for prefill, decodes in (([(512, 0)], 0), ([], 16), ([(256, 0), (128, 64)], 30)):
         kv = 600.0 * decodes
         gap = loaded.iteration_us(prefill, decodes, kv) - bare.iteration_us(prefill, decodes, kv)

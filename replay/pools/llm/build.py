@@ -77,18 +77,28 @@ def iteration_cost(
 ) -> IterationCost:
     """Priced grids are reused while what prices them stays the same: the pool's hardware, model and
     parallelism, the grids' ranges, the device's model artifact and the interval end priced (sweeps over
-    batching share them)."""
+    batching share them). The serving-loop overhead is no part of the grids (IterationCost.fixed_us adds it):
+    runs that differ only in it (validate's with and without the fitted overhead) share one pricing, each
+    with its own overhead on a shallow copy."""
     artifact = models_path(warehouse_root, pool.device)
     key = (
         pool.model_dump_json(
-            exclude={"replicas", "name", "memory", "batching", "frontend_latency_us", "router", "price_per_hour_usd"}
+            exclude={
+                "replicas",
+                "name",
+                "memory",
+                "batching",
+                "frontend_latency_us",
+                "router",
+                "price_per_hour_usd",
+                "step_overhead_us",
+                "sequence_overhead_us",
+            }
         ),
         max(pool.batching.max_batched_tokens, pool.max_model_len),
         pool.batching.max_num_seqs,
         str(Path(warehouse_root).resolve()),
         artifact.stat().st_mtime_ns if artifact.exists() else 0,
-        overhead.iteration_us,
-        overhead.sequence_us,
         price_at,
     )
     if key in _COSTS:
@@ -111,12 +121,11 @@ def iteration_cost(
             max_tokens=max(pool.batching.max_batched_tokens, pool.max_model_len),
             max_seqs=pool.batching.max_num_seqs,
             max_len=pool.max_model_len,
-            step_overhead_us=overhead.iteration_us,
-            sequence_overhead_us=overhead.sequence_us,
+            step_overhead_us=0.0,
             # CUDA graphs are NVIDIA's: other devices run every iteration's kernels as launched
             cuda_graph_max_tokens=pool.cuda_graph_max_tokens if dev.vendor == "nvidia" else 0,
         )
-    return _COSTS[key]
+    return _COSTS[key].with_overhead(overhead.iteration_us, overhead.sequence_us)
 
 
 def build_llm_pool(

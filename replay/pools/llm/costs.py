@@ -16,18 +16,18 @@ with the stage-to-stage send) count pp times, the LM head once."""
 
 from __future__ import annotations
 
+import copy
 import math
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
 from ....calibrate.catalog import ModelConfig
 from ....calibrate.model import CostModel
-from ....calibrate.ops import Batch, Parallelism, layer_ops
+from ....calibrate.ops import Batch, Parallelism, layer_ops, layer_rows
 
 SHORT_RUN = 32  # decode runs up to this many iterations are priced in plain Python (numpy's call overhead wins later)
 
@@ -62,6 +62,26 @@ class IterationCost:
         self.head_us = self._price_1d(self.s_grid, lambda s: Batch(decode=(1,) * int(s)), only={"lm_head"})
         self.decode_us = stages + self._price_2d("attention_decode", self.s_grid, self.l_grid)
         self.prefill_us = stages + self._price_2d("attention_prefill", self.t_grid, self.l_grid)
+        # the scalar path's views: the KV-length grid and its cells' widths (the linear interpolation along it),
+        # as arrays and lists; the log grids as lists; the 1-D parts at every integer of their range (an index
+        # instead of a search)
+        grid = self.l_grid.astype(np.float64)
+        self._l_arrays = grid, np.diff(grid)
+        self._l_lin = tuple(a.tolist() for a in self._l_arrays)
+        self._lt, self._ls, self._ll = (np.log(g).tolist() for g in (self.t_grid, self.s_grid, self.l_grid))
+        self._dense_table = _table(self.t_grid, self.dense_us)
+        self._head_table = _table(self.s_grid, self.head_us)
+        # interpolated rows and chunk prices, memoized as they are first needed; copies share them (with_overhead)
+        self._rows: dict[tuple[str, int], tuple[np.ndarray, list[float]]] = {}
+        self._decode_rows: dict[int, tuple] = {}
+        self._chunks: dict[tuple[int, int], float] = {}
+
+    def with_overhead(self, step_us: float, sequence_us: float) -> IterationCost:
+        """The same priced grids with another serving-loop overhead: a shallow copy sharing the grids and their
+        memoized rows, which hold kernel time only."""
+        cost = copy.copy(self)
+        cost.step_overhead_us, cost.sequence_overhead_us = step_us, sequence_us
+        return cost
 
     # ---- pricing on the grids ----------------------------------------------------------------------
     def _predict(self, ops: pd.DataFrame) -> pd.DataFrame:
@@ -71,21 +91,22 @@ class IterationCost:
         return pred
 
     def _price_1d(self, grid, batch_of, exclude=frozenset(), only=None) -> np.ndarray:
-        frames = []
+        rows, point = [], []
         for i, x in enumerate(grid):
-            ops = layer_ops(self.model, batch_of(x), self.par)
-            ops = ops[ops["name"].isin(only)] if only else ops[~ops["name"].isin(exclude)]
-            frames.append(ops.assign(point=i, cuda_graph=x <= self.cuda_graph_max_tokens))
-        ops = pd.concat(frames, ignore_index=True)
+            batch_rows = layer_rows(self.model, batch_of(x), self.par)
+            rows += batch_rows
+            point += [i] * len(batch_rows)
+        ops = pd.DataFrame(rows).assign(point=point)
+        ops = ops[ops["name"].isin(only)] if only else ops[~ops["name"].isin(exclude)]
+        ops = ops.assign(cuda_graph=grid[ops["point"]] <= self.cuda_graph_max_tokens).reset_index(drop=True)
         pred = self._predict(ops)
         return np.log(np.bincount(ops["point"], weights=pred["latency_us"] * ops["count"], minlength=len(grid)))
 
     def _price_2d(self, name: str, g1: np.ndarray, g2: np.ndarray) -> np.ndarray:
         """Attention over a grid: decode (batch size x mean KV length) or prefill (chunk tokens x cached)."""
         template = layer_ops(self.model, Batch(prefill=((1, 0),), decode=(1,)), self.par)
-        row = template[template["name"] == name].iloc[0]
         a, b = (x.ravel() for x in np.meshgrid(g1, g2, indexing="ij"))
-        ops = pd.DataFrame([row] * len(a)).reset_index(drop=True)
+        ops = template[template["name"] == name].iloc[[0] * len(a)].reset_index(drop=True)  # its row, repeated
         if name == "attention_decode":
             ops["batch_size"], ops["kv_len"] = a, b.astype(float)
             ops["cuda_graph"] = a <= self.cuda_graph_max_tokens
@@ -182,50 +203,6 @@ class IterationCost:
             grid, width = self._l_lin
             attention += _linear(grid, width, base, slope, decode_kv_sum / decode_count)
         return self.fixed_us(tokens, len(prefill) + decode_count) + attention
-
-    @cached_property
-    def _decode_rows(self) -> dict[int, tuple]:
-        return {}
-
-    @cached_property
-    def _rows(self) -> dict[tuple[str, int], tuple[np.ndarray, list[float]]]:
-        return {}
-
-    @cached_property
-    def _chunks(self) -> dict[tuple[int, int], float]:
-        return {}
-
-    @cached_property
-    def _l_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """The KV-length grid and its cells' widths (the linear interpolation along it)."""
-        grid = self.l_grid.astype(np.float64)
-        return grid, np.diff(grid)
-
-    @cached_property
-    def _l_lin(self) -> tuple[list[float], list[float]]:
-        return tuple(a.tolist() for a in self._l_arrays)
-
-    # Python-list copies of the grids for the scalar path
-    @cached_property
-    def _lt(self) -> list[float]:
-        return np.log(self.t_grid).tolist()
-
-    @cached_property
-    def _ls(self) -> list[float]:
-        return np.log(self.s_grid).tolist()
-
-    @cached_property
-    def _ll(self) -> list[float]:
-        return np.log(self.l_grid).tolist()
-
-    @cached_property
-    def _dense_table(self) -> list[float]:
-        """Token-linear part at every token count of the grid's range (an index instead of a search)."""
-        return _table(self.t_grid, self.dense_us)
-
-    @cached_property
-    def _head_table(self) -> list[float]:
-        return _table(self.s_grid, self.head_us)
 
 
 def _locate(grid: list[float], x: float) -> tuple[int, float]:
