@@ -30,8 +30,9 @@ _DTYPE_TWINS = {"float16": "bfloat16", "bfloat16": "float16", "fp8_block": "fp8"
 
 
 # Fitted models read back from their artifacts, kept per warehouse and device while the files are unchanged: a
-# validation or sweep builds a CostModel per simulated pool, and reading the residual surfaces each time cost
-# a validate run a fifth of its time. Few devices are priced in one process; the bound keeps memory flat.
+# validation or sweep builds a CostModel per simulated pool, and reading the residual surfaces each time cost a
+# validate run about a quarter of its time (profiled on 40 rows). Few devices are priced in one process; the
+# bound keeps memory flat.
 ARTIFACT_CACHE_ENTRIES = 8
 _FITTED: OrderedDict[tuple, tuple[dict | None, dict]] = OrderedDict()
 
