@@ -553,10 +553,38 @@ def validate(
             if interval and len(held):
                 summary["held_out_interval_90_coverage"] = _coverage(held)
             if limit is None:
-                target = Path(warehouse_root) / MODELS_DIR / OVERHEADS_FILE
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(json.dumps(fitted, indent=1))
+                save_overheads(Path(warehouse_root) / MODELS_DIR / OVERHEADS_FILE, fitted, path)
     return {"rows": rows, "not_expressed": skipped, "summary": summary}
+
+
+def save_overheads(target: Path, fitted: dict, source: Path) -> None:
+    """Merge fitted serving overheads into the warehouse's file: each (device, framework) fitted here replaces
+    the one before it, every other is kept (validating an A100 CSV does not erase the H100 fit), and each names
+    the file it was fitted on (replays show it as the overhead's source). A fit replacing one made on more
+    calibration rows of another file is logged: every replay of that device and framework now uses it."""
+    saved = json.loads(target.read_text()) if target.exists() else {}
+    for dev, frameworks in fitted.items():
+        for fw, fit in frameworks.items():
+            fit["fitted_on"] = Path(source).name
+            before = saved.get(dev, {}).get(fw) or {}
+            if (
+                before.get("fitted_on") != fit["fitted_on"]
+                and before.get("calibration_rows", 0) > fit["calibration_rows"]
+            ):
+                log.warning(
+                    "%s/%s: the serving overhead fitted on %s (%d calibration rows) replaces the one fitted on %s (%d)",
+                    dev,
+                    fw,
+                    fit["fitted_on"],
+                    fit["calibration_rows"],
+                    before.get("fitted_on", "an unnamed file"),
+                    before["calibration_rows"],
+                )
+            saved.setdefault(dev, {})[fw] = fit
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(saved, indent=1))
+    tmp.replace(target)
 
 
 def write_report(result: dict, out_dir: Path) -> list[Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -507,12 +508,45 @@ def test_step_overhead_comes_from_the_calibrated_file_unless_the_pool_sets_one(w
     (root / "models/serving_overheads.json").write_text(json.dumps(fitted))
     got = step_overhead(pool, root)
     assert (got.iteration_us, got.sequence_us) == (1500.0, 20.0)
-    assert got.source == "calibrated (serving_overheads.json, h100_sxm/vllm)"
+    assert got.source == "calibrated (serving_overheads.json, h100_sxm/vllm)"  # an older file: no fitted_on
     own = step_overhead(pool.model_copy(update={"step_overhead_us": 10.0}), root)
     assert (own.iteration_us, own.sequence_us, own.source) == (10.0, 0.0, "scenario")
     sc = scenario(**{"pools.framework": "vllm"})
     slow, fast = simulate(sc, root), simulate(sc, wh)
     assert slow["summary"]["tpot_ms"]["p50"] > fast["summary"]["tpot_ms"]["p50"] + 1.0  # 1.5 vs 0.25 ms an iteration
+
+
+def test_validate_merges_its_fitted_overheads_and_names_the_file_each_came_from(tmp_path: Path, caplog):
+    from hermes_sim.replay.validate import save_overheads
+
+    target = tmp_path / "models/serving_overheads.json"
+
+    def fit(rows: int) -> dict:
+        return {"step_overhead_us": 100.0 + rows, "sequence_overhead_us": 5.0, "calibration_rows": rows}
+
+    save_overheads(target, {"h100_sxm": {"vllm": fit(40), "trtllm": fit(30)}}, Path("runs/silicon_h100.csv"))
+    save_overheads(target, {"a100_sxm": {"vllm": fit(12)}}, Path("silicon_a100.csv"))
+    saved = json.loads(target.read_text())
+    assert saved["h100_sxm"]["vllm"] == fit(40) | {"fitted_on": "silicon_h100.csv"}  # another device's fit kept
+    assert saved["a100_sxm"]["vllm"]["fitted_on"] == "silicon_a100.csv" and len(saved["h100_sxm"]) == 2
+    with caplog.at_level(logging.WARNING, logger="hermes_sim.replay.validate"):
+        save_overheads(target, {"h100_sxm": {"vllm": fit(5)}}, Path("subset.csv"))
+    assert "fitted on subset.csv (5 calibration rows) replaces the one fitted on silicon_h100.csv (40)" in caplog.text
+    saved = json.loads(target.read_text())
+    assert saved["h100_sxm"]["vllm"]["calibration_rows"] == 5 and saved["h100_sxm"]["trtllm"] == fit(30) | {
+        "fitted_on": "silicon_h100.csv"
+    }
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hermes_sim.replay.validate"):
+        save_overheads(target, {"h100_sxm": {"vllm": fit(3)}}, Path("subset.csv"))  # the same file again: its own fit
+    assert not caplog.text
+    pool = scenario().pools[0].model_copy(update={"framework": "vllm"})
+    from hermes_sim.replay.pools.llm.build import step_overhead
+
+    assert (
+        step_overhead(pool, tmp_path).source
+        == "calibrated (serving_overheads.json, h100_sxm/vllm, fitted on subset.csv)"
+    )
 
 
 def test_frontend_latency_delays_every_request_before_it_is_queued(wh: Path):

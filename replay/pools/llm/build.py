@@ -51,10 +51,11 @@ def step_overhead(pool: LLMPoolSpec, warehouse_root: Path) -> StepOverhead:
     fitted = json.loads(path.read_text()).get(pool.device, {}) if path.exists() else {}
     if pool.framework in fitted:
         f = fitted[pool.framework]
+        fitted_on = f", fitted on {f['fitted_on']}" if f.get("fitted_on") else ""  # older files do not say
         return StepOverhead(
             f["step_overhead_us"],
             f.get("sequence_overhead_us", 0.0) if pool.sequence_overhead_us is None else pool.sequence_overhead_us,
-            f"calibrated ({path.name}, {pool.device}/{pool.framework})",
+            f"calibrated ({path.name}, {pool.device}/{pool.framework}{fitted_on})",
         )
     known = ", ".join(f"{pool.device}/{fw}" for fw in fitted) or "none"
     missing = f"{pool.device}/{pool.framework}" if pool.framework else f"{pool.device} with no framework named"
