@@ -33,6 +33,15 @@ def models_path(warehouse_root: Path, device: str) -> Path:
     return Path(warehouse_root) / MODELS_DIR / f"{device}.json"
 
 
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime in ns, size) of a file, None when it is absent: what in-process caches of derived data key on."""
+    try:
+        st = Path(path).stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 def residuals_path(warehouse_root: Path, device: str) -> Path:
     """The models' measured residual surfaces (surface.py), one row per measured grid point: too many numbers
     for the JSON beside it, which keeps each surface's grid and cells."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .artifacts import MODELS_DIR, fitted_from_entry, load, models_path, or_none, residuals_path
+from .artifacts import MODELS_DIR, file_stamp, fitted_from_entry, load, models_path, or_none, residuals_path
 from .catalog import LOCAL_CPU, Device, device, devices
 from .fit import Fitted
 from .roofline import roofline
@@ -40,11 +40,11 @@ _FITTED: OrderedDict[tuple, tuple[dict | None, dict]] = OrderedDict()
 def _fitted_models(root: Path, device_name: str) -> tuple[dict | None, dict[tuple[str, str], list[tuple[str, Fitted]]]]:
     """A device's measured peak rates (local CPU profiles) and fitted models by (family, dtype), each with the
     measurements behind it; shared read-only by every CostModel of that artifact."""
-    files = (models_path(root, device_name), residuals_path(root, device_name))
     key = (
         str(root.resolve()),
         device_name,
-        *((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files),
+        file_stamp(models_path(root, device_name)),
+        file_stamp(residuals_path(root, device_name)),
     )
     if key in _FITTED:
         _FITTED.move_to_end(key)

@@ -10,7 +10,6 @@ step-level figure separates cost-model error from scheduling and client effects.
 from __future__ import annotations
 
 from collections import Counter
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,6 @@ from .scenario import LLMPoolSpec, serving_framework
 
 KV_POINTS = 16
 CUDA_GRAPH_MAX_TOKENS = 512  # vLLM's default capture size, as the engine's pools use
-
-
-@cache
-def _cost_model(device: str, root: str, framework: str | None, mtime: int) -> CostModel:
-    return CostModel(device, Path(root), framework)
 
 
 def estimate(
@@ -66,10 +60,7 @@ def estimate(
     blocks = kv_blocks(spec, dev, mdl)
     need = batch * -(-(input_tokens + output_tokens) // spec.memory.block_tokens)
     overhead = step_overhead(spec, warehouse_root)
-    artifact = Path(warehouse_root) / "models" / f"{device}.json"
-    cm = _cost_model(
-        device, str(Path(warehouse_root).resolve()), framework, artifact.stat().st_mtime_ns if artifact.exists() else 0
-    )
+    cm = CostModel(device, Path(warehouse_root), framework)  # its fitted models are read once per process
     par = Parallelism(
         tp=tp,
         pp=pp,

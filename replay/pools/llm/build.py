@@ -9,7 +9,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ....calibrate.artifacts import MODELS_DIR, models_path
+from ....calibrate.artifacts import MODELS_DIR, file_stamp, models_path
 from ....calibrate.catalog import device as catalog_device
 from ....calibrate.catalog import model as catalog_model
 from ....calibrate.model import CostModel
@@ -81,7 +81,6 @@ def iteration_cost(
     batching share them). The serving-loop overhead is no part of the grids (IterationCost.fixed_us adds it):
     runs that differ only in it (validate's with and without the fitted overhead) share one pricing, each
     with its own overhead on a shallow copy."""
-    artifact = models_path(warehouse_root, pool.device)
     key = (
         pool.model_dump_json(
             exclude={
@@ -99,7 +98,7 @@ def iteration_cost(
         max(pool.batching.max_batched_tokens, pool.max_model_len),
         pool.batching.max_num_seqs,
         str(Path(warehouse_root).resolve()),
-        artifact.stat().st_mtime_ns if artifact.exists() else 0,
+        file_stamp(models_path(warehouse_root, pool.device)),
         price_at,
     )
     if key in _COSTS:
