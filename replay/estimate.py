@@ -10,11 +10,13 @@ step-level figure separates cost-model error from scheduling and client effects.
 from __future__ import annotations
 
 from collections import Counter
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..calibrate.artifacts import file_stamp, models_path
 from ..calibrate.catalog import device as catalog_device
 from ..calibrate.catalog import dtype as catalog_dtype
 from ..calibrate.catalog import model as catalog_model
@@ -26,6 +28,13 @@ from .scenario import LLMPoolSpec, serving_framework
 
 KV_POINTS = 16
 CUDA_GRAPH_MAX_TOKENS = 512  # vLLM's default capture size, as the engine's pools use
+
+
+@cache
+def _cost_model(device: str, root: str, framework: str | None, stamp: tuple | None) -> CostModel:
+    """One CostModel per device, warehouse, framework and artifact version: it keeps what it found about devices
+    to transfer from (CostModel._donor), which a validation of thousands of estimates would redo each time."""
+    return CostModel(device, Path(root), framework)
 
 
 def estimate(
@@ -60,7 +69,9 @@ def estimate(
     blocks = kv_blocks(spec, dev, mdl)
     need = batch * -(-(input_tokens + output_tokens) // spec.memory.block_tokens)
     overhead = step_overhead(spec, warehouse_root)
-    cm = CostModel(device, Path(warehouse_root), framework)  # its fitted models are read once per process
+    cm = _cost_model(
+        device, str(Path(warehouse_root).resolve()), framework, file_stamp(models_path(warehouse_root, device))
+    )
     par = Parallelism(
         tp=tp,
         pp=pp,
