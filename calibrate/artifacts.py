@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from packaging.version import InvalidVersion, Version
 
@@ -338,13 +339,25 @@ def load(warehouse_root: Path, device: str) -> dict | None:
     path = models_path(warehouse_root, device)
     if not path.exists():
         return None
-    doc = json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path}: not valid JSON at line {e.lineno} column {e.colno} ({e.msg}): recalibrate with "
+            f"`hermes-sim calibrate --device {device}`"
+        ) from None
     with_surface = [e for e in doc.get("models", []) if e.get("surface")]
     if with_surface:
         table = residuals_path(warehouse_root, device)
         if not table.exists():
             raise FileNotFoundError(f"{path} names residual surfaces but {table} is missing: recalibrate {device}")
-        rows_of, points, values = _surface_points(table)
+        try:
+            rows_of, points, values = _surface_points(table)
+        except (pa.ArrowInvalid, KeyError) as e:
+            raise ValueError(
+                f"{table}: not a readable residual table ({e}): recalibrate with `hermes-sim calibrate --device "
+                f"{device}`"
+            ) from None
         for entry in with_surface:
             rows = rows_of.get(_model_key(entry), np.empty(0, dtype=np.int64))
             entry["surface"]["points"] = points[rows]

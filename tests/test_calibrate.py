@@ -535,8 +535,17 @@ def test_residual_surface_travels_with_the_artifact_and_its_loss_is_an_error(cal
     group = samples[(samples["framework"] == "vllm") & (samples["dtype"] == "bfloat16")].reset_index(drop=True)
     fresh = fit_group(group, "gemm", catalog.device("h100_sxm"))
     assert with_table == pytest.approx(fresh.predict(shapes, catalog.device("h100_sxm")), rel=1e-6)
-    artifacts.residuals_path(root, "h100_sxm").unlink()
+    table = artifacts.residuals_path(root, "h100_sxm")
+    table.write_bytes(table.read_bytes()[:5000])  # cut short (a full disk, a copy interrupted)
+    unreadable = r"residuals\.parquet: not a readable residual table .*recalibrate with `hermes-sim calibrate"
+    with pytest.raises(ValueError, match=unreadable):
+        CostModel("h100_sxm", root)
+    table.unlink()
     with pytest.raises(FileNotFoundError, match=r"residuals\.parquet is missing"):
+        CostModel("h100_sxm", root)
+    doc = artifacts.models_path(root, "h100_sxm")
+    doc.write_text(doc.read_text()[:300])
+    with pytest.raises(ValueError, match=r"h100_sxm\.json: not valid JSON at line \d+ column \d+"):
         CostModel("h100_sxm", root)
 
 

@@ -277,6 +277,19 @@ def test_validate_silicon_replays_a_disaggregated_row_as_two_pools_and_a_kv_tran
     assert (req.decode_queue_ms >= 0).all() and set(req.prefill_pool) == {"prefill"}
 
 
+def test_validate_silicon_lists_a_deployment_whose_model_does_not_fit_with_the_reason():
+    from hermes_sim.replay.validate import preflight
+
+    rows = pd.read_csv(SAMPLES / "e2e/silicon_h100.csv")
+    row = rows[(rows["mode"] == "agg") & (rows.model_path == "Qwen/Qwen3-32B")].iloc[0].copy()
+    assert preflight(row) is None
+    row["tp_size"], row["precision"], row["gemm_quant_mode"] = 1.0, "bfloat16", None  # 65 GB of weights, one GPU
+    row["batch_size"] = 4.0
+    assert preflight(row) is None  # fits, with little KV to spare
+    row["model_path"] = "meta-llama/Llama-3.1-70B"
+    assert "llama-3.1-70b at TP=1 PP=1 does not fit on h100_sxm" in preflight(row)
+
+
 def test_validate_silicon_serves_every_request_its_client_draws_at_the_widest_spread(wh: Path):
     from hermes_sim.replay.validate import SPREADS, concurrency, scenario_for
 
@@ -547,6 +560,28 @@ def test_validate_merges_its_fitted_overheads_and_names_the_file_each_came_from(
         step_overhead(pool, tmp_path).source
         == "calibrated (serving_overheads.json, h100_sxm/vllm, fitted on subset.csv)"
     )
+
+
+def test_a_broken_overheads_file_is_a_clear_error_before_validate_runs_and_in_every_replay(tmp_path: Path):
+    from hermes_sim.replay.pools.llm.build import step_overhead
+    from hermes_sim.replay.validate import validate
+
+    target = tmp_path / "models/serving_overheads.json"
+    target.parent.mkdir(parents=True)
+    pool = scenario().pools[0].model_copy(update={"framework": "vllm"})
+    csv = SAMPLES / "e2e/silicon_h100.csv"
+    for text, says in (
+        ('{"h100_sxm": {"vllm": {"step_overhead_us": 12', "not valid JSON at line 1 column"),
+        ('{"h100_sxm": {"vllm": {"sequence_overhead_us": 5}}}', "h100_sxm.vllm.step_overhead_us: Field required"),
+        ('{"h100_sxm": {"vllm": {"step_overhead_us": "fast"}}}', "h100_sxm.vllm.step_overhead_us: Input should be"),
+    ):
+        target.write_text(text)
+        with pytest.raises(ValueError, match=str(target)) as err:
+            validate(csv, tmp_path)  # before any row is simulated (this warehouse has no cost models at all)
+        assert says in str(err.value)
+        with pytest.raises(ValueError, match=says):
+            step_overhead(pool, tmp_path)
+        assert target.read_text() == text  # left as it was
 
 
 def test_frontend_latency_delays_every_request_before_it_is_queued(wh: Path):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ...calibrate.artifacts import file_stamp
 from ...warehouse.store import Warehouse
 from ..errors import ScenarioError
 from ..scenario import Source
@@ -18,9 +19,11 @@ _FRAMES: dict[tuple, pd.DataFrame] = {}
 
 
 def _cache_key(warehouse_root: Path, sql: str, params: tuple) -> tuple:
-    """A query's key while the warehouse catalog is unchanged (sweep points in one process share the rows)."""
+    """A query's key while the warehouse catalog is unchanged (sweep points in one process share the rows): its
+    file's and its write-ahead log's stamps (a commit may sit in the log until a checkpoint)."""
     catalog = warehouse_root / "catalog.duckdb"
-    return (str(warehouse_root.resolve()), catalog.stat().st_mtime_ns if catalog.exists() else 0, sql, params)
+    stamps = (file_stamp(catalog), file_stamp(catalog.with_name(catalog.name + ".wal")))
+    return (str(warehouse_root.resolve()), stamps, sql, params)
 
 
 class _Reader:

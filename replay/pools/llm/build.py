@@ -9,6 +9,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
 from ....calibrate.artifacts import MODELS_DIR, file_stamp, models_path
 from ....calibrate.catalog import device as catalog_device
 from ....calibrate.catalog import model as catalog_model
@@ -26,6 +28,44 @@ log = logging.getLogger(__name__)
 
 OVERHEADS_FILE = "serving_overheads.json"  # under <warehouse>/models, written by validate: {device: {framework:}}
 DEFAULT_STEP_OVERHEAD_US = 250.0  # a stand-in when nothing is calibrated: named in the summary's assumptions
+
+
+class _OverheadFit(BaseModel):
+    """One (device, framework) entry of the overheads file; the rest of an entry (rows, spread, versions) is
+    validate's record and passes through."""
+
+    model_config = ConfigDict(extra="allow")
+    step_overhead_us: float
+    sequence_overhead_us: float = 0.0
+
+
+_OVERHEADS = TypeAdapter(dict[str, dict[str, _OverheadFit]])
+
+
+def read_overheads(path: Path) -> dict:
+    """The fitted serving overheads, {device: {framework: fit}} ({} when the file does not exist). A file that is
+    not that is an error naming it, where it breaks and how to recover, never a stack trace from deep in a replay
+    (every replay of the warehouse reads it)."""
+    if not path.exists():
+        return {}
+    text = path.read_text()
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path}: not valid JSON at line {e.lineno} column {e.colno} ({e.msg}); re-run `hermes-sim validate "
+            "silicon` to fit the serving overheads again, or delete the file to use the default"
+        ) from None
+    try:
+        _OVERHEADS.validate_python(doc)
+    except ValidationError as e:
+        where = e.errors()[0]
+        field = ".".join(str(x) for x in where["loc"])
+        raise ValueError(
+            f"{path}: {field or 'the top level'}: {where['msg']} (expected {{device: {{framework: "
+            "{step_overhead_us: number, ...}}}}); re-run `hermes-sim validate silicon` or delete the file"
+        ) from None
+    return doc
 
 
 @dataclass(frozen=True)
@@ -48,7 +88,7 @@ def step_overhead(pool: LLMPoolSpec, warehouse_root: Path) -> StepOverhead:
     if pool.step_overhead_us is not None:
         return StepOverhead(pool.step_overhead_us, pool.sequence_overhead_us or 0.0, "scenario")
     path = Path(warehouse_root) / MODELS_DIR / OVERHEADS_FILE
-    fitted = json.loads(path.read_text()).get(pool.device, {}) if path.exists() else {}
+    fitted = read_overheads(path).get(pool.device, {})
     if pool.framework in fitted:
         f = fitted[pool.framework]
         fitted_on = f", fitted on {f['fitted_on']}" if f.get("fitted_on") else ""  # older files do not say
