@@ -18,7 +18,7 @@ import pandas as pd
 
 from .artifacts import MODELS_DIR, file_stamp, fitted_from_entry, load, models_path, or_none, residuals_path
 from .catalog import LOCAL_CPU, Device, device, devices
-from .fit import Fitted
+from .fit import PAST_MEASURED_DEFAULT, PAST_MEASURED_RULE, Fitted
 from .roofline import roofline
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class CostModel:
         # per (op family, dtype) priced: the tier and the measurements behind it (device, framework, version,
         # sources), for the summary to say what priced each family
         self.provenance: dict[str, dict] = {}
+        self._past: dict[str, list[int]] = {}  # per family/dtype: ops priced past the measured shapes, and all
 
     def _pick(self, models: dict, family: str, dtype: str) -> Fitted | None:
         candidates = models.get((family, dtype)) or models.get((family, _DTYPE_TWINS.get(dtype, ""))) or []
@@ -139,6 +140,19 @@ class CostModel:
         lower, upper = fitted.interval_factors(rows)
         return lower if self.bound == "lower" else upper
 
+    def _note_past_measured(self, key: str, fitted: Fitted, rows: pd.DataFrame) -> None:
+        """Count the priced ops past the measured shapes (over every call) and name the rule that priced them in
+        the family's provenance: a replay's summary then says where a constant stood in for a measurement."""
+        seen = self._past.setdefault(key, [0, 0])
+        seen[0] += int(fitted.past_measured(rows).sum())
+        seen[1] += len(rows)
+        if seen[0]:
+            rule = PAST_MEASURED_RULE.get(fitted.form.family, PAST_MEASURED_DEFAULT)
+            self.provenance[key]["past_measured"] = {
+                "share_of_priced_shapes": round(seen[0] / seen[1], 4),
+                "priced_as": f"{rule} (calibrate.fit.SUSTAINED_EFFICIENCY: AIConfigurator's empirical factor)",
+            }
+
     def predict(self, ops: pd.DataFrame) -> pd.DataFrame:
         """latency_us, roofline_us and tier for every op row (kernel_samples columns + op_family, dtype)."""
         terms = roofline(ops, self.device)
@@ -152,6 +166,7 @@ class CostModel:
                 latency[pos] = fitted.predict(rows, self.device, terms.loc[idx]) * self._factor(fitted, rows)
                 tier[pos] = CALIBRATED
                 self.provenance[f"{family}/{dtype}"] = {"tier": CALIBRATED, **fitted.origin}
+                self._note_past_measured(f"{family}/{dtype}", fitted, rows)
                 continue
             donor = self._donor(family)
             if donor is None:
@@ -165,4 +180,5 @@ class CostModel:
             latency[pos] = terms.loc[idx, "roofline_us"].to_numpy() * efficiency
             tier[pos] = TRANSFERRED
             self.provenance[f"{family}/{dtype}"] = {"tier": TRANSFERRED, **donor_fit.origin}
+            self._note_past_measured(f"{family}/{dtype}", donor_fit, rows)
         return pd.DataFrame({"latency_us": latency, "roofline_us": terms["roofline_us"], "tier": tier}, index=ops.index)

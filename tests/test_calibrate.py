@@ -231,6 +231,23 @@ def test_calibrated_gemm_beats_roofline_on_held_out_shapes(h100_gemm: pd.DataFra
     assert min(fitted.cv, key=fitted.cv.get) == f"degree_{fitted.form.degree}"  # chosen by held-out CV
 
 
+def test_a_gemm_larger_than_any_fitted_adds_its_extra_work_at_the_sustained_efficiency(h100_gemm: pd.DataFrame):
+    """Fitted on the smaller half and asked about GEMMs at least 4x larger (the extrapolation split): the edge of
+    the fitted shapes plus the extra roofline time at the sustained efficiency, not the edge's efficiency over
+    the whole roofline (which keeps the launch and last-wave costs in proportion: bundled sample p90 37% -> 18%).
+    The issue's target: the p90 no worse than half the roofline's."""
+    h100 = catalog.device("h100_sxm")
+    train, test = split_masks(h100_gemm, "gemm", "extrapolation", seed=0)
+    fitted = fit_group(h100_gemm[train], "gemm", h100, seed=0)
+    held = h100_gemm[test]
+    err = ape(fitted.predict(held, h100), held.latency_us.to_numpy())
+    roof = ape(roofline(held, h100).roofline_us.to_numpy(), held.latency_us.to_numpy())
+    assert np.quantile(err, 0.9) < np.quantile(roof, 0.9) / 2 and np.median(err) < 0.1
+    inside = h100_gemm[train]
+    edge = inside.loc[[fitted.form.work(inside).argmax()]]
+    assert fitted.predict(edge, h100) == pytest.approx(fitted._predict_form(edge, roofline(edge, h100)))
+
+
 def test_the_90_percent_interval_covers_about_90_percent_of_unseen_shapes(h100_gemm: pd.DataFrame):
     """The interval comes from the chosen form's grouped-CV residuals on the training shapes only; on shape
     blocks it never saw, about 90% of the measurements fall inside. Training-set residuals would give a narrower
@@ -259,7 +276,7 @@ def test_the_interval_widens_past_the_fitted_shapes_and_then_still_covers(h100_g
     assert (beyond > 0).all() and np.median(beyond) > np.log(4)
     flat = artifacts.coverage_90(fitted, pred, measured)
     widened = artifacts.coverage_90(fitted, pred, measured, held)
-    assert flat < 0.3 and widened > flat + 0.3  # the bundled sample's GEMMs: 19% -> 57% (full H100 tree: ~94%)
+    assert flat < 0.7 and widened > flat + 0.2 and widened >= 0.8  # the bundled sample's GEMMs: 60% -> 88%
     inside = h100_gemm[train].head(50)
     assert (fitted.form.beyond(inside) == 0).all()
     lower, upper = fitted.interval_factors(inside)
@@ -354,6 +371,21 @@ def calibrated(sample_warehouse: Path, tmp_path_factory) -> Path:
     shutil.copytree(sample_warehouse, root)
     calibrate_device(root, "h100_sxm", family="gemm", splits=("shape_block", "cross_source"), random_forest=False)
     return root
+
+
+def test_a_cost_model_names_the_rule_that_priced_shapes_past_the_measured_ones(calibrated: Path):
+    """A replay's summary (priced_by) says when a constant, not a measurement, priced part of an op family."""
+    model = CostModel("h100_sxm", calibrated, framework="vllm")
+    inside = pd.DataFrame({"op_family": "gemm", "dtype": "bfloat16", "m": [64, 512], "n": 4096, "k": 4096})
+    model.predict(inside)
+    assert "past_measured" not in model.provenance["gemm/bfloat16"]
+    huge = pd.DataFrame({"op_family": "gemm", "dtype": "bfloat16", "m": [65536], "n": 65536, "k": 65536})
+    pred = model.predict(huge)
+    past = model.provenance["gemm/bfloat16"]["past_measured"]
+    assert past["share_of_priced_shapes"] == pytest.approx(1 / 3, abs=1e-3)  # 1 of the 3 priced so far
+    assert "sustained efficiency 0.8" in past["priced_as"] and "SUSTAINED_EFFICIENCY" in past["priced_as"]
+    roof = pred["roofline_us"].iloc[0]
+    assert roof / 0.8 < pred["latency_us"].iloc[0] < roof / 0.8 * 1.01  # the edge's fixed costs are a sliver
 
 
 def test_artifact_has_provenance_and_statistics(calibrated: Path):
