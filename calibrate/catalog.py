@@ -26,6 +26,11 @@ def _safe_load(text: str):
 
 
 DTYPE_BYTES = {"float32": 4, "tf32": 4, "bfloat16": 2, "float16": 2, "fp8": 1, "fp8_block": 1, "int8": 1, "fp4": 0.5}
+# GEMM quantization modes whose operands differ (TensorRT-LLM's QuantMode, as AIConfigurator's A100 tables name
+# them): (activation bytes, weight bytes, the dtype the tensor cores run). Weight-only INT4 / INT8 keep 16-bit
+# activations and dequantize the weights into bf16 tensor-core math; SmoothQuant (sq) is W8A8 on the INT8 cores.
+# Priced as 16-bit everywhere, their roofline was slower than the measurements (up to 3.4x for int4_wo).
+GEMM_OPERANDS = {"int4_wo": (2.0, 0.5, "bfloat16"), "int8_wo": (2.0, 1.0, "bfloat16"), "sq": (1.0, 1.0, "int8")}
 
 
 class Link(BaseModel):
@@ -77,6 +82,7 @@ class Device(BaseModel):
 
 
 _WIDER = {
+    **{mode: (compute,) for mode, (_, _, compute) in GEMM_OPERANDS.items()},
     "fp8_block": ("fp8", "int8", "bfloat16"),
     "fp8": ("int8", "bfloat16"),
     "fp4": ("fp8", "int8", "bfloat16"),

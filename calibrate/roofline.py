@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .catalog import DTYPE_BYTES, Device
+from .catalog import DTYPE_BYTES, GEMM_OPERANDS, Device
 
 GEMM = "gemm"
 VECTOR_SEARCH = "vector_search"  # brute-force similarity scan: a (queries x dim) by (dim x index) GEMM
@@ -46,10 +46,13 @@ def _peak(device: Device, dtypes) -> np.ndarray:
 
 
 def gemm_terms(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """An (m x k) activation times a (k x n) weight; a quantization mode's operands as GEMM_OPERANDS says."""
     m, n, k = _col(df, "m"), _col(df, "n"), _col(df, "k")
     in_b = dtype_bytes(df["dtype"])
+    act_b = _per_dtype(df["dtype"], lambda d: GEMM_OPERANDS[d][0] if d in GEMM_OPERANDS else DTYPE_BYTES.get(d, 2.0))
+    weight_b = _per_dtype(df["dtype"], lambda d: GEMM_OPERANDS[d][1] if d in GEMM_OPERANDS else DTYPE_BYTES.get(d, 2.0))
     out_b = np.maximum(in_b, 2.0)  # fp8 / int8 GEMMs write 16-bit results
-    return 2 * m * n * k, (m * k + k * n) * in_b + m * n * out_b
+    return 2 * m * n * k, m * k * act_b + k * n * weight_b + m * n * out_b
 
 
 def attention_terms(df: pd.DataFrame, prefill: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ class Format:
 
 
 AICONFIGURATOR_REVISION_2 = "comm tables' message_size counts elements, not bytes"
+VIDUR_MLP_REVISION_2 = "attn_rope's width is the query and key heads a TP rank rotates, not the full hidden size"
 
 
 def _ragpulse_tables(path: Path) -> list[Path]:
@@ -51,7 +52,7 @@ FORMATS: dict[str, Format] = {
             changed=AICONFIGURATOR_REVISION_2,
         ),
         Format("aiconfigurator-reuse", aiconfigurator.parse_reuse, "AIConfigurator reuse.yaml (borrowed table)"),
-        Format("vidur-mlp", vidur.parse_mlp, "Vidur mlp.csv"),
+        Format("vidur-mlp", vidur.parse_mlp, "Vidur mlp.csv", revision=2, changed=VIDUR_MLP_REVISION_2),
         Format("vidur-attention", vidur.parse_attention, "Vidur attention CSV"),
         Format("vidur-network", vidur.parse_network, "Vidur all_reduce.csv / send_recv.csv"),
         Format("kineto", kineto.parse_trace, "PyTorch profiler / Kineto Chrome-trace JSON (.json, .json.gz)"),

@@ -125,15 +125,19 @@ def parse_mlp(path: Path, batch: SourceBatch) -> SourceBatch:
     head_dim = embd // heads
     ffn = _int(df, "n_expanded_embd")
     gated = df["use_gated_mlp"].astype(str).str.lower().eq("true").to_numpy()
+    kv_heads = _int(df, "n_kv_head")
+    # elementwise ops: (k: none, n: the row width each TP rank touches per token); RoPE rotates this rank's query
+    # and key heads (read as the full hidden, its roofline was up to 2.5x slower than measured at TP8)
+    widths = {"attn_rope": (heads + kv_heads) * head_dim // tp, "mlp_act": ffn // tp, "add": embd}
     shapes = {
-        "attn_pre_proj": (embd, (heads + 2 * _int(df, "n_kv_head")) * head_dim // tp),
+        "attn_pre_proj": (embd, (heads + 2 * kv_heads) * head_dim // tp),
         "attn_post_proj": (heads * head_dim // tp, embd),
         "mlp_up_proj": (embd, ffn * np.where(gated, 2, 1) // tp),
         "mlp_down_proj": (ffn // tp, embd),
     }
     pieces = []
     for op in ops:
-        k, width = shapes.get(op, (np.full(n, np.nan), ffn // tp if op == "mlp_act" else embd))
+        k, width = shapes.get(op, (np.full(n, np.nan), widths.get(op, embd)))
         pieces.append(
             {
                 ROW_COLUMN: np.arange(2, n + 2),  # CSV line numbers (line 1 is the header)

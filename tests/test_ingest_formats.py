@@ -163,6 +163,13 @@ def test_vidur_mlp_one_row_per_op_with_gemm_shapes(wh: Warehouse):
     assert got["attn_pre_proj"][:3] == (tokens, 3 * 4096 // tp, 4096)
     assert got["mlp_up_proj"][:3] == (tokens, 2 * 11008 // tp, 4096)
     assert got["mlp_down_proj"][:3] == (tokens, 4096, 11008 // tp)
+    widths = dict(
+        wh.query(
+            "SELECT op_name, n FROM kernel_samples WHERE m = ? AND tp_size = ? AND op_family = 'elementwise'",
+            [tokens, tp],
+        )[1]
+    )
+    assert widths == {"attn_rope": (32 + 32) * 128 // tp, "mlp_act": 11008 // tp, "add": 4096}  # per TP rank
     same = src[(src.num_tokens == tokens) & (src.num_tensor_parallel_workers == tp)]
     measured = {round(v * 1000, 6) for v in same["time_stats.attn_pre_proj.median"]}
     assert round(got["attn_pre_proj"][3], 6) in measured

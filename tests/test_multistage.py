@@ -51,19 +51,19 @@ def test_the_bundled_scenario_gives_what_the_single_pool_engine_gave(wh: Path):
     """Golden figures of the pre-multi-stage engine (commit 2b001e7) on this scenario and warehouse: the
     sums of 3,000 completion and first-token times (s). Any drift in the fast LLM engine moves them. When the
     calibration changes, they are re-taken by running 2b001e7's `replay.run.simulate` on the warehouse this
-    commit builds (2b001e7 run with this commit's calibrate/ and warehouse/, which it only reads from). Last:
-    decode attention interpolated linearly along the KV length (this commit's pools/llm/costs.py dropped into
-    2b001e7's replay/costs.py, relative imports adjusted); both engines 175916 iterations, identical sums (2b001e7
-    with its own costs.py still gives the previous figures, 175960 iterations)."""
+    commit builds (2b001e7 run with this commit's calibrate/, ingest/ and warehouse/, which it only reads from,
+    and this commit's pools/llm/costs.py dropped into its replay/costs.py, relative imports adjusted). Last: Vidur's
+    RoPE rows read at their per-rank width and quantized GEMMs' roofline (the elementwise and GEMM fits moved);
+    both engines 175418 iterations, identical sums."""
     from hermes_sim.replay.scenario import load
 
     scenario = load(SAMPLES.parent / "replay/scenarios/bundled.yaml")
     scenario.source.log = AZURE
     out = simulate(scenario, wh)
     req = out["requests"]
-    assert out["summary"]["iterations"] == 175916
-    assert req.completion_s.sum() == pytest.approx(970477.3150260763, rel=1e-9)
-    assert req.first_token_s.sum() == pytest.approx(965053.2589673728, rel=1e-9)
+    assert out["summary"]["iterations"] == 175418
+    assert req.completion_s.sum() == pytest.approx(970490.0919370998, rel=1e-9)
+    assert req.first_token_s.sum() == pytest.approx(965050.9440539067, rel=1e-9)
 
 
 # ---- retrieval-augmented generation ------------------------------------------------------------------------
