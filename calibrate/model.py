@@ -68,6 +68,12 @@ def _fitted_models(root: Path, device_name: str) -> tuple[dict | None, dict[tupl
     return _FITTED[key]
 
 
+def past_measured_rule(fitted: Fitted) -> str:
+    """How a fit prices an op past its measured shapes, in words, naming the constant it stands on."""
+    rule = PAST_MEASURED_RULE.get(fitted.form.family, PAST_MEASURED_DEFAULT)
+    return f"{rule} (calibrate.fit.SUSTAINED_EFFICIENCY: AIConfigurator's empirical factor)"
+
+
 class CostModel:
     def __init__(
         self,
@@ -140,24 +146,25 @@ class CostModel:
         lower, upper = fitted.interval_factors(rows)
         return lower if self.bound == "lower" else upper
 
-    def _note_past_measured(self, key: str, fitted: Fitted, rows: pd.DataFrame) -> None:
+    def _note_past_measured(self, key: str, fitted: Fitted, past: np.ndarray) -> None:
         """Count the priced ops past the measured shapes (over every call) and name the rule that priced them in
         the family's provenance: a replay's summary then says where a constant stood in for a measurement."""
         seen = self._past.setdefault(key, [0, 0])
-        seen[0] += int(fitted.past_measured(rows).sum())
-        seen[1] += len(rows)
+        seen[0] += int(past.sum())
+        seen[1] += len(past)
         if seen[0]:
-            rule = PAST_MEASURED_RULE.get(fitted.form.family, PAST_MEASURED_DEFAULT)
             self.provenance[key]["past_measured"] = {
                 "share_of_priced_shapes": round(seen[0] / seen[1], 4),
-                "priced_as": f"{rule} (calibrate.fit.SUSTAINED_EFFICIENCY: AIConfigurator's empirical factor)",
+                "priced_as": past_measured_rule(fitted),
             }
 
     def predict(self, ops: pd.DataFrame) -> pd.DataFrame:
-        """latency_us, roofline_us and tier for every op row (kernel_samples columns + op_family, dtype)."""
+        """latency_us, roofline_us, tier and past_measured (priced by a rule past the measured shapes, not by the
+        data) for every op row (kernel_samples columns + op_family, dtype)."""
         terms = roofline(ops, self.device)
         latency = terms["roofline_us"].to_numpy().copy()
         tier = np.full(len(ops), ROOFLINE, dtype=object)
+        past = np.zeros(len(ops), dtype=bool)
         for (family, dtype), idx in ops.groupby(["op_family", "dtype"], sort=False).groups.items():
             rows = ops.loc[idx]
             fitted = self._pick(self.models, family, dtype)
@@ -166,7 +173,8 @@ class CostModel:
                 latency[pos] = fitted.predict(rows, self.device, terms.loc[idx]) * self._factor(fitted, rows)
                 tier[pos] = CALIBRATED
                 self.provenance[f"{family}/{dtype}"] = {"tier": CALIBRATED, **fitted.origin}
-                self._note_past_measured(f"{family}/{dtype}", fitted, rows)
+                past[pos] = fitted.past_measured(rows)
+                self._note_past_measured(f"{family}/{dtype}", fitted, past[pos])
                 continue
             donor = self._donor(family)
             if donor is None:
@@ -180,5 +188,9 @@ class CostModel:
             latency[pos] = terms.loc[idx, "roofline_us"].to_numpy() * efficiency
             tier[pos] = TRANSFERRED
             self.provenance[f"{family}/{dtype}"] = {"tier": TRANSFERRED, **donor_fit.origin}
-            self._note_past_measured(f"{family}/{dtype}", donor_fit, rows)
-        return pd.DataFrame({"latency_us": latency, "roofline_us": terms["roofline_us"], "tier": tier}, index=ops.index)
+            past[pos] = donor_fit.past_measured(rows)
+            self._note_past_measured(f"{family}/{dtype}", donor_fit, past[pos])
+        return pd.DataFrame(
+            {"latency_us": latency, "roofline_us": terms["roofline_us"], "tier": tier, "past_measured": past},
+            index=ops.index,
+        )

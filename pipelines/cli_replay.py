@@ -241,6 +241,10 @@ def estimate_cmd(
         f"end to end {est['e2e_ms']} ms"
     )
     out.print(f"priced from: {', '.join(f'{k} {v} ops' for k, v in est['cost_tiers'].items())}")
+    for family, past in est["past_measured"].items():
+        out.print(
+            f"past the measured shapes: {family}, {past['ops']} of {past['of']} ops, priced as {past['priced_as']}"
+        )
     out.print(
         f"step overhead {est['step_overhead_us']} us per iteration + {est['sequence_overhead_us']} us per sequence: "
         f"{est['step_overhead_source']}"

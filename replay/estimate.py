@@ -97,6 +97,16 @@ def estimate(
         at = np.array([us[ops["point"].to_numpy() == i].sum() for i in range(len(kv))]) + overhead.us(batch)
         decode_s = float(np.interp(np.arange(input_tokens + 1, input_tokens + steps + 1), kv, at).sum()) / 1e6
     tiers = Counter(pred["tier"])
+    past = pred["past_measured"].to_numpy()
+    families = (ops["op_family"] + "/" + ops["dtype"].astype(str)).to_numpy()
+    past_measured = {
+        fam: {
+            "ops": int(past[families == fam].sum()),
+            "of": int((families == fam).sum()),
+            "priced_as": cm.provenance[fam]["past_measured"]["priced_as"],
+        }
+        for fam in sorted(set(families[past]))
+    }
     return {
         "device": device,
         "model": model,
@@ -114,6 +124,8 @@ def estimate(
         "sequence_overhead_us": overhead.sequence_us,
         "step_overhead_source": overhead.source,
         "cost_tiers": dict(tiers),
+        # op families some of whose shapes lie past the measured ones: priced by a rule, not by the data
+        "past_measured": past_measured,
         "kv_fits": need <= blocks,
         "kv_blocks_needed": need,
         "kv_blocks_per_replica": blocks,

@@ -47,6 +47,16 @@ def test_estimate_prices_the_batch_as_the_engine_prices_its_iterations(wh: Path)
     assert tp2["decode_step_ms"] < est["decode_step_ms"]
 
 
+def test_estimate_names_the_op_families_it_priced_past_the_measured_shapes(wh: Path):
+    """A prefill of 64 x 8192 tokens runs GEMMs larger than any in the bundled tables: the estimate says which
+    families were priced by a rule there (and how), per call, not per process."""
+    big = estimate("h100_sxm", "llama-3.1-8b", 64, 8192, 8, wh, framework="vllm")
+    gemm = big["past_measured"]["gemm/bfloat16"]
+    assert 0 < gemm["ops"] < gemm["of"] and "extra work at the sustained efficiency 0.8" in gemm["priced_as"]
+    small = estimate("h100_sxm", "llama-3.1-8b", 8, 512, 8, wh, framework="vllm")
+    assert "gemm/bfloat16" not in small["past_measured"]  # the same cached cost model: this call's ops only
+
+
 def test_estimate_refuses_a_dtype_or_framework_it_does_not_know(wh: Path):
     with pytest.raises(ValueError, match=r"unknown dtype 'bf16'; known: bfloat16, .*fp8"):
         estimate("h100_sxm", "llama-3.1-8b", 1, 128, 8, wh, dtype="bf16")
