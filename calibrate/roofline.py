@@ -48,11 +48,12 @@ def _peak(device: Device, dtypes) -> np.ndarray:
 def gemm_terms(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """An (m x k) activation times a (k x n) weight; a quantization mode's operands as GEMM_OPERANDS says."""
     m, n, k = _col(df, "m"), _col(df, "n"), _col(df, "k")
-    in_b = dtype_bytes(df["dtype"])
-    act_b = _per_dtype(df["dtype"], lambda d: GEMM_OPERANDS[d][0] if d in GEMM_OPERANDS else DTYPE_BYTES.get(d, 2.0))
-    weight_b = _per_dtype(df["dtype"], lambda d: GEMM_OPERANDS[d][1] if d in GEMM_OPERANDS else DTYPE_BYTES.get(d, 2.0))
-    out_b = np.maximum(in_b, 2.0)  # fp8 / int8 GEMMs write 16-bit results
-    return 2 * m * n * k, m * k * act_b + k * n * weight_b + m * n * out_b
+
+    def operand(i: int) -> np.ndarray:  # bytes of the activation (0) or weight (1) elements
+        return _per_dtype(df["dtype"], lambda d: GEMM_OPERANDS[d][i] if d in GEMM_OPERANDS else DTYPE_BYTES.get(d, 2.0))
+
+    out_b = np.maximum(dtype_bytes(df["dtype"]), 2.0)  # fp8 / int8 GEMMs write 16-bit results
+    return 2 * m * n * k, m * k * operand(0) + k * n * operand(1) + m * n * out_b
 
 
 def attention_terms(df: pd.DataFrame, prefill: bool) -> tuple[np.ndarray, np.ndarray]:
