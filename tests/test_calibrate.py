@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import subprocess
 import sys
@@ -208,6 +209,25 @@ def test_roofline_of_quantized_gemms_reads_their_narrow_weights_and_runs_sq_on_t
     )
     t = roofline(square, a100)
     assert t.compute_us.tolist() == pytest.approx([2 * 8192**3 / r * 1e6 for r in (312e12, 624e12)])
+
+
+def test_moe_dispatch_sends_a_token_once_per_rank_holding_its_experts():
+    """DeepEP sends a token's hidden state once to each other rank holding one of its top_k experts: for top-8 of
+    256 experts on 8 GPUs, 4.6 ranks where a copy per expert would be 7 (H100 DeepEP rows beat that by 3.8x)."""
+    from hermes_sim.calibrate.roofline import moe_remote_ranks
+
+    h100 = catalog.device("h100_sxm")
+    got = moe_remote_ranks(np.array([256.0, 8.0, np.nan]), np.array([8.0, 8.0, 8.0]), np.array([8.0, 8.0, 8.0]))
+    exact = 7 * (1 - math.comb(224, 8) / math.comb(256, 8))
+    assert got.tolist() == pytest.approx([exact, 7.0, 7.0])  # 8 of 8 experts: every other rank; unknown: per copy
+    assert 4.5 < exact < 4.7
+    ops = pd.DataFrame(
+        {"op_family": "moe_dispatch", "dtype": "bfloat16", "m": [4096.0], "hidden_size": 7168.0, "top_k": 8.0}
+        | {"num_experts": 256.0}
+    )
+    bus = 4096 * 7168 * 2 * exact
+    link = h100.scale_up_link()
+    assert roofline(ops, h100)["memory_us"].iloc[0] == pytest.approx((bus / link.bandwidth + link.latency_s) * 1e6)
 
 
 def test_measurements_faster_than_their_roofline_are_flagged_in_the_artifact_and_the_log(caplog):
