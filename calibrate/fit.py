@@ -321,15 +321,27 @@ class Fitted:
         return np.exp(lo - widen), np.exp(hi + widen)
 
     def predict(self, df: pd.DataFrame, device: Device, terms: pd.DataFrame | None = None) -> np.ndarray:
+        return self.priced(df, device, terms)[0]
+
+    def priced(
+        self, df: pd.DataFrame, device: Device, terms: pd.DataFrame | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The predictions, and which ops lie past the measured shapes, where a rule prices them
+        (PAST_MEASURED_RULE), not the data: the edge is found once for both."""
         terms = roofline(df, device) if terms is None else terms
         out = self._predict_form(df, terms)
+        roof = terms["roofline_us"].to_numpy()
         if self.form.family == DECODE:
-            out = self._stream_beyond(df, device, terms["roofline_us"].to_numpy(), out)
-        elif self.form.family == GEMM:
-            out = self._gemm_beyond(df, device, terms["roofline_us"].to_numpy(), out)
-        return out
+            past, clipped = self._decode_edge(df)
+            return self._stream_beyond(df, device, roof, out, past, clipped), past
+        over = self.form.beyond(df)
+        if self.form.family == GEMM:
+            out = self._gemm_beyond(df, device, roof, out, over)
+        return out, over > 0
 
-    def _gemm_beyond(self, df: pd.DataFrame, device: Device, roof: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def _gemm_beyond(
+        self, df: pd.DataFrame, device: Device, roof: np.ndarray, out: np.ndarray, over: np.ndarray
+    ) -> np.ndarray:
         """A GEMM larger than any fitted (by m n k: Form.beyond) costs the prediction at the edge of the fitted
         shapes, the same GEMM shrunk evenly in its size dims to the largest fitted work, plus its extra roofline
         time at the sustained efficiency: the launch, prologue and last-wave costs that the edge's efficiency
@@ -340,8 +352,7 @@ class Fitted:
         20.4% / 41.2% -> 5.9% / 22.1%. FP8 reaches less of its peak (about 0.6 at the largest measured shapes):
         fp8 vLLM 35.6% / 54.1% -> 34.6% / 52.2%, TRT-LLM 15.9% / 56.8% -> 22.8% / 47.1%."""
         n = self.form.n_size
-        over = self.form.beyond(df)
-        far = over > 0
+        far = over > 0  # e-folds past the largest fitted work (Form.beyond)
         if not n or not far.any():
             return out
         edge = df[far].copy()
@@ -362,7 +373,15 @@ class Fitted:
             log_ineff = log_ineff + self.surface.correction(self.form.cells(df), df)
         return roof * np.exp(log_ineff)
 
-    def _stream_beyond(self, df: pd.DataFrame, device: Device, roof: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def _stream_beyond(
+        self,
+        df: pd.DataFrame,
+        device: Device,
+        roof: np.ndarray,
+        out: np.ndarray,
+        beyond: np.ndarray,
+        clipped: dict[str, np.ndarray],
+    ) -> np.ndarray:
         """Decode attention streams the KV cache. Past the measured shapes (a batch larger than any measured, or a
         KV length longer than any measured at that batch size or a larger one), a step costs the prediction at
         the edge of the measured shapes plus the extra roofline time at the sustained streaming efficiency, not
@@ -372,8 +391,7 @@ class Fitted:
         SGLang 28.1% / 146% -> 24.7% / 49.4%; H100 TRT-LLM 62.4% / 270% -> 15.5% / 47.3%, vLLM 18.7% / 67.5% ->
         9.7% / 28.6%, SGLang 16.5% / 38.0% -> 10.4% / 29.0%. Prefill attention (compute-bound, quadratic) and
         collectives (protocol switches) keep the edge efficiency: the same rule made them worse."""
-        beyond, clipped = self._decode_edge(df)
-        if not beyond.any():
+        if not beyond.any():  # beyond, clipped: the measured edge (_decode_edge)
             return out
         edge = df[beyond].assign(**{d: v[beyond] for d, v in clipped.items()})
         edge_terms = roofline(edge, device)
@@ -404,12 +422,6 @@ class Fitted:
             beyond |= kv > top
             clipped["kv_len"] = np.minimum(kv, top)
         return beyond, clipped
-
-    def past_measured(self, df: pd.DataFrame) -> np.ndarray:
-        """Which ops lie past the measured shapes, where a rule prices them (PAST_MEASURED_RULE), not the data."""
-        if self.form.family == DECODE:
-            return self._decode_edge(df)[0]
-        return self.form.beyond(df) > 0
 
 
 def _kv_hull(df: pd.DataFrame) -> list[list[float]]:
@@ -558,7 +570,7 @@ def extrapolation_growth(
     if form.family == GEMM:  # past the half's largest GEMM, as Fitted.predict prices it
         pred = Fitted(form=half, coef=beta, conf_int=np.empty((0, 2)), r2=0.0, n=int(small.sum()))
         roof = np.exp(log_roof[far])
-        fitted = np.log(pred._gemm_beyond(df[far], device, roof, roof * np.exp(fitted)) / roof)
+        fitted = np.log(pred._gemm_beyond(df[far], device, roof, roof * np.exp(fitted), half.beyond(df[far])) / roof)
     resid = y[far] - fitted
     miss = np.maximum(resid - interval[1], interval[0] - resid)  # beyond the in-range interval, either side
     return float(np.quantile(np.maximum(miss, 0.0) / distance[far], 0.9))

@@ -170,10 +170,10 @@ class CostModel:
             fitted = self._pick(self.models, family, dtype)
             pos = ops.index.get_indexer(idx)
             if fitted is not None:
-                latency[pos] = fitted.predict(rows, self.device, terms.loc[idx]) * self._factor(fitted, rows)
+                pred, past[pos] = fitted.priced(rows, self.device, terms.loc[idx])
+                latency[pos] = pred * self._factor(fitted, rows)
                 tier[pos] = CALIBRATED
                 self.provenance[f"{family}/{dtype}"] = {"tier": CALIBRATED, **fitted.origin}
-                past[pos] = fitted.past_measured(rows)
                 self._note_past_measured(f"{family}/{dtype}", fitted, past[pos])
                 continue
             donor = self._donor(family)
@@ -183,12 +183,12 @@ class CostModel:
             other, models = donor
             donor_fit = self._pick(models, family, dtype)
             donor_terms = roofline(rows, other)
-            efficiency = donor_fit.predict(rows, other, donor_terms) / donor_terms["roofline_us"].to_numpy()
+            pred, past[pos] = donor_fit.priced(rows, other, donor_terms)
+            efficiency = pred / donor_terms["roofline_us"].to_numpy()
             efficiency *= self._factor(donor_fit, rows)
             latency[pos] = terms.loc[idx, "roofline_us"].to_numpy() * efficiency
             tier[pos] = TRANSFERRED
             self.provenance[f"{family}/{dtype}"] = {"tier": TRANSFERRED, **donor_fit.origin}
-            past[pos] = donor_fit.past_measured(rows)
             self._note_past_measured(f"{family}/{dtype}", donor_fit, past[pos])
         return pd.DataFrame(
             {"latency_us": latency, "roofline_us": terms["roofline_us"], "tier": tier, "past_measured": past},
