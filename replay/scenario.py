@@ -105,8 +105,10 @@ class LLMPoolSpec(_Strict):
     # ... and per sequence in the iteration (scheduling it, sampling, detokenizing and streaming its token);
     # None: calibrated with the step overhead (0 where the pool sets step_overhead_us alone)
     sequence_overhead_us: float | None = Field(None, ge=0)
-    # HTTP, tokenization and queueing in the serving frontend, between a request's arrival and its routing
-    frontend_latency_us: float = Field(0.0, ge=0)
+    # the request path outside the engine (HTTP frontend, tokenization, routing, the first token streamed back),
+    # spent by every request before the engine sees it; None: calibrated for the device and framework by
+    # `validate silicon`, else 0 (no frontend), the summary naming which
+    frontend_latency_us: float | None = Field(None, ge=0)
     # iterations of up to this many tokens run as CUDA graphs (vLLM's default capture size; 0: always eager):
     # their kernels are priced with the graph-captured variant where one was measured (NVIDIA GPUs only)
     cuda_graph_max_tokens: int = Field(512, ge=0)

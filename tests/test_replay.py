@@ -249,9 +249,15 @@ def test_validate_silicon_lists_what_it_cannot_express(wh: Path, tmp_path: Path)
         "predicted_ttft_ms",
         "measured_tpot_ms",
         "predicted_tpot_ms",
+        "frontend_latency_us",
     ):
         assert key in first
     assert first["predicted_tpot_ms"] > 0 and first["roofline_tpot_ms"] > 0
+    fits = result["summary"]["serving_overheads"]
+    for row in result["rows"]:  # each row replayed with the frontend latency fitted for its framework (version)
+        fit = fits.get(row["device"], {}).get(row["backend"], {})
+        fit = {**fit, **fit.get("versions", {}).get(row["backend_version"], {})}
+        assert row["frontend_latency_us"] == fit.get("frontend_latency_us", 0.0) >= 0.0
     assert {"held_out", "held_out_roofline", "serving_overheads"} <= set(result["summary"])
     assert not (wh / "models/serving_overheads.json").exists()  # a partial (--limit) run calibrates nothing
     reasons = {r["reason"] for r in result["not_expressed"]}
@@ -588,6 +594,28 @@ def test_frontend_latency_delays_every_request_before_it_is_queued(wh: Path):
     sc = scenario(**{"pools.frontend_latency_us": 40000.0})
     req = simulate(sc, wh)["requests"]
     assert (req.queue_ms >= 40.0).all() and (req.ttft_ms >= 40.0).all()
+
+
+def test_a_replay_takes_the_calibrated_frontend_latency_unless_its_pool_sets_one(wh: Path, tmp_path: Path):
+    from hermes_sim.replay.pools.llm.build import frontend_latency
+
+    root = tmp_path / "wh"
+    shutil.copytree(wh, root)
+    pool = scenario().pools[0].model_copy(update={"framework": "vllm"})
+    assert frontend_latency(pool, root).us == 0.0 and frontend_latency(pool, root).source.startswith("none:")
+    fit = {"step_overhead_us": 100.0, "frontend_latency_us": 30000.0, "fitted_on": "silicon_h100.csv"}
+    (root / "models/serving_overheads.json").write_text(json.dumps({"h100_sxm": {"vllm": fit}}))
+    got = frontend_latency(pool, root)
+    assert (
+        got.us == 30000.0
+        and got.source == "calibrated (serving_overheads.json, h100_sxm/vllm, fitted on silicon_h100.csv)"
+    )
+    own = frontend_latency(pool.model_copy(update={"frontend_latency_us": 5.0}), root)
+    assert (own.us, own.source) == (5.0, "scenario")
+    out = simulate(scenario(**{"pools.framework": "vllm"}), root)
+    assert (out["requests"].ttft_ms >= 30.0).all()
+    assert out["summary"]["pools"]["main"]["frontend_latency_us"] == 30000.0
+    assert out["summary"]["pools"]["main"]["frontend_latency_source"] == got.source
 
 
 def test_synthetic_lengths_fixed_lognormal_and_drawn_from_a_log(wh: Path):

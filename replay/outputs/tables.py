@@ -174,6 +174,8 @@ def pool_facts(pool) -> dict:
             step_overhead_us=pool.step_overhead.iteration_us,
             sequence_overhead_us=pool.step_overhead.sequence_us,
             step_overhead_source=pool.step_overhead.source,
+            frontend_latency_us=pool.frontend.us,
+            frontend_latency_source=pool.frontend.source,
             prefix=[(rep.prefix.hit_tokens, rep.prefix.lookup_tokens) for rep in pool.replicas if rep.prefix],
             swapped_blocks=[rep.swap.swapped_blocks for rep in pool.replicas if rep.swap is not None],
         )
@@ -321,6 +323,8 @@ def _pool_summary(f: dict, span: float) -> dict:
             "step_overhead_us": f["step_overhead_us"],
             "sequence_overhead_us": f["sequence_overhead_us"],
             "step_overhead_source": f["step_overhead_source"],
+            "frontend_latency_us": f["frontend_latency_us"],
+            "frontend_latency_source": f["frontend_latency_source"],
             "cost_tiers": f["cost_tiers"],
             "priced_by": f.get("priced_by", {}),
         }

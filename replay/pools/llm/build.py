@@ -37,6 +37,7 @@ class _OverheadFit(BaseModel):
     model_config = ConfigDict(extra="allow")
     step_overhead_us: float
     sequence_overhead_us: float = 0.0
+    frontend_latency_us: float = 0.0
 
 
 _OVERHEADS = TypeAdapter(dict[str, dict[str, _OverheadFit]])
@@ -82,29 +83,58 @@ class StepOverhead:
         return self.iteration_us + self.sequence_us * sequences
 
 
-def step_overhead(pool: LLMPoolSpec, warehouse_root: Path) -> StepOverhead:
-    """A pool's serving-loop overhead: its own setting, else the one calibrated for its device and framework
-    against measured serving runs (`hermes-sim validate silicon`), else a default."""
-    if pool.step_overhead_us is not None:
-        return StepOverhead(pool.step_overhead_us, pool.sequence_overhead_us or 0.0, "scenario")
+@dataclass(frozen=True)
+class FrontendLatency:
+    """The request path outside the engine (HTTP frontend, tokenization, routing, the first token streamed back):
+    microseconds every request spends before the engine sees it, and where the figure came from."""
+
+    us: float
+    source: str
+
+
+def _serving_fit(pool: LLMPoolSpec, warehouse_root: Path) -> tuple[dict | None, str, str]:
+    """The fit `validate silicon` made for the pool's device and framework (None without one), where it came
+    from, and what is missing and what is calibrated when there is none."""
     path = Path(warehouse_root) / MODELS_DIR / OVERHEADS_FILE
     fitted = read_overheads(path).get(pool.device, {})
     if pool.framework in fitted:
         f = fitted[pool.framework]
         fitted_on = f", fitted on {f['fitted_on']}" if f.get("fitted_on") else ""  # older files do not say
+        return f, f"calibrated ({path.name}, {pool.device}/{pool.framework}{fitted_on})", ""
+    known = ", ".join(f"{pool.device}/{fw}" for fw in fitted) or "none"
+    missing = f"{pool.device}/{pool.framework}" if pool.framework else f"{pool.device} with no framework named"
+    return None, "", f"{missing} (calibrated: {known})"
+
+
+def step_overhead(pool: LLMPoolSpec, warehouse_root: Path) -> StepOverhead:
+    """A pool's serving-loop overhead: its own setting, else the one calibrated for its device and framework
+    against measured serving runs (`hermes-sim validate silicon`), else a default."""
+    if pool.step_overhead_us is not None:
+        return StepOverhead(pool.step_overhead_us, pool.sequence_overhead_us or 0.0, "scenario")
+    f, source, missing = _serving_fit(pool, warehouse_root)
+    if f is not None:
         return StepOverhead(
             f["step_overhead_us"],
             f.get("sequence_overhead_us", 0.0) if pool.sequence_overhead_us is None else pool.sequence_overhead_us,
-            f"calibrated ({path.name}, {pool.device}/{pool.framework}{fitted_on})",
+            source,
         )
-    known = ", ".join(f"{pool.device}/{fw}" for fw in fitted) or "none"
-    missing = f"{pool.device}/{pool.framework}" if pool.framework else f"{pool.device} with no framework named"
     return StepOverhead(
         DEFAULT_STEP_OVERHEAD_US,
         pool.sequence_overhead_us or 0.0,
-        f"default: no step overhead calibrated for {missing} (calibrated: {known}); "
+        f"default: no step overhead calibrated for {missing}; "
         "run `hermes-sim validate silicon`, name a pool framework, or set step_overhead_us",
     )
+
+
+def frontend_latency(pool: LLMPoolSpec, warehouse_root: Path) -> FrontendLatency:
+    """A pool's frontend latency: its own setting, else the one `validate silicon` fitted for its device and
+    framework with the step overhead (files written before it was fitted hold none: 0), else 0 (no frontend)."""
+    if pool.frontend_latency_us is not None:
+        return FrontendLatency(pool.frontend_latency_us, "scenario")
+    f, source, missing = _serving_fit(pool, warehouse_root)
+    if f is not None:
+        return FrontendLatency(f.get("frontend_latency_us", 0.0), source)
+    return FrontendLatency(0.0, f"none: no frontend latency calibrated for {missing}")
 
 
 # the most recently used priced grids kept: each holds per-integer tables, and a validation or search run
@@ -203,7 +233,8 @@ def build_llm_pool(
         replicas.append(Replica(i, cost, kv, policy, pool.max_model_len, prefix, swap))
     out = LLMPool(pool.name, replicas, ROUTERS[pool.router or default_router](), loop, skip_ahead)
     out.spec, out.device, out.model_id = pool, dev, mdl.id
-    out.frontend_s = pool.frontend_latency_us / 1e6
+    out.frontend = frontend_latency(pool, warehouse_root)
+    out.frontend_s = out.frontend.us / 1e6
     out.kv_bytes_per_token = kv_bytes_per_token(pool, mdl)
     out.hash_tokens = pool.memory.prefix_block_tokens
     out.devices_per_replica = pool.tp * pool.pp
