@@ -395,6 +395,13 @@ def _frontend(fitted: dict, row: pd.Series) -> float:
     return _fitted(fitted, row).get("frontend_latency_us", 0.0)
 
 
+def pick_frontend(ttft_median: dict[float, float], tpot_p90: dict[float, float]) -> float:
+    """Of the candidate frontend latencies (us; 0 among them), the one with the least TTFT median APE among those
+    whose TPOT p90 APE is no worse than 0's; the smaller on a tie."""
+    allowed = [us for us in ttft_median if tpot_p90[us] <= tpot_p90[0.0] + 1e-9]
+    return min(allowed, key=lambda us: (ttft_median[us], us))
+
+
 def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advance) -> tuple[dict, dict]:
     """On the calibration half, for each client length spread of SPREADS: the rows simulated without the
     overhead, the overhead fitted on their TPOT gaps, the rows simulated again with it. Per (device,
@@ -483,8 +490,7 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
 
         ttft = {us: float(np.median(ape(sims, "ttft"))) for us, sims in by_frontend.items()}
         tpot = {us: float(np.percentile(ape(sims, "tpot"), 90)) for us, sims in by_frontend.items()}
-        allowed = [us for us in by_frontend if tpot[us] <= tpot[0.0] + 1e-9]
-        return min(allowed, key=lambda us: (ttft[us], us)), {
+        return pick_frontend(ttft, tpot), {
             str(us): {"ttft_median_ape": round(ttft[us], 4), "tpot_p90_ape": round(tpot[us], 4)} for us in ttft
         }
 

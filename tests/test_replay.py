@@ -596,6 +596,16 @@ def test_frontend_latency_delays_every_request_before_it_is_queued(wh: Path):
     assert (req.queue_ms >= 40.0).all() and (req.ttft_ms >= 40.0).all()
 
 
+def test_the_frontend_latency_is_the_best_ttft_that_leaves_tpot_no_worse():
+    from hermes_sim.replay.validate import pick_frontend
+
+    ttft = {0.0: 0.30, 10000.0: 0.20, 20000.0: 0.12, 40000.0: 0.10}
+    assert pick_frontend(ttft, dict.fromkeys(ttft, 0.1)) == 40000.0
+    assert pick_frontend(ttft, {0.0: 0.1, 10000.0: 0.1, 20000.0: 0.1, 40000.0: 0.2}) == 20000.0  # TPOT moved
+    assert pick_frontend(dict.fromkeys(ttft, 0.2), dict.fromkeys(ttft, 0.1)) == 0.0  # a tie: none
+    assert pick_frontend({0.0: 0.3, 10000.0: 0.1}, {0.0: 0.1, 10000.0: 0.15}) == 0.0
+
+
 def test_a_replay_takes_the_calibrated_frontend_latency_unless_its_pool_sets_one(wh: Path, tmp_path: Path):
     from hermes_sim.replay.pools.llm.build import frontend_latency
 
