@@ -731,8 +731,10 @@ def test_replay_interval_brackets_the_point_and_the_cli_prints_it(wh: Path):
     assert "90% interval" in shown.stdout and f"tpot_ms.p50 [{lo}, {hi}]" in shown.stdout
 
 
-def test_validate_silicon_interval_reports_coverage_of_held_out_rows(wh: Path):
-    result = validate(SAMPLES / "e2e/silicon_h100.csv", wh, interval=True)
+def test_validate_silicon_interval_reports_coverage_of_held_out_rows(wh: Path, tmp_path: Path):
+    root = tmp_path / "wh"  # a whole run writes its fits: on a copy, not the session's shared warehouse
+    shutil.copytree(wh, root)
+    result = validate(SAMPLES / "e2e/silicon_h100.csv", root, interval=True)
     held = [r for r in result["rows"] if r["held_out"]]
     assert held and all(r["predicted_tpot_ms_lower"] < r["predicted_tpot_ms_upper"] for r in held)
     coverage = result["summary"]["held_out_interval_90_coverage"]

@@ -106,12 +106,13 @@ def _serving_fit(pool: LLMPoolSpec, warehouse_root: Path) -> tuple[dict | None, 
     return None, "", f"{missing} (calibrated: {known})"
 
 
-def step_overhead(pool: LLMPoolSpec, warehouse_root: Path) -> StepOverhead:
+def step_overhead(pool: LLMPoolSpec, warehouse_root: Path, fit: tuple | None = None) -> StepOverhead:
     """A pool's serving-loop overhead: its own setting, else the one calibrated for its device and framework
-    against measured serving runs (`hermes-sim validate silicon`), else a default."""
+    against measured serving runs (`hermes-sim validate silicon`), else a default. `fit`: _serving_fit's answer,
+    when the caller has it."""
     if pool.step_overhead_us is not None:
         return StepOverhead(pool.step_overhead_us, pool.sequence_overhead_us or 0.0, "scenario")
-    f, source, missing = _serving_fit(pool, warehouse_root)
+    f, source, missing = fit or _serving_fit(pool, warehouse_root)
     if f is not None:
         return StepOverhead(
             f["step_overhead_us"],
@@ -126,12 +127,12 @@ def step_overhead(pool: LLMPoolSpec, warehouse_root: Path) -> StepOverhead:
     )
 
 
-def frontend_latency(pool: LLMPoolSpec, warehouse_root: Path) -> FrontendLatency:
+def frontend_latency(pool: LLMPoolSpec, warehouse_root: Path, fit: tuple | None = None) -> FrontendLatency:
     """A pool's frontend latency: its own setting, else the one `validate silicon` fitted for its device and
     framework with the step overhead (files written before it was fitted hold none: 0), else 0 (no frontend)."""
     if pool.frontend_latency_us is not None:
         return FrontendLatency(pool.frontend_latency_us, "scenario")
-    f, source, missing = _serving_fit(pool, warehouse_root)
+    f, source, missing = fit or _serving_fit(pool, warehouse_root)
     if f is not None:
         return FrontendLatency(f.get("frontend_latency_us", 0.0), source)
     return FrontendLatency(0.0, f"none: no frontend latency calibrated for {missing}")
@@ -217,7 +218,10 @@ def build_llm_pool(
         blocks * pool.memory.block_tokens,
         mdl.id,
     )
-    overhead = step_overhead(pool, warehouse_root)
+    # the overheads file read once for both figures, and not at all when the pool sets them
+    unset = pool.step_overhead_us is None or pool.frontend_latency_us is None
+    fit = _serving_fit(pool, warehouse_root) if unset else None
+    overhead = step_overhead(pool, warehouse_root, fit)
     cost = iteration_cost(pool, warehouse_root, overhead, price_at)
     policy = BATCHING[pool.batching.policy](pool.batching)
     block_bytes = kv_block_bytes(pool, mdl)
@@ -233,7 +237,7 @@ def build_llm_pool(
         replicas.append(Replica(i, cost, kv, policy, pool.max_model_len, prefix, swap))
     out = LLMPool(pool.name, replicas, ROUTERS[pool.router or default_router](), loop, skip_ahead)
     out.spec, out.device, out.model_id = pool, dev, mdl.id
-    out.frontend = frontend_latency(pool, warehouse_root)
+    out.frontend = frontend_latency(pool, warehouse_root, fit)
     out.frontend_s = out.frontend.us / 1e6
     out.kv_bytes_per_token = kv_bytes_per_token(pool, mdl)
     out.hash_tokens = pool.memory.prefix_block_tokens
