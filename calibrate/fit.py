@@ -3,12 +3,14 @@
 
 The regression is log(latency_us / roofline_us) = b . x: the log inefficiency over the speed of light, with
 x = [1, compute share of the roofline and its square, launch floors log1p(tau / roofline_us), wave quantization (GEMM),
-kernel indicators, and a polynomial in the standardized log shape dims, clipped to the range seen in fitting].
+the query-tile schedule (prefill attention: attention_schedule), kernel indicators, and a polynomial in the
+standardized log shape dims, clipped to the range seen in fitting].
 Floors vanish and the clipped polynomial stops moving beyond the fitted shapes, so far outside the data a
 prediction becomes the roofline times the last efficiency seen: it extrapolates like physics, not like a
 polynomial. Decode attention, which streams the KV cache, and GEMMs instead add the extra work beyond the
 measured shapes at a sustained efficiency to the prediction at their edge (Fitted._stream_beyond, _gemm_beyond):
-the fixed costs the edge's efficiency carries do not grow with the work. The degree (the form)
+the fixed costs the edge's efficiency carries do not grow with the work; a prefill attention batch past the fitted
+work is no less efficient than the largest batch fitted at its lengths (Fitted._batch_bound). The degree (the form)
 is chosen by grouped cross-validation on the training rows, holding out whole shapes, never by in-sample fit.
 Coefficients keep their 95% confidence intervals. What the form still misses at the measured shapes is kept per
 kernel cell and interpolated between them (surface.py)."""
@@ -47,6 +49,8 @@ PAST_MEASURED_RULE = {
     GEMM: f"the edge of the measured shapes plus the extra work at the sustained efficiency {SUSTAINED_EFFICIENCY}",
     DECODE: f"the edge of the measured shapes plus the extra KV streamed at the sustained efficiency "
     f"{SUSTAINED_EFFICIENCY}",
+    PREFILL: f"the efficiency at the edge of the measured shapes, its bound decaying towards {SUSTAINED_EFFICIENCY} "
+    "with an e-fold every 4x of roofline time, and no less efficient than the largest batch measured at its lengths",
 }
 PAST_MEASURED_DEFAULT = (
     f"the efficiency at the edge of the measured shapes, its bound decaying towards {SUSTAINED_EFFICIENCY} with an "
@@ -56,6 +60,7 @@ PRIOR_SCALE = float(np.log(4.0))  # offsets and slopes per kernel when a table m
 CV_FOLDS = 4
 CV_MAX_ROWS = 10000
 TILE = 128  # GEMM output tile edge for wave quantization
+ATTENTION_TILE = 128  # query rows (and KV rows) per thread block of FlashAttention-2/3's forward kernels
 
 # Size dims enter as a full polynomial of the form's degree; config dims (head layout, window, GPU count)
 # enter linearly and through their products with the size polynomial up to degree 2.
@@ -133,6 +138,9 @@ class Form:
     # decode attention: the measured batch sizes, ascending, and the longest KV length measured at that batch
     # size or a larger one (the edge of the measured shapes in both dims at once; empty in older artifacts)
     kv_hull: list[list[float]] = field(default_factory=list)
+    # prefill attention on a GPU: the kernel's schedule of query tiles (attention_schedule) enters the design
+    # (False in older artifacts, whose coefficients were fitted without it)
+    tile_schedule: bool = False
 
     def monomials(self) -> list[tuple[int, ...]]:
         """The size-polynomial terms, as tuples of size-dim indices, lowest degree first."""
@@ -202,6 +210,8 @@ class Form:
         cols.extend(np.log1p(tau / roof) for tau in FLOOR_US)
         if self.family == GEMM and self.compute_units > 1:
             cols.append(np.log(_wave_efficiency(df, self.compute_units)))
+        if self.tile_schedule:
+            cols.extend(attention_schedule(df, self.compute_units))
         for column, values in self.categories.items():
             got = self.category(df, column)
             for value in values[1:]:  # the first value is the baseline
@@ -243,13 +253,40 @@ class Form:
         return ResidualSurface.build(self.dims[: self.n_size], self.cells(df), df, resid)
 
     def n_features(self) -> int:
-        base = 3 + len(FLOOR_US) + (self.family == GEMM and self.compute_units > 1)
+        base = 3 + len(FLOOR_US) + (self.family == GEMM and self.compute_units > 1) + 2 * self.tile_schedule
         base += sum(2 * (len(v) - 1) for v in self.categories.values())
         if not self.degree:
             return base
         monomials = self.monomials()
         low = sum(len(combo) <= CONFIG_INTERACTION_DEGREE for combo in monomials)
         return base + len(monomials) + (len(self.dims) - self.n_size) * (1 + low)
+
+
+def attention_schedule(df: pd.DataFrame, units: int) -> tuple[np.ndarray, np.ndarray]:
+    """What a FlashAttention-style prefill kernel's schedule costs beyond its FLOPs, as two design columns.
+
+    The kernel runs one thread block per (sequence, query head, tile of ATTENTION_TILE query rows); a causal block
+    reads the KV blocks up to its last query row (its prefix's and its own chunk's), capped by a sliding window.
+    - the last wave: log(1 + longest block's KV blocks x units / all blocks' KV blocks). With many blocks per
+      multiprocessor the total work sets the time; with few, the longest block does (the time is at least
+      max(total / units, longest)). A large batch drives it to 0, which is how the fit extrapolates in batch;
+    - the per-block fixed work (loading its query tile, the softmax's last rescale, writing its output) against
+      its KV loop: 1 / the mean KV blocks a block reads."""
+
+    def col(name: str, default: float) -> np.ndarray:
+        if name not in df.columns:
+            return np.full(len(df), default)
+        return np.nan_to_num(pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float), nan=default)
+
+    seq = np.maximum(col("seq_len", 1.0), 1.0)
+    kv = np.maximum(col("kv_len", 1.0), seq)
+    tiles = np.ceil(seq / ATTENTION_TILE)
+    window = col("window_size", 0.0)
+    cap = np.where(window > 0, np.ceil(window / ATTENTION_TILE) + 1, np.inf)
+    mean_blocks = np.minimum(np.floor((kv - seq) / ATTENTION_TILE) + (tiles + 1) / 2, cap)
+    longest = np.minimum(np.ceil(kv / ATTENTION_TILE), cap)
+    total = np.maximum(col("batch_size", 1.0) * col("num_heads", 1.0) * tiles * mean_blocks, 1.0)
+    return np.log1p(longest * units / total), 1.0 / np.maximum(mean_blocks, 1.0)
 
 
 def _wave_efficiency(df: pd.DataFrame, units: int) -> np.ndarray:
@@ -288,6 +325,7 @@ def make_form(family: str, df: pd.DataFrame, degree: int, device: Device) -> For
         compute_units=device.compute_units if device.kind == "gpu" else 0,
         categories=categories,
         max_power=[int(df[d].nunique(dropna=True)) - 1 for d in size],
+        tile_schedule=family == PREFILL and device.kind == "gpu" and device.compute_units > 1,
     )
 
 
@@ -337,7 +375,34 @@ class Fitted:
         over = self.form.beyond(df)
         if self.form.family == GEMM:
             out = self._gemm_beyond(df, device, roof, out, over)
+        if self.form.tile_schedule:
+            out = self._batch_bound(df, device, roof, out, over)
         return out, over > 0
+
+    def _batch_bound(
+        self, df: pd.DataFrame, device: Device, roof: np.ndarray, out: np.ndarray, over: np.ndarray
+    ) -> np.ndarray:
+        """A prefill attention batch past the fitted work is never priced less efficient than the largest batch
+        fitted at its lengths: more sequences add thread blocks (waves), not work per block. Without the bound the
+        clipped polynomial carried a small batch's efficiency into large ones: on H100 TRT-LLM bf16's extrapolation
+        split, 32-128 sequences of 1-2k tokens came out 2.5-3.5x too slow (p90 62.7% -> 50.8% with it)."""
+        far = np.flatnonzero(over > 0)
+        if not len(far) or "batch_size" not in self.form.dims[: self.form.n_size]:
+            return out
+        edge = df.iloc[far].copy()
+        batch = pd.to_numeric(edge["batch_size"], errors="coerce").to_numpy(dtype=float)
+        fitted_batch = np.maximum(
+            np.floor(np.expm1(self.form.work_max - (self.form.work(edge) - _log_dim(edge, "batch_size")))), 1.0
+        )
+        smaller = fitted_batch < batch
+        if not smaller.any():
+            return out
+        far, edge = far[smaller], edge[smaller].assign(batch_size=fitted_batch[smaller])
+        edge_terms = roofline(edge, device)
+        efficiency = edge_terms["roofline_us"].to_numpy() / self._predict_form(edge, edge_terms)
+        out = out.copy()
+        out[far] = np.minimum(out[far], roof[far] / efficiency)
+        return out
 
     def _gemm_beyond(
         self, df: pd.DataFrame, device: Device, roof: np.ndarray, out: np.ndarray, over: np.ndarray
