@@ -278,15 +278,22 @@ def attention_schedule(df: pd.DataFrame, units: int) -> tuple[np.ndarray, np.nda
             return np.full(len(df), default)
         return np.nan_to_num(pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float), nan=default)
 
-    seq = np.maximum(col("seq_len", 1.0), 1.0)
-    kv = np.maximum(col("kv_len", 1.0), seq)
+    blocks, longest = attention_blocks(col("seq_len", 1.0), col("kv_len", 1.0), col("window_size", 0.0))
+    total = np.maximum(col("batch_size", 1.0) * col("num_heads", 1.0) * blocks, 1.0)
+    tiles = np.ceil(np.maximum(col("seq_len", 1.0), 1.0) / ATTENTION_TILE)
+    return np.log1p(longest * units / total), tiles / np.maximum(blocks, tiles)
+
+
+def attention_blocks(seq, kv, window=0.0):
+    """(KV blocks all query tiles of one sequence and head read, the longest tile's): a chunk of `seq` new tokens
+    whose attention spans `kv` (its cached prefix and itself), causal, capped by a sliding window (0: none).
+    Arrays or plain numbers."""
+    seq = np.maximum(seq, 1.0)
+    kv = np.maximum(kv, seq)
     tiles = np.ceil(seq / ATTENTION_TILE)
-    window = col("window_size", 0.0)
-    cap = np.where(window > 0, np.ceil(window / ATTENTION_TILE) + 1, np.inf)
-    mean_blocks = np.minimum(np.floor((kv - seq) / ATTENTION_TILE) + (tiles + 1) / 2, cap)
-    longest = np.minimum(np.ceil(kv / ATTENTION_TILE), cap)
-    total = np.maximum(col("batch_size", 1.0) * col("num_heads", 1.0) * tiles * mean_blocks, 1.0)
-    return np.log1p(longest * units / total), 1.0 / np.maximum(mean_blocks, 1.0)
+    cap = np.where(np.asarray(window) > 0, np.ceil(np.maximum(window, 1.0) / ATTENTION_TILE) + 1, np.inf)
+    mean = np.minimum(np.floor((kv - seq) / ATTENTION_TILE) + (tiles + 1) / 2, cap)
+    return tiles * mean, np.minimum(np.ceil(kv / ATTENTION_TILE), cap)
 
 
 def _wave_efficiency(df: pd.DataFrame, units: int) -> np.ndarray:
@@ -346,6 +353,11 @@ class Fitted:
     # (Form.beyond): measured at fit time by predicting the larger half of the training shapes from the smaller
     # half (extrapolation_growth); None for artifacts older than it, or too few shapes to say (no widening)
     log_interval_growth: float | None = None
+
+    @property
+    def last_wave_weight(self) -> float | None:
+        """The fitted weight of prefill attention's last-wave column (attention_schedule), None without one."""
+        return float(self.coef[3 + len(FLOOR_US)]) if self.form.tile_schedule else None
 
     def interval_factors(self, df: pd.DataFrame | None = None) -> tuple[np.ndarray | float, np.ndarray | float]:
         """(lower, upper) multipliers of a prediction bounding its 90% interval; (1, 1) when it has none. Given

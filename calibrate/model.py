@@ -158,6 +158,12 @@ class CostModel:
                 "priced_as": past_measured_rule(fitted),
             }
 
+    def last_wave_weight(self, family: str, dtype: str) -> float | None:
+        """The weight a measured-calibrated fit of the family gives prefill attention's last wave
+        (fit.attention_schedule); None for other fits and tiers."""
+        fitted = self._pick(self.models, family, dtype)
+        return fitted.last_wave_weight if fitted is not None else None
+
     def predict(self, ops: pd.DataFrame) -> pd.DataFrame:
         """latency_us, roofline_us, tier and past_measured (priced by a rule past the measured shapes, not by the
         data) for every op row (kernel_samples columns + op_family, dtype)."""

@@ -6,6 +6,7 @@ op runs in the pass on one device), so `roofline()` and the calibrated cost mode
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,12 +79,14 @@ def layer_rows(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism(
     add("qkv_proj", "gemm", m=T, n=(h + 2 * hk) * d, k=model.hidden)
     kv_dtype = par.kv_cache_dtype or par.dtype
     causal = model.kind == "decoder"
-    for q, cached in batch.prefill:
+    # one attention kernel per layer runs every prefill chunk (a variable-length batch): equal chunks are one row,
+    # the measured kernel at that batch size
+    for (q, cached), same in Counter(batch.prefill).items():
         kv = cached + q if causal else q
         add(
             "attention_prefill",
             "attention_prefill",
-            batch_size=1,
+            batch_size=same,
             seq_len=q,
             kv_len=kv,
             num_heads=h,

@@ -398,6 +398,31 @@ def test_the_engine_charges_the_per_sequence_overhead_for_every_sequence_of_an_i
     assert runs[0][-1] - runs[1][-1] == pytest.approx(40 * (300.0 + 40.0 * 16) / 1e6)
 
 
+def test_an_iteration_s_prefill_chunks_run_as_one_attention_kernel(wh: Path):
+    """Every prefill chunk of an iteration shares one attention kernel per layer (a variable-length batch), so
+    they share its last wave: several chunks cost less than each priced alone, the fewer thread blocks each
+    chunk fills on its own (fewer query heads per GPU) the more; one chunk costs what it did; order is no matter."""
+    from hermes_sim.calibrate.ops import Batch, layer_ops
+    from hermes_sim.replay.pools.llm.build import StepOverhead, iteration_cost
+
+    saving = {}
+    for tp in (1, 8):
+        cost = iteration_cost(scenario(**{"pools.tp": tp}).pools[0], wh, StepOverhead(0.0, 0.0, "test"))
+        assert cost._wave is not None  # the bundled H100 vLLM prefill fit weighs the schedule
+        chunks = [(512, 0)] * 6 + [(256, 1024), (128, 64)]
+        one = cost.iteration_us(chunks, 0, 0)
+        assert one == cost.iteration_us(chunks[::-1], 0, 0)
+        wave, cost._wave = cost._wave, None
+        alone, single = cost.iteration_us(chunks, 0, 0), cost.iteration_us([(512, 0)], 0, 0)
+        cost._wave = wave
+        assert cost.iteration_us([(512, 0)], 0, 0) == single
+        saving[tp] = 1 - one / alone
+    assert 0 < saving[1] < saving[8]
+    ops = layer_ops(model("llama-3.1-8b"), Batch(prefill=((512, 0),) * 6 + ((256, 1024),)))
+    attention = ops[ops["name"] == "attention_prefill"]
+    assert attention["batch_size"].tolist() == [6, 1]  # equal chunks: the measured kernel at that batch size
+
+
 def test_a_closed_loop_client_draws_its_lengths_around_the_mean_with_its_spread_seeded():
     from hermes_sim.replay.sources import ClosedLoopSource
 

@@ -4,7 +4,8 @@ A batch's forward pass decomposes (calibrate.ops.layer_ops) into parts that depe
 - token-linear ops (QKV / O / MLP GEMMs, norms, activation, TP all-reduces): the batch's token count T;
 - the LM head: the number of sequences S;
 - decode attention: the decode count B and their mean KV length L;
-- prefill attention: each chunk's new tokens q and cached tokens p.
+- prefill attention: each chunk's new tokens q and cached tokens p; an iteration's chunks run as one kernel and
+  share its last wave (_one_kernel).
 Each part is priced once on a log-spaced grid with the device's CostModel (every op carrying its tier; batches
 small enough to be CUDA-graph captured priced with graph-captured kernels where those were measured) and
 interpolated in log-log space afterwards (1-D parts tabulated per integer; decode attention linearly along the
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ....calibrate.catalog import ModelConfig
+from ....calibrate.fit import attention_blocks
 from ....calibrate.model import CostModel
 from ....calibrate.ops import Batch, Parallelism, layer_ops, layer_rows
 
@@ -75,6 +77,18 @@ class IterationCost:
         self._rows: dict[tuple[str, int], tuple[np.ndarray, list[float]]] = {}
         self._decode_rows: dict[int, tuple] = {}
         self._chunks: dict[tuple[int, int], float] = {}
+        self._wave = self._last_wave()
+        self._kernel_shares: dict[tuple[int, int], tuple[float, float, float]] = {}
+
+    def _last_wave(self) -> tuple[float, float, int] | None:
+        """(the fit's last-wave weight, query heads per GPU, the device's multiprocessors) when prefill attention is
+        priced by a fit of its kernel's tile schedule (calibrate.fit.attention_schedule), else None."""
+        ops = layer_ops(self.model, Batch(prefill=((1, 0),)), self.par)
+        row = ops[ops["name"] == "attention_prefill"].iloc[0]
+        weight = self.cost.last_wave_weight(row["op_family"], row["dtype"])
+        if not weight:
+            return None
+        return weight, float(row["num_heads"]), self.cost.device.compute_units
 
     def with_overhead(self, step_us: float, sequence_us: float) -> IterationCost:
         """The same priced grids with another serving-loop overhead: a shallow copy sharing the grids and their
@@ -198,11 +212,32 @@ class IterationCost:
             attention += c
         if tokens == 0:
             return 0.0
+        if len(prefill) > 1 and self._wave is not None:
+            attention = self._one_kernel(prefill)
         if decode_count:
             base, slope, _, _ = self._decode_rows.get(decode_count) or self._decode_row(decode_count)
             grid, width = self._l_lin
             attention += _linear(grid, width, base, slope, decode_kv_sum / decode_count)
         return self.fixed_us(tokens, len(prefill) + decode_count) + attention
+
+    def _one_kernel(self, prefill: list[tuple[int, int]]) -> float:
+        """An iteration's prefill chunks run as one attention kernel (FlashAttention's variable-length batch; vLLM,
+        SGLang and TRT-LLM each launch one per layer), not one per chunk: each chunk's time without its own last
+        wave, times the last wave of all their thread blocks together (as the fit weighs it; at one chunk this is
+        the chunk's own time)."""
+        weight, heads, units = self._wave
+        shares, alone, blocks, longest = self._kernel_shares, 0.0, 0.0, 0.0
+        for chunk in prefill:
+            share = shares.get(chunk)
+            if share is None:
+                q, p = chunk
+                n, top = (float(x) for x in attention_blocks(float(q), float(q + p)))
+                own_wave = (1.0 + top * units / (heads * n)) ** weight
+                share = shares[chunk] = (self._chunks[chunk] / own_wave, heads * n, top)
+            alone += share[0]
+            blocks += share[1]
+            longest = max(longest, share[2])
+        return alone * (1.0 + longest * units / blocks) ** weight
 
 
 def _locate(grid: list[float], x: float) -> tuple[int, float]:
