@@ -210,7 +210,7 @@ class Form:
         cols.extend(np.log1p(tau / roof) for tau in FLOOR_US)
         if self.family == GEMM and self.compute_units > 1:
             cols.append(np.log(_wave_efficiency(df, self.compute_units)))
-        if self.tile_schedule:
+        if self.tile_schedule:  # at last_wave_column
             cols.extend(attention_schedule(df, self.compute_units))
         for column, values in self.categories.items():
             got = self.category(df, column)
@@ -252,6 +252,11 @@ class Form:
     def surface(self, df: pd.DataFrame, resid: np.ndarray) -> ResidualSurface:
         return ResidualSurface.build(self.dims[: self.n_size], self.cells(df), df, resid)
 
+    def last_wave_column(self) -> int:
+        """Where design() puts prefill attention's last-wave column (after the intercept, the compute share and its
+        square, the floors and GEMM's wave column)."""
+        return 3 + len(FLOOR_US) + (self.family == GEMM and self.compute_units > 1)
+
     def n_features(self) -> int:
         base = 3 + len(FLOOR_US) + (self.family == GEMM and self.compute_units > 1) + 2 * self.tile_schedule
         base += sum(2 * (len(v) - 1) for v in self.categories.values())
@@ -278,22 +283,21 @@ def attention_schedule(df: pd.DataFrame, units: int) -> tuple[np.ndarray, np.nda
             return np.full(len(df), default)
         return np.nan_to_num(pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float), nan=default)
 
-    blocks, longest = attention_blocks(col("seq_len", 1.0), col("kv_len", 1.0), col("window_size", 0.0))
+    tiles, blocks, longest = attention_blocks(col("seq_len", 1.0), col("kv_len", 1.0), col("window_size", 0.0))
     total = np.maximum(col("batch_size", 1.0) * col("num_heads", 1.0) * blocks, 1.0)
-    tiles = np.ceil(np.maximum(col("seq_len", 1.0), 1.0) / ATTENTION_TILE)
     return np.log1p(longest * units / total), tiles / np.maximum(blocks, tiles)
 
 
 def attention_blocks(seq, kv, window=0.0):
-    """(KV blocks all query tiles of one sequence and head read, the longest tile's): a chunk of `seq` new tokens
-    whose attention spans `kv` (its cached prefix and itself), causal, capped by a sliding window (0: none).
-    Arrays or plain numbers."""
+    """(query tiles, KV blocks all of them read, the longest tile's) of one sequence and head: a chunk of `seq`
+    new tokens whose attention spans `kv` (its cached prefix and itself), causal, capped by a sliding window (0:
+    none). Arrays or plain numbers."""
     seq = np.maximum(seq, 1.0)
     kv = np.maximum(kv, seq)
     tiles = np.ceil(seq / ATTENTION_TILE)
     cap = np.where(np.asarray(window) > 0, np.ceil(np.maximum(window, 1.0) / ATTENTION_TILE) + 1, np.inf)
     mean = np.minimum(np.floor((kv - seq) / ATTENTION_TILE) + (tiles + 1) / 2, cap)
-    return tiles * mean, np.minimum(np.ceil(kv / ATTENTION_TILE), cap)
+    return tiles, tiles * mean, np.minimum(np.ceil(kv / ATTENTION_TILE), cap)
 
 
 def _wave_efficiency(df: pd.DataFrame, units: int) -> np.ndarray:
@@ -357,7 +361,7 @@ class Fitted:
     @property
     def last_wave_weight(self) -> float | None:
         """The fitted weight of prefill attention's last-wave column (attention_schedule), None without one."""
-        return float(self.coef[3 + len(FLOOR_US)]) if self.form.tile_schedule else None
+        return float(self.coef[self.form.last_wave_column()]) if self.form.tile_schedule else None
 
     def interval_factors(self, df: pd.DataFrame | None = None) -> tuple[np.ndarray | float, np.ndarray | float]:
         """(lower, upper) multipliers of a prediction bounding its 90% interval; (1, 1) when it has none. Given

@@ -231,7 +231,7 @@ class IterationCost:
             share = shares.get(chunk)
             if share is None:
                 q, p = chunk
-                n, top = (float(x) for x in attention_blocks(float(q), float(q + p)))
+                _, n, top = (float(x) for x in attention_blocks(float(q), float(q + p)))
                 own_wave = (1.0 + top * units / (heads * n)) ** weight
                 share = shares[chunk] = (self._chunks[chunk] / own_wave, heads * n, top)
             alone += share[0]
