@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -407,7 +407,16 @@ def _surface_points(table: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.
     return rows_of, np.column_stack([cell, grid_index]), t.column("residual_log").to_numpy().astype(float)
 
 
-def fitted_from_entry(entry: dict) -> Fitted:
+def fitted_from_entry(entry: dict, where: str = "the artifact") -> Fitted:
+    """A fitted model read back; a form with fields this version does not know (an artifact written by a newer
+    hermes-sim) is a clear error, not a TypeError."""
+    unknown = sorted(set(entry["form"]) - {f.name for f in fields(Form)})
+    if unknown:
+        raise ValueError(
+            f"{where}: the {entry.get('family')} model ({entry.get('dtype')}, {entry.get('framework')}) has form "
+            f"fields this hermes-sim does not know ({', '.join(unknown)}): it was written by a newer version; "
+            "recalibrate with this one (`hermes-sim calibrate --device D`) or upgrade"
+        )
     return Fitted(
         form=Form(**entry["form"]),
         coef=np.asarray(entry["coefficients"]),

@@ -283,21 +283,21 @@ def attention_schedule(df: pd.DataFrame, units: int) -> tuple[np.ndarray, np.nda
             return np.full(len(df), default)
         return np.nan_to_num(pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float), nan=default)
 
-    tiles, blocks, longest = attention_blocks(col("seq_len", 1.0), col("kv_len", 1.0), col("window_size", 0.0))
+    seq = np.maximum(col("seq_len", 1.0), 1.0)
+    tiles, mean, longest = attention_blocks(seq, np.maximum(col("kv_len", 1.0), seq))
+    window = col("window_size", 0.0)
+    cap = np.where(window > 0, np.ceil(np.maximum(window, 1.0) / ATTENTION_TILE) + 1, np.inf)
+    blocks = tiles * np.minimum(mean, cap)
     total = np.maximum(col("batch_size", 1.0) * col("num_heads", 1.0) * blocks, 1.0)
-    return np.log1p(longest * units / total), tiles / np.maximum(blocks, tiles)
+    return np.log1p(np.minimum(longest, cap) * units / total), tiles / np.maximum(blocks, tiles)
 
 
-def attention_blocks(seq, kv, window=0.0):
-    """(query tiles, KV blocks all of them read, the longest tile's) of one sequence and head: a chunk of `seq`
-    new tokens whose attention spans `kv` (its cached prefix and itself), causal, capped by a sliding window (0:
-    none). Arrays or plain numbers."""
-    seq = np.maximum(seq, 1.0)
-    kv = np.maximum(kv, seq)
-    tiles = np.ceil(seq / ATTENTION_TILE)
-    cap = np.where(np.asarray(window) > 0, np.ceil(np.maximum(window, 1.0) / ATTENTION_TILE) + 1, np.inf)
-    mean = np.minimum(np.floor((kv - seq) / ATTENTION_TILE) + (tiles + 1) / 2, cap)
-    return tiles, tiles * mean, np.minimum(np.ceil(kv / ATTENTION_TILE), cap)
+def attention_blocks(seq, kv):
+    """(query tiles, mean KV blocks a tile reads, the longest tile's) of one sequence and head: a chunk of `seq`
+    new tokens (>= 1) whose causal attention spans `kv` >= seq tokens (its cached prefix and itself). Plain
+    arithmetic: arrays or numbers (a replay's chunks, one at a time)."""
+    tiles = -(-seq // ATTENTION_TILE)
+    return tiles, (kv - seq) // ATTENTION_TILE + (tiles + 1) / 2, -(-kv // ATTENTION_TILE)
 
 
 def _wave_efficiency(df: pd.DataFrame, units: int) -> np.ndarray:

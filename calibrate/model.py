@@ -52,7 +52,7 @@ def _fitted_models(root: Path, device_name: str) -> tuple[dict | None, dict[tupl
     doc = load(root, device_name)
     out: dict[tuple[str, str], list[tuple[str, Fitted]]] = {}
     for e in (doc or {}).get("models", []):
-        fitted = fitted_from_entry(e)
+        fitted = fitted_from_entry(e, str(models_path(root, device_name)))
         fitted.origin = {
             "device": doc.get("device"),
             "framework": e["framework"],

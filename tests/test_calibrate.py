@@ -473,7 +473,8 @@ def test_a_prefill_batch_past_the_fitted_work_is_no_less_efficient_than_the_larg
 
 def test_a_prefill_model_fitted_before_the_tile_schedule_prices_as_it_did(a100_sglang_prefill, monkeypatch):
     """Artifacts written before the schedule entered the design hold no `tile_schedule`: read back, they price
-    with the columns their coefficients were fitted on."""
+    with the columns their coefficients were fitted on. One written by a newer version, with form fields this
+    one does not know, is a clear error naming them."""
     a100 = catalog.device("a100_sxm")
 
     def without_schedule(*args, **kwargs):
@@ -487,6 +488,9 @@ def test_a_prefill_model_fitted_before_the_tile_schedule_prices_as_it_did(a100_s
     entry["surface"] = dataclasses.asdict(fitted.surface)
     old = artifacts.fitted_from_entry(entry)
     np.testing.assert_array_equal(old.predict(a100_sglang_prefill, a100), fitted.predict(a100_sglang_prefill, a100))
+    newer = {**entry, "family": "attention_prefill", "form": {**entry["form"], "tile_schedule": True, "later": 1}}
+    with pytest.raises(ValueError, match=r"models/a100_sxm.json: the attention_prefill model .*\(later\).*newer"):
+        artifacts.fitted_from_entry(newer, "models/a100_sxm.json")
 
 
 # ---- artifacts, tiers, report ---------------------------------------------------------------------

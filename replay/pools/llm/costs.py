@@ -78,7 +78,7 @@ class IterationCost:
         self._decode_rows: dict[int, tuple] = {}
         self._chunks: dict[tuple[int, int], float] = {}
         self._wave = self._last_wave()
-        self._kernel_shares: dict[tuple[int, int], tuple[float, float, float]] = {}
+        self._kernel_shares: dict[tuple[int, int], tuple[float, float, float, int]] = {}
 
     def _last_wave(self) -> tuple[float, float, int] | None:
         """(the fit's last-wave weight, query heads per GPU, the device's multiprocessors) when prefill attention is
@@ -203,41 +203,51 @@ class IterationCost:
     def iteration_us(self, prefill: list[tuple[int, int]], decode_count: int, decode_kv_sum: float) -> float:
         """One iteration, in plain Python (on scalars several times faster than numpy; this runs once per
         simulated iteration). A decode-only batch is priced exactly as decode_run_ends prices each step."""
-        attention, tokens, chunks = 0.0, decode_count, self._chunks
-        for q, p in prefill:
-            tokens += q
-            c = chunks.get((q, p))
-            if c is None:  # chunk shapes repeat (budget-sized chunks, first chunks): each is interpolated once
-                c = chunks[q, p] = _along(self._ll, self._row("prefill", q)[1], p + 1)
-            attention += c
+        if len(prefill) > 1 and self._wave is not None:
+            attention, tokens = self._one_kernel(prefill, decode_count)
+        else:
+            attention, tokens, chunks = 0.0, decode_count, self._chunks
+            for q, p in prefill:
+                tokens += q
+                c = chunks.get((q, p))
+                if c is None:
+                    c = self._chunk(q, p)
+                attention += c
         if tokens == 0:
             return 0.0
-        if len(prefill) > 1 and self._wave is not None:
-            attention = self._one_kernel(prefill)
         if decode_count:
             base, slope, _, _ = self._decode_rows.get(decode_count) or self._decode_row(decode_count)
             grid, width = self._l_lin
             attention += _linear(grid, width, base, slope, decode_kv_sum / decode_count)
         return self.fixed_us(tokens, len(prefill) + decode_count) + attention
 
-    def _one_kernel(self, prefill: list[tuple[int, int]]) -> float:
-        """An iteration's prefill chunks run as one attention kernel (FlashAttention's variable-length batch; vLLM,
-        SGLang and TRT-LLM each launch one per layer), not one per chunk: each chunk's time without its own last
-        wave, times the last wave of all their thread blocks together (as the fit weighs it; at one chunk this is
-        the chunk's own time)."""
+    def _chunk(self, q: int, p: int) -> float:
+        """Prefill attention of q new tokens after p cached ones, alone; chunk shapes repeat (budget-sized
+        chunks, first chunks): each is interpolated once."""
+        c = self._chunks[q, p] = _along(self._ll, self._row("prefill", q)[1], p + 1)
+        return c
+
+    def _one_kernel(self, prefill: list[tuple[int, int]], tokens: int) -> tuple[float, int]:
+        """(prefill attention, tokens + the chunks' tokens): an iteration's prefill chunks run as one attention
+        kernel (FlashAttention's variable-length batch; vLLM, SGLang and TRT-LLM each launch one per layer), not
+        one per chunk: each chunk's time without its own last wave, times the last wave of all their thread blocks
+        together (as the fit weighs it; at one chunk this is the chunk's own time)."""
         weight, heads, units = self._wave
         shares, alone, blocks, longest = self._kernel_shares, 0.0, 0.0, 0.0
         for chunk in prefill:
             share = shares.get(chunk)
             if share is None:
                 q, p = chunk
-                _, n, top = (float(x) for x in attention_blocks(float(q), float(q + p)))
-                own_wave = (1.0 + top * units / (heads * n)) ** weight
-                share = shares[chunk] = (self._chunks[chunk] / own_wave, heads * n, top)
+                c = self._chunks.get(chunk) or self._chunk(q, p)
+                tiles, mean, top = attention_blocks(q, q + p)
+                n = heads * (tiles * mean)
+                share = shares[chunk] = (c / (1.0 + top * units / n) ** weight, n, top, q)
             alone += share[0]
             blocks += share[1]
-            longest = max(longest, share[2])
-        return alone * (1.0 + longest * units / blocks) ** weight
+            if share[2] > longest:
+                longest = share[2]
+            tokens += share[3]
+        return alone * (1.0 + longest * units / blocks) ** weight, tokens
 
 
 def _locate(grid: list[float], x: float) -> tuple[int, float]:
