@@ -7,7 +7,8 @@
 3. StageOrderViolated: a stage never starts before every stage it depends on has ended.
 4. LinkBytesNotConserved: a link delivers every byte it was given, no more, and never faster than its
    bandwidth (delivered <= bandwidth x busy time).
-5. TierOverCapacity: a memory tier never holds more bytes than its capacity.
+5. TierOverCapacity: a memory tier never holds more bytes than its capacity (at every write, and at the end
+   of a run from its peak), and the bytes it counts are its blocks' own.
 6. RequestLost: every request ends completed, or rejected with its reason, in every pool it visited.
 (Per-request checks that are properties of the outputs, TTFT >= queueing + its own prefill iterations and
 every iteration no faster than the roofline of its batch, are tested on the results.)"""

@@ -318,3 +318,5 @@ class Simulation:
                 raise RequestLost(f"pool {pool.name}: {len(pool.queue)} job(s) still queued at the end")
         for link in self.links.values():
             link.check()
+        for tier in self.tiers.values():
+            tier.check()

@@ -115,14 +115,35 @@ def test_a_lost_transfer_is_caught():
         link.check()
 
 
+def _stores_without_evicting(self: Tier, keys: list, nbytes: float) -> list:
+    """A writer with the bug: it fills the tier past its capacity and never evicts."""
+    for k in keys:
+        if k not in self.blocks:
+            self.blocks[k] = nbytes
+            self.used += nbytes
+    self.peak = max(self.peak, self.used)
+    return []
+
+
 def test_a_tier_over_its_capacity_is_caught(wh: Path, monkeypatch):
-    monkeypatch.setattr(Tier, "_make_room", lambda self, nbytes: [])  # never evicts
+    monkeypatch.setattr(Tier, "put_many", _stores_without_evicting)
     with pytest.raises(errors.TierOverCapacity):
         run(wh)
 
 
+def test_a_full_tier_evicts_as_it_writes_and_counts_its_bytes():
+    tier = Tier("t", 3.0)
+    assert tier.put_many([1, 2, 3], 1.0) == []
+    assert tier.put_many([2, 4, 5], 1.0) == [(1, 1.0), (3, 1.0)]  # LRU: the hit on 2 refreshed it
+    assert list(tier.blocks) == [2, 4, 5] and tier.used == 3.0 and tier.evictions == 2 and tier.writes == 5
+    tier.check()
+    tier.used += 1.0  # bytes counted that no block holds
+    with pytest.raises(errors.TierOverCapacity):
+        tier.check()
+
+
 def test_a_replay_leaves_the_garbage_collector_as_it_found_it_even_when_it_fails(wh: Path, monkeypatch):
-    monkeypatch.setattr(Tier, "_make_room", lambda self, nbytes: [])
+    monkeypatch.setattr(Tier, "put_many", _stores_without_evicting)
     assert gc.isenabled()
     with pytest.raises(errors.TierOverCapacity):
         run(wh)  # simulate pauses the collector for the build, the loop and the tables
