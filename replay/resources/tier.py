@@ -65,7 +65,7 @@ class Tier:
                 if refresh:
                     blocks.move_to_end(k)
                 continue
-            while used + nbytes > cap:  # evict from the front (the policy keeps the next victim there)
+            while used + nbytes > cap:
                 old, size = blocks.popitem(last=False)
                 used -= size
                 evictions += 1
