@@ -28,6 +28,7 @@ from pydantic import (
     PositiveInt,
     Tag,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -72,9 +73,9 @@ FRAMEWORK_BATCHING = {
 class Memory(_Strict):
     block_tokens: PositiveInt = 16
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    activation_reserve_bytes: float = Field(2 * 2**30, ge=0)
+    activation_reserve_bytes: NonNegativeInt = 2 * 2**30
     preemption: Literal["recompute", "swap"] = "recompute"  # swap: decoding victims' KV goes to host memory
-    swap_space_bytes: float = Field(4 * 2**30, ge=0)  # host memory per GPU for swapped KV (vLLM's default)
+    swap_space_bytes: NonNegativeInt = 4 * 2**30  # host memory per GPU for swapped KV (vLLM's default)
     prefix_caching: bool = False  # reuse KV of equal prompt block hashes (Mooncake / RAGPulse logs) in HBM
     prefix_block_tokens: PositiveInt = 512  # tokens per hash block in the log (Mooncake: 512)
 
@@ -130,6 +131,12 @@ class VectorIndex(_Strict):
     nprobe: PositiveInt = Field(16, description="IVF: lists scanned per query")
     m: PositiveInt = Field(32, description="HNSW: links per node")
     ef_search: PositiveInt = Field(64, description="HNSW: candidate list size per query")
+
+    @model_validator(mode="after")
+    def _probes_within_lists(self) -> VectorIndex:
+        if self.type == "ivf" and self.nprobe > self.nlist:
+            raise ValueError(f"nprobe {self.nprobe} exceeds nlist {self.nlist}: an IVF query scans at most every list")
+        return self
 
 
 class ServicePoolSpec(_Strict):
@@ -280,10 +287,17 @@ class ReasoningStage(_Stage):
     type: Literal["reasoning"]
     pool: str
     rounds: PositiveInt = 1
-    share: float | Literal["log"] = Field("log", description="reasoning share of output tokens, or the log's")
+    share: float | Literal["log"] = Field("log", description="reasoning share of output tokens (0 to 1), or the log's")
     tool_ms: NonNegativeFloat = 0.0  # after each round but the last: a tool / retrieval call's duration
     tool_tokens: NonNegativeInt = 0  # tokens the tool result adds to the context
     think_ms: NonNegativeFloat = 0.0  # client-side gap before the next round
+
+    @field_validator("share")
+    @classmethod
+    def _a_fraction(cls, share: float | str) -> float | str:
+        if share != "log" and not 0 <= share <= 1:
+            raise ValueError(f"a share of the output tokens from 0 to 1, or `log`; got {share}")
+        return share
 
 
 class ToolStage(_Stage):
@@ -608,18 +622,34 @@ def check_pipeline(where: str, pipe: Pipeline, pools: dict, links: dict, tiers: 
                 role = {"embed": "embedding", "rerank": "reranker"}[s.type]
                 if p.model is None or models()[p.model].role != role:
                     raise ScenarioError(f"pools.{p.name}.model", f"stage {s.name} ({s.type}) needs an {role} model")
+        if s.type == "rerank":
+            pairs = rerank_pairs(pipe, s)
+            if pairs is None:
+                raise ScenarioError(
+                    f"{field}.passages", "no vector_search stage in this pipeline gives the candidates: set passages"
+                )
+            if s.keep > pairs:
+                raise ScenarioError(f"{field}.keep", f"keeps {s.keep} passages of the {pairs} it scores")
         if s.type == "kv_transfer" and s.link not in links:
             raise ScenarioError(f"{field}.link", f"unknown link {s.link!r}; known: {_known(links)}")
         if s.type == "kv_retrieval":
             for t in s.tiers:
                 if t not in tiers:
                     raise ScenarioError(f"{field}.tiers", f"unknown tier {t!r}; known: {_known(tiers)}")
+            if len(set(s.tiers)) < len(s.tiers):
+                raise ScenarioError(f"{field}.tiers", f"each tier is looked up once, in order; got {s.tiers}")
         if s.type == "route":
             targets = [r.pool for r in s.rules] + ([s.default] if s.default else []) + list(s.weights)
             if not targets:
                 raise ScenarioError(field, "a route needs rules and a default, or weights")
-            if s.method == "rule" and not s.default:
-                raise ScenarioError(f"{field}.default", "a rule route needs a default pool")
+            if s.rules and not s.default:
+                raise ScenarioError(f"{field}.default", "a route with rules needs a default pool")
+            if s.method == "rule" and s.weights:
+                raise ScenarioError(f"{field}.weights", "a rule route follows its rules; weights are for probability")
+            if s.method == "probability" and (s.rules or not s.weights):
+                raise ScenarioError(f"{field}.weights", "a probability route draws from its weights, without rules")
+            if s.method == "classifier" and not (s.rules or s.weights):
+                raise ScenarioError(f"{field}.rules", "a classifier route decides by its rules or its weights")
             for t in targets:
                 if t not in llm_pools:
                     raise ScenarioError(f"{field}", f"routes to {t!r}, not an LLM pool; known: {_known(llm_pools)}")
@@ -634,11 +664,34 @@ def check_pipeline(where: str, pipe: Pipeline, pools: dict, links: dict, tiers: 
     kinds = [s.type for s in pipe.stages]
     if ("prefill" in kinds) != ("decode" in kinds) or ("kv_transfer" in kinds) != ("prefill" in kinds):
         raise ScenarioError(f"{where}.stages", "disaggregated serving needs prefill, kv_transfer and decode stages")
+    for pre in (s for s in pipe.stages if s.type == "prefill"):
+        for dec in (s for s in pipe.stages if s.type == "decode"):
+            a, b = pools.get(pre.pool), pools.get(dec.pool)  # None: a route stage picks the pool at run time
+            if a is None or b is None:
+                continue
+            for what, wrote, reads in (
+                ("model", a.model, b.model),
+                ("KV cache dtype", a.kv_cache_dtype or a.dtype, b.kv_cache_dtype or b.dtype),
+            ):
+                if wrote != reads:
+                    raise ScenarioError(
+                        f"{where}.stages.{dec.name}.pool",
+                        f"pool {dec.pool!r} decodes the KV cache pool {a.name!r} prefills, so their {what} must "
+                        f"match: {reads} here, {wrote} there",
+                    )
     gen = [s for s in pipe.stages if s.type in ("llm", "decode")]
     if len(gen) != 1:
         raise ScenarioError(
             f"{where}.stages", f"a pipeline generates its answer in one llm or decode stage, not {len(gen)}"
         )
+
+
+def rerank_pairs(pipe: Pipeline, stage: RerankStage) -> int | None:
+    """The (query, passage) pairs a rerank stage scores: its `passages`, else its pipeline's vector search's top_k
+    (None when it has neither: check_pipeline refuses that)."""
+    if stage.passages:
+        return stage.passages
+    return next((s.top_k for s in pipe.stages if s.type == "vector_search"), None)
 
 
 def deps_of(pipe: Pipeline, i: int) -> list[str]:

@@ -21,7 +21,7 @@ from .pools.llm.build import build_llm_pool
 from .request import Request
 from .resources.link import Link
 from .resources.tier import Tier
-from .scenario import Client, Memory, Scenario
+from .scenario import Client, Memory, Scenario, rerank_pairs
 from .sources import SOURCES, Spec, total_requests
 
 log = logging.getLogger(__name__)
@@ -124,9 +124,7 @@ class Simulation:
         for pipe in self.scenario.pipelines.values():
             for s in pipe.stages:
                 if s.type == "rerank":
-                    searches = [x for x in pipe.stages if x.type == "vector_search"]
-                    n = s.passages or (searches[0].top_k if searches else 20)
-                    out[s.pool] = max(out.get(s.pool, 1), n * 4)
+                    out[s.pool] = max(out.get(s.pool, 1), rerank_pairs(pipe, s) * 4)
         return out
 
     def _tier_figures(self, t):

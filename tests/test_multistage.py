@@ -347,6 +347,49 @@ def test_probability_routing_is_seeded_and_follows_the_weights(wh: Path):
     assert 0.65 < (one.generate_pool == "a").mean() < 0.85
 
 
+@pytest.mark.parametrize(
+    ("route", "field", "message"),
+    [  # `method: probability` beside rules once routed by the rules, silently; each method now takes only its own
+        ({"method": "probability", "rules": [{"max_input_tokens": 1024, "pool": "a"}], "default": "b"}, "weights", ""),
+        (
+            {"method": "probability", "default": "a"},
+            "weights",
+            "a probability route draws from its weights, without rules",
+        ),
+        (
+            {"method": "rule", "weights": {"a": 1}, "rules": [{"max_input_tokens": 9, "pool": "a"}], "default": "b"},
+            "weights",
+            "",
+        ),
+        (
+            {"method": "classifier", "classifier_pool": "cls", "default": "a"},
+            "rules",
+            "decides by its rules or its weights",
+        ),
+        (
+            {"method": "classifier", "classifier_pool": "cls", "rules": [{"max_input_tokens": 9, "pool": "a"}]},
+            "default",
+            "",
+        ),
+    ],
+)
+def test_a_route_takes_only_what_its_method_uses(route: dict, field: str, message: str):
+    doc = {
+        "clients": [{"name": "c", "source": log(AZURE, limit=10), "pipeline": "p"}],
+        "pools": [
+            {**LLAMA8, "name": "a"},
+            {**LLAMA8, "name": "b"},
+            {"kind": "service", "name": "cls", "device": "h100_sxm", "model": "bge-large-en-v1.5"},
+        ],
+        "pipelines": {
+            "p": {"stages": [{"name": "r", "type": "route", **route}, {"name": "g", "type": "llm", "pool": "r"}]}
+        },
+    }
+    with pytest.raises(ScenarioError) as info:
+        sc(doc)
+    assert info.value.field == f"pipelines.p.stages.r.{field}" and message in info.value.message
+
+
 # ---- reasoning -------------------------------------------------------------------------------------------------
 def reasoning(rounds: int, share="log") -> dict:
     return {
@@ -389,6 +432,14 @@ def test_more_rounds_with_tool_calls_take_longer_end_to_end(wh: Path):
     one = simulate(sc(reasoning(1)), wh)["summary"]["e2e_ms"]["p50"]
     three = simulate(sc(reasoning(3)), wh)["summary"]["e2e_ms"]["p50"]
     assert three > one + 500  # two tool calls of 300 ms, at least
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5])
+def test_a_reasoning_share_outside_0_to_1_is_refused_before_the_run(share: float):
+    # a negative share once reached the engine as a negative token count and failed there with an IndexError
+    with pytest.raises(ScenarioError, match=rf"stages\.0\.share: .*from 0 to 1, or `log`; got {share}"):
+        sc(reasoning(1, share=share))
+    assert sc(reasoning(1, share=0.0)).pipelines["think"].stages[0].share == 0.0
 
 
 # ---- several clients and models at once -----------------------------------------------------------------------
@@ -486,6 +537,13 @@ BAD = [
     ({"pools.3.ep": 2}, "pools.llm.ep", "ep 2 needs a MoE model whose experts it divides"),
     ({"pipelines.rag.stages.1.after": ["rerank"]}, "pipelines.rag.stages", "cycle: "),
     ({"pipelines.rag.stages.1.after": ["ghost"]}, "pipelines.rag.stages.search.after", "unknown stage 'ghost'"),
+    ({"pipelines.rag.stages.2.keep": 21}, "pipelines.rag.stages.rerank.keep", "keeps 21 passages of the 20 it scores"),
+    ({"pipelines.rag.stages.2.passages": 4}, "pipelines.rag.stages.rerank.keep", "keeps 6 passages of the 4 it scores"),
+    (  # a rerank with no search before it and no `passages` was priced at 20 pairs, a number nobody gave
+        {"pipelines.rag.stages.1": {"name": "search", "type": "embed", "pool": "embedder"}},
+        "pipelines.rag.stages.rerank.passages",
+        "no vector_search stage in this pipeline gives the candidates",
+    ),
 ]
 
 
@@ -503,6 +561,32 @@ def test_bad_scenarios_name_the_field_and_the_known_names(sets: dict, field: str
     assert info.value.field == field and message in info.value.message
 
 
+@pytest.mark.parametrize(
+    ("pool", "message"),
+    [
+        ({"model": "qwen3-32b"}, "their model must match: qwen3-32b here, llama-3.1-8b there"),
+        ({"kv_cache_dtype": "fp8"}, "their KV cache dtype must match: fp8 here, bfloat16 there"),
+    ],
+)
+def test_a_decode_pool_reads_the_kv_cache_its_prefill_pool_wrote(pool: dict, message: str):
+    doc = disagg()
+    doc["pools"][1].update(pool)
+    with pytest.raises(ScenarioError) as info:
+        sc(doc)
+    assert info.value.field == "pipelines.pd.stages.decode.pool" and message in info.value.message
+    doc["pools"][1].update(model="llama-3.1-8b", kv_cache_dtype=None, tp=2)  # another TP is fine: the KV is re-laid
+    sc(doc)
+
+
+def test_an_ivf_index_scans_no_more_lists_than_it_has():
+    doc = rag()
+    doc["pools"][1]["index"] = {"type": "ivf", "vectors": 10_000_000, "dim": 1024, "nlist": 1024, "nprobe": 2048}
+    with pytest.raises(ScenarioError, match=r"pools\.1\.index.*nprobe 2048 exceeds nlist 1024"):
+        sc(doc)
+    doc["pools"][1]["index"]["nprobe"] = 1024
+    assert sc(doc).pool("search").index.nprobe == 1024
+
+
 def test_unknown_links_tiers_and_set_paths(tmp_path: Path):
     doc = disagg()
     doc["pipelines"]["pd"]["stages"][1]["link"] = "fiber"
@@ -511,6 +595,11 @@ def test_unknown_links_tiers_and_set_paths(tmp_path: Path):
     doc = kv_tiers()
     doc["pipelines"]["chat"]["stages"][0]["tiers"] = ["dram", "tape"]
     with pytest.raises(ScenarioError, match="unknown tier 'tape'; known: dram, remote"):
+        sc(doc)
+    doc["pipelines"]["chat"]["stages"][0]["tiers"] = ["remote", "dram", "remote"]
+    with pytest.raises(
+        ScenarioError, match=r"each tier is looked up once, in order; got \['remote', 'dram', 'remote'\]"
+    ):
         sc(doc)
     with pytest.raises(ScenarioError, match=r"'replicaz' is not a field here; known: .*replicas"):
         with_overrides(sc(disagg()), ["pools.decode.replicaz=2"])

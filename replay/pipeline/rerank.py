@@ -5,6 +5,7 @@ tokens are recorded, not added; otherwise keep x passage_tokens are added."""
 from __future__ import annotations
 
 from ..pools.service import Job
+from ..scenario import rerank_pairs
 from .embed import ServiceStage, query_tokens
 
 DEFAULT_PASSAGE_TOKENS = 256
@@ -30,16 +31,10 @@ def add_passages(stage, run, keep: int, configured: int | None) -> None:
 class RerankStage(ServiceStage):
     type = "rerank"
 
-    def passages(self) -> int:
-        if self.spec.passages:
-            return self.spec.passages
-        searches = [s for s in self.graph.stages if s.type == "vector_search"]
-        return searches[0].spec.top_k if searches else 20
-
     def job(self, run) -> Job:
         pool = self.sim.pools[self.spec.pool]
         pair = query_tokens(self, run, self.spec.query_tokens) + passage_length(run, self.spec.passage_tokens)
-        return Job(self.passages(), min(pair, pool.max_tokens), None)
+        return Job(rerank_pairs(self.graph.spec, self.spec), min(pair, pool.max_tokens), None)
 
     def finished(self, run, now: float) -> None:
         add_passages(self, run, self.spec.keep, self.spec.passage_tokens)

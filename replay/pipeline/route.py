@@ -28,12 +28,11 @@ class RouteStage(Stage):
         self._decide(job.arg, now)
 
     def _decide(self, run, now: float) -> None:
-        spec = self.spec
-        target = None
+        spec = self.spec  # check_pipeline: a rule route has rules, a probability route weights, a classifier either
         if spec.rules:
             target = next((r.pool for r in spec.rules if run.context <= r.max_input_tokens), spec.default)
-        if target is None and spec.weights:
+        else:
             target = pick(spec.weights, self.sim.uniform(run, self.index))
-        run.route[self.name] = target or spec.default
+        run.route[self.name] = target
         self.stat(run, "pool", run.route[self.name])
         self.sim.done(run, self, now)
