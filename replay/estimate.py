@@ -18,13 +18,13 @@ import pandas as pd
 
 from ..calibrate.artifacts import file_stamp, models_path
 from ..calibrate.catalog import device as catalog_device
-from ..calibrate.catalog import dtype as catalog_dtype
 from ..calibrate.catalog import model as catalog_model
 from ..calibrate.model import CostModel
 from ..calibrate.ops import Batch, Parallelism, layer_ops
+from .errors import ScenarioError
 from .pools.llm.build import step_overhead
 from .pools.llm.kv import kv_blocks
-from .scenario import LLMPoolSpec, serving_framework
+from .scenario import LLMPoolSpec, check_pool
 
 KV_POINTS = 16
 CUDA_GRAPH_MAX_TOKENS = 512  # vLLM's default capture size, as the engine's pools use
@@ -50,6 +50,7 @@ def estimate(
     framework: str | None = None,
     ep: int = 1,
 ) -> dict:
+    dev, mdl = catalog_device(device), catalog_model(model)
     spec = LLMPoolSpec(
         device=device,
         model=model,
@@ -59,13 +60,12 @@ def estimate(
         dtype=dtype,
         framework=framework,
         max_model_len=input_tokens + output_tokens + 1,
+        spans_nodes=tp * pp > dev.devices_per_node,  # a static batch may span nodes: its collectives cross them
     )
-    dev, mdl = catalog_device(device), catalog_model(model)
-    catalog_dtype(dtype)
-    if framework is not None:
-        serving_framework(framework)
-    if ep > 1 and mdl.experts == 1:
-        raise ValueError(f"--ep {ep}: {model} is a dense model (expert parallelism needs experts)")
+    try:  # what a replay refuses (a CPU, an encoder model, TP that splits no heads), refused here too
+        check_pool(spec)
+    except ScenarioError as e:  # named as the option that set it: pools.main.tp -> --tp
+        raise ScenarioError("--" + e.field.rsplit(".", 1)[-1], e.message) from None
     blocks = kv_blocks(spec, dev, mdl)
     need = batch * -(-(input_tokens + output_tokens) // spec.memory.block_tokens)
     overhead = step_overhead(spec, warehouse_root)

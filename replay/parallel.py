@@ -19,7 +19,7 @@ from .errors import ScenarioError
 from .loop import gc_paused
 from .outputs.tables import facts, merge_facts, requests_frame, summarize, timeline_frame
 from .run import simulate
-from .scenario import Scenario, with_overrides
+from .scenario import Scenario, check_hash_blocks, with_overrides
 from .simulation import Simulation
 from .sources import SOURCES
 
@@ -190,7 +190,9 @@ def simulate_partitioned(scenario: Scenario, warehouse_root: Path, client) -> di
             "--partition",
             "needs one pool, one client, one-stage pipelines, a round_robin router and an open-loop source",
         )
-    specs = SOURCES[src.kind](src, warehouse_root, scenario.seed).initial()
+    source = SOURCES[src.kind](src, warehouse_root, scenario.seed)
+    specs = source.initial()
+    check_hash_blocks(scenario, scenario.clients[0], source.hash_block_tokens)
     for i, s in enumerate(specs):
         s.key = i
     n = pools[0].replicas

@@ -490,9 +490,59 @@ def serving_framework(name: str) -> str:
     return name
 
 
+def check_pool(p: PoolSpec) -> None:
+    """A pool's names exist in the catalogs and fit its use: an LLM pool runs a text generator on a GPU or an
+    ASIC, split over TP as its heads allow, within a node unless it spans nodes; a service pool's cores are a
+    CPU's. `estimate` checks its one pool here too, so it refuses what a replay refuses."""
+    from ..calibrate.catalog import UnknownName, devices, dtype, models
+
+    for name, known in (("dtype", dtype), ("kv_cache_dtype", dtype), ("framework", serving_framework)):
+        if getattr(p, name, None) is not None:  # a service pool has no framework nor KV cache dtype
+            try:
+                known(getattr(p, name))
+            except UnknownName as e:
+                raise ScenarioError(f"pools.{p.name}.{name}", str(e)) from e
+    if p.device not in devices():
+        raise ScenarioError(f"pools.{p.name}.device", f"unknown device {p.device!r}; known: {_known(devices())}")
+    if p.model is not None and p.model not in models():
+        raise ScenarioError(f"pools.{p.name}.model", f"unknown model {p.model!r}; known: {_known(models())}")
+    dev = devices()[p.device]
+    if p.kind == "llm":
+        if dev.kind == "cpu":
+            raise ScenarioError(f"pools.{p.name}.device", f"{p.device} is a CPU: LLM pools run on GPUs or ASICs")
+        if models()[p.model].role != "generation":
+            raise ScenarioError(
+                f"pools.{p.name}.model", f"{p.model} is an {models()[p.model].role} model, not a text generator"
+            )
+        mdl = models()[p.model]
+        if not mdl.splits_over(p.tp):
+            raise ScenarioError(
+                f"pools.{p.name}.tp",
+                f"{p.model}'s {mdl.heads} attention heads / {mdl.kv_heads} KV heads do not split over TP {p.tp}",
+            )
+        experts = mdl.experts
+        if p.ep > 1 and (experts == 1 or p.tp % p.ep or experts % p.ep):
+            raise ScenarioError(
+                f"pools.{p.name}.ep",
+                f"ep {p.ep} needs a MoE model whose experts it divides, inside TP {p.tp} ({p.model}: "
+                f"{experts} expert(s))",
+            )
+        if p.tp * p.pp > dev.devices_per_node and not p.spans_nodes:
+            raise ScenarioError(
+                f"pools.{p.name}.tp",
+                f"TP {p.tp} x PP {p.pp} = {p.tp * p.pp} devices exceeds a {p.device} node "
+                f"({dev.devices_per_node}); set spans_nodes: true to run its collectives over the network",
+            )
+    else:
+        if p.cores is not None and dev.kind != "cpu":
+            raise ScenarioError(f"pools.{p.name}.cores", f"{p.device} is not a CPU; cores apply to CPU pools")
+        if p.cores is not None and p.cores > dev.compute_units:
+            raise ScenarioError(f"pools.{p.name}.cores", f"{p.device} has {dev.compute_units} cores")
+
+
 def check_references(sc: Scenario) -> None:
     """Every name a scenario uses exists and fits its use; every pipeline is an acyclic graph."""
-    from ..calibrate.catalog import UnknownName, devices, dtype, models, tiers
+    from ..calibrate.catalog import devices, tiers
 
     for what, items in (("pools", sc.pools), ("links", sc.links), ("tiers", sc.tiers), ("clients", sc.clients)):
         names = [x.name for x in items]
@@ -501,48 +551,7 @@ def check_references(sc: Scenario) -> None:
             raise ScenarioError(what, f"names must be unique; repeated: {', '.join(dup)}")
     pools = {p.name: p for p in sc.pools}
     for p in sc.pools:
-        for name, known in (("dtype", dtype), ("kv_cache_dtype", dtype), ("framework", serving_framework)):
-            if getattr(p, name, None) is not None:  # a service pool has no framework nor KV cache dtype
-                try:
-                    known(getattr(p, name))
-                except UnknownName as e:
-                    raise ScenarioError(f"pools.{p.name}.{name}", str(e)) from e
-        if p.device not in devices():
-            raise ScenarioError(f"pools.{p.name}.device", f"unknown device {p.device!r}; known: {_known(devices())}")
-        if p.model is not None and p.model not in models():
-            raise ScenarioError(f"pools.{p.name}.model", f"unknown model {p.model!r}; known: {_known(models())}")
-        dev = devices()[p.device]
-        if p.kind == "llm":
-            if dev.kind == "cpu":
-                raise ScenarioError(f"pools.{p.name}.device", f"{p.device} is a CPU: LLM pools run on GPUs or ASICs")
-            if models()[p.model].role != "generation":
-                raise ScenarioError(
-                    f"pools.{p.name}.model", f"{p.model} is an {models()[p.model].role} model, not a text generator"
-                )
-            mdl = models()[p.model]
-            if not mdl.splits_over(p.tp):
-                raise ScenarioError(
-                    f"pools.{p.name}.tp",
-                    f"{p.model}'s {mdl.heads} attention heads / {mdl.kv_heads} KV heads do not split over TP {p.tp}",
-                )
-            experts = mdl.experts
-            if p.ep > 1 and (experts == 1 or p.tp % p.ep or experts % p.ep):
-                raise ScenarioError(
-                    f"pools.{p.name}.ep",
-                    f"ep {p.ep} needs a MoE model whose experts it divides, inside TP {p.tp} ({p.model}: "
-                    f"{experts} expert(s))",
-                )
-            if p.tp * p.pp > dev.devices_per_node and not p.spans_nodes:
-                raise ScenarioError(
-                    f"pools.{p.name}.tp",
-                    f"TP {p.tp} x PP {p.pp} = {p.tp * p.pp} devices exceeds a {p.device} node "
-                    f"({dev.devices_per_node}); set spans_nodes: true to run its collectives over the network",
-                )
-        else:
-            if p.cores is not None and dev.kind != "cpu":
-                raise ScenarioError(f"pools.{p.name}.cores", f"{p.device} is not a CPU; cores apply to CPU pools")
-            if p.cores is not None and p.cores > dev.compute_units:
-                raise ScenarioError(f"pools.{p.name}.cores", f"{p.device} has {dev.compute_units} cores")
+        check_pool(p)
     links = {x.name: x for x in sc.links}
     for x in sc.links:
         if x.like is None and (x.bandwidth is None or x.latency_s is None):
@@ -568,6 +577,33 @@ def check_references(sc: Scenario) -> None:
                 raise ScenarioError(
                     f"clients.{c.name}.pipeline", f"unknown pipeline {target!r}; known: {_known(sc.pipelines)}"
                 )
+
+
+def check_hash_blocks(sc: Scenario, client: Client, block_tokens: int | None) -> None:
+    """A log's prefix hashes each stand for `block_tokens` tokens (Mooncake: 512). Every LLM pool whose prefix
+    cache or tier lookup reads this client's hashes must count them so: otherwise each hit would be priced as
+    the wrong number of tokens. None (the log does not say) checks nothing."""
+    if block_tokens is None:
+        return
+    pools = {p.name: p for p in sc.pools if p.kind == "llm"}
+    names = [client.pipeline] if isinstance(client.pipeline, str) else _choice_targets(client.pipeline)
+    for name in dict.fromkeys(names):
+        stages = sc.pipelines[name].stages
+        routes = {
+            s.name: [r.pool for r in s.rules] + [s.default] + list(s.weights) for s in stages if s.type == "route"
+        }
+        fetch = {p for s in stages if s.type == "kv_retrieval" for p in routes.get(s.pool, [s.pool])}
+        for s in stages:
+            for target in routes.get(getattr(s, "pool", None), [getattr(s, "pool", None)]):
+                p = pools.get(target)
+                if p is None or not (p.memory.prefix_caching or p.name in fetch):
+                    continue
+                if p.memory.prefix_block_tokens != block_tokens:
+                    raise ScenarioError(
+                        f"pools.{p.name}.memory.prefix_block_tokens",
+                        f"client {client.name}'s log hashes blocks of {block_tokens} tokens; this pool counts "
+                        f"{p.memory.prefix_block_tokens} per hash",
+                    )
 
 
 def _choice_targets(choice: PipelineChoice) -> list[str]:

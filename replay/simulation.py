@@ -21,7 +21,7 @@ from .pools.llm.build import build_llm_pool
 from .request import Request
 from .resources.link import Link
 from .resources.tier import Tier
-from .scenario import Client, Memory, Scenario, rerank_pairs
+from .scenario import Client, Memory, Scenario, check_hash_blocks, rerank_pairs
 from .sources import SOURCES, Spec, total_requests
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,11 @@ class Simulation:
         """Create every client's initial requests and queue their arrivals."""
         offset, total = 0, 0
         for c, client in enumerate(self.clients):
-            specs = client.source.initial() if initial is None else initial[c]
+            if initial is None:
+                specs = client.source.initial()
+                check_hash_blocks(self.scenario, client.spec, client.source.hash_block_tokens)
+            else:
+                specs = initial[c]
             client.first_id = client.next_id = offset
             client.total = total_requests(client.spec.source, len(specs))
             offset += client.total

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import SAMPLES
+from hermes_sim.replay.errors import ScenarioError
 from hermes_sim.replay.estimate import estimate
 from hermes_sim.replay.validate_bench import fit_serving_overheads, validate_bench
 
@@ -62,6 +63,23 @@ def test_estimate_refuses_a_dtype_or_framework_it_does_not_know(wh: Path):
         estimate("h100_sxm", "llama-3.1-8b", 1, 128, 8, wh, dtype="bf16")
     with pytest.raises(ValueError, match="unknown serving framework 'vLLM'; known: sglang, trtllm, vllm"):
         estimate("h100_sxm", "llama-3.1-8b", 1, 128, 8, wh, framework="vLLM")
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "message"),
+    [  # each once priced as if it were a GPU serving a text generator
+        ({"device": "xeon_8480p"}, "--device", "xeon_8480p is a CPU: LLM pools run on GPUs or ASICs"),
+        ({"model": "bge-large-en-v1.5"}, "--model", "is an embedding model, not a text generator"),
+        ({"tp": 3}, "--tp", "32 attention heads / 8 KV heads do not split over TP 3"),
+        ({"ep": 2}, "--ep", "ep 2 needs a MoE model whose experts it divides"),
+    ],
+)
+def test_estimate_refuses_what_a_replay_refuses(wh: Path, args: dict, option: str, message: str):
+    call = {"device": "h100_sxm", "model": "llama-3.1-8b"} | args
+    with pytest.raises(ScenarioError) as info:
+        estimate(call.pop("device"), call.pop("model"), 1, 128, 8, wh, **call)
+    assert info.value.field == option and message in info.value.message
+    assert estimate("h100_sxm", "llama-3.1-8b", 1, 128, 8, wh, tp=16)["tp"] == 16  # two nodes: a static batch may
 
 
 def test_estimate_cli_json():

@@ -188,6 +188,22 @@ def test_kv_retrieval_fetches_reused_prefixes_and_prefills_the_rest(wh: Path):
     assert s["ttft_ms"]["p50"] < cold["ttft_ms"]["p50"]
 
 
+def test_a_pool_counts_the_logs_prefix_hashes_as_the_log_does(wh: Path):
+    """Mooncake hashes 512-token blocks (its ingest note says so): a pool reading them as 16 tokens each once ran,
+    pricing every hit at 1/32 of its tokens."""
+    doc = kv_tiers()
+    doc["pools"][0]["memory"] = {"prefix_block_tokens": 16}
+    with pytest.raises(ScenarioError) as info:
+        simulate(sc(doc), wh)
+    assert info.value.field == "pools.llm.memory.prefix_block_tokens"
+    assert "client chat's log hashes blocks of 512 tokens; this pool counts 16 per hash" in info.value.message
+    doc["pipelines"]["chat"]["stages"].pop(0)  # no tier lookup and no prefix cache: the hashes are not read
+    simulate(sc(doc), wh)
+    doc["pools"][0]["memory"]["prefix_caching"] = True
+    with pytest.raises(ScenarioError, match="blocks of 512 tokens; this pool counts 16"):
+        simulate(sc(doc), wh)
+
+
 def test_transfers_alone_on_a_link_take_bytes_over_bandwidth_and_shared_ones_longer(wh: Path):
     out = simulate(sc(kv_tiers()), wh, transfers=True)
     links = out["summary"]["links"]

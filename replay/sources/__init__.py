@@ -31,7 +31,8 @@ class Spec:
 _FIELDS = ("user_input_tokens", "passage_tokens", "passages", "reasoning_share")
 
 
-def _log_specs(src: Source, warehouse_root: Path, field: str = "source") -> list[Spec]:
+def _log_specs(src: Source, warehouse_root: Path, field: str = "source") -> tuple[list[Spec], int | None]:
+    """The log's requests as specs, and the tokens each of its prefix hashes stands for (None: not recorded)."""
     df = log_frame(src, warehouse_root, f"{field}.log")
     # Python values, not numpy scalars: block hashes key every prefix cache and tier lookup of the replay
     extra = {f: df[f].tolist() for f in _FIELDS if df[f].notna().any()}
@@ -42,7 +43,7 @@ def _log_specs(src: Source, warehouse_root: Path, field: str = "source") -> list
     for i in range(len(df)):
         fields = {f: v[i] for f, v in extra.items() if v[i] is not None and v[i] == v[i]} if extra else {}
         out.append(Spec(float(arrivals[i]), int(prompts[i]), int(outputs[i]), sessions[i], hashes[i], fields))
-    return out
+    return out, df.attrs.get("hash_block_tokens")
 
 
 class LogSource:
@@ -51,9 +52,11 @@ class LogSource:
 
     def __init__(self, src: Source, warehouse_root: Path, seed: int):
         self.src, self.root = src, warehouse_root
+        self.hash_block_tokens: int | None = None  # tokens per prefix hash, where the log says (initial() reads it)
 
     def initial(self) -> list[Spec]:
-        return _log_specs(self.src, self.root, self.field)
+        specs, self.hash_block_tokens = _log_specs(self.src, self.root, self.field)
+        return specs
 
     def follow_up(self, done_seat: int, now: float) -> Spec | None:
         return None
@@ -82,7 +85,7 @@ class SyntheticSource(LogSource):
             prompt = rng.lognormal(np.log(src.input_tokens) - sigma**2 / 2, sigma, n)
             output = rng.lognormal(np.log(src.output_tokens) - sigma**2 / 2, sigma, n)
         elif src.lengths == "log":
-            logged = _log_specs(src.model_copy(update={"kind": "log", "limit": None}), self.root, self.field)
+            logged, _ = _log_specs(src.model_copy(update={"kind": "log", "limit": None}), self.root, self.field)
             pick = rng.integers(0, len(logged), n)
             prompt = np.array([logged[i].prompt for i in pick])
             output = np.array([logged[i].output for i in pick])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -76,12 +77,26 @@ def log_frame(src: Source, warehouse_root: Path, field: str = "source.log") -> p
         elif _looks_like_a_path(src.log):
             raise ScenarioError(field, f"no such file: {src.log}")
         df = _rows(src, field, reader, where, tuple(params))
+        ids = (
+            ", ".join("?" * len(params)) if path.exists() else "SELECT DISTINCT source_id FROM requests WHERE " + where
+        )
+        blocks = _hash_block_tokens(reader, ids, tuple(params))
     finally:
         reader.close()
     scale = src.time_scale / src.rate_scale
     df = df.copy()
     df["arrival_s"] = (df["arrival_s"] - df["arrival_s"].iloc[0]) * scale
+    df.attrs["hash_block_tokens"] = blocks
     return df
+
+
+def _hash_block_tokens(reader: _Reader, ids: str, params: tuple) -> int | None:
+    """Tokens per prefix-hash block, where the log's ingest recorded one (Mooncake: 512); None where it did not
+    (RAGPulse's hashes name whole prompt parts). ids: the log's source ids, as SQL."""
+    notes = reader.frame(f"SELECT DISTINCT note FROM sources WHERE source_id IN ({ids})", params)
+    sizes = {n.get("block_tokens") for n in (json.loads(t) for t in notes["note"] if t) if isinstance(n, dict)}
+    sizes.discard(None)
+    return int(sizes.pop()) if len(sizes) == 1 else None
 
 
 def _rows(src: Source, field: str, reader: _Reader, where: str, params: tuple) -> pd.DataFrame:
