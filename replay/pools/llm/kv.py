@@ -29,7 +29,8 @@ def kv_blocks(pool: LLMPoolSpec, device: Device, model: ModelConfig) -> int:
         raise ScenarioError(
             f"pools.{pool.name}",
             f"{model.id} at TP={pool.tp} PP={pool.pp} does not fit on {device.id}: "
-            f"{weights_per_gpu / 2**30:.1f} GiB of weights per GPU of {device.memory_bytes / 2**30:.0f} GiB "
+            f"{weights_per_gpu / 2**30:.1f} GiB of weights per {'GPU' if device.kind == 'gpu' else 'device'} of "
+            f"{device.memory_bytes / 2**30:.0f} GiB "
             f"(x gpu_memory_utilization {pool.memory.gpu_memory_utilization}, minus "
             f"{pool.memory.activation_reserve_bytes / 2**30:.1f} GiB of activations)",
         )
