@@ -589,9 +589,7 @@ def check_hash_blocks(sc: Scenario, client: Client, block_tokens: int | None) ->
     names = [client.pipeline] if isinstance(client.pipeline, str) else _choice_targets(client.pipeline)
     for name in dict.fromkeys(names):
         stages = sc.pipelines[name].stages
-        routes = {
-            s.name: [r.pool for r in s.rules] + [s.default] + list(s.weights) for s in stages if s.type == "route"
-        }
+        routes = {s.name: route_targets(s) for s in stages if s.type == "route"}
         fetch = {p for s in stages if s.type == "kv_retrieval" for p in routes.get(s.pool, [s.pool])}
         for s in stages:
             for target in routes.get(getattr(s, "pool", None), [getattr(s, "pool", None)]):
@@ -675,7 +673,7 @@ def check_pipeline(where: str, pipe: Pipeline, pools: dict, links: dict, tiers: 
             if len(set(s.tiers)) < len(s.tiers):
                 raise ScenarioError(f"{field}.tiers", f"each tier is looked up once, in order; got {s.tiers}")
         if s.type == "route":
-            targets = [r.pool for r in s.rules] + ([s.default] if s.default else []) + list(s.weights)
+            targets = route_targets(s)
             if not targets:
                 raise ScenarioError(field, "a route needs rules and a default, or weights")
             if s.rules and not s.default:
@@ -720,6 +718,11 @@ def check_pipeline(where: str, pipe: Pipeline, pools: dict, links: dict, tiers: 
         raise ScenarioError(
             f"{where}.stages", f"a pipeline generates its answer in one llm or decode stage, not {len(gen)}"
         )
+
+
+def route_targets(stage: RouteStage) -> list[str]:
+    """Every pool a route stage may send a request to: its rules' pools, its default, its weights' pools."""
+    return [r.pool for r in stage.rules] + ([stage.default] if stage.default else []) + list(stage.weights)
 
 
 def rerank_pairs(pipe: Pipeline, stage: RerankStage) -> int | None:
