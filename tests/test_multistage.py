@@ -202,6 +202,11 @@ def test_a_pool_counts_the_logs_prefix_hashes_as_the_log_does(wh: Path):
     doc["pools"][0]["memory"]["prefix_caching"] = True
     with pytest.raises(ScenarioError, match="blocks of 512 tokens; this pool counts 16"):
         simulate(sc(doc), wh)
+    from hermes_sim.replay.parallel import simulate_partitioned
+
+    one = {"source": log(MOONCAKE, limit=20), "pools": [{**doc["pools"][0], "router": "round_robin"}]}
+    with pytest.raises(ScenarioError, match="blocks of 512 tokens; this pool counts 16"):
+        simulate_partitioned(sc(one), wh, client=None)  # refused before any task is sent
 
 
 def test_transfers_alone_on_a_link_take_bytes_over_bandwidth_and_shared_ones_longer(wh: Path):
