@@ -299,10 +299,20 @@ class Simulation:
             client.total = total_requests(client.spec.source, len(specs))
             offset += client.total
             total += client.total
+            missing: dict[PipelineGraph, int] = {}
             for spec in specs:
                 run = client.request(spec)
+                if run.graph.logged_share and "reasoning_share" not in spec.fields:
+                    missing[run.graph] = missing.get(run.graph, 0) + 1
                 self.requests.append(run)
                 self.loop.arrivals.append((spec.arrival, 0, run.id, 0, run))
+            if missing:
+                graph, n = next(iter(missing.items()))
+                raise ScenarioError(
+                    f"pipelines.{graph.name}.stages.{graph.logged_share}.share",
+                    f"share: log, but {n} of client {client.spec.name}'s {len(specs)} requests have no reasoning "
+                    "share in their log (ServeGen's reason_ratio): set a number",
+                )
         if not self.requests:
             raise ScenarioError("clients", "no requests to replay")
         self.total = total

@@ -463,6 +463,18 @@ def test_a_reasoning_share_outside_0_to_1_is_refused_before_the_run(share: float
     assert sc(reasoning(1, share=0.0)).pipelines["think"].stages[0].share == 0.0
 
 
+def test_a_logged_reasoning_share_missing_from_the_log_is_refused_before_the_run(wh: Path):
+    # it once failed at the first request, mid-run; the log's rows are read before anything runs
+    doc = reasoning(1)
+    doc["clients"][0]["source"] = log(AZURE, limit=40)
+    with pytest.raises(ScenarioError) as info:
+        simulate(sc(doc), wh)
+    assert info.value.field == "pipelines.think.stages.reason.share"
+    assert "share: log, but 40 of client r1's 40 requests have no reasoning share in their log" in info.value.message
+    doc["pipelines"]["think"]["stages"][0]["share"] = 0.5
+    assert (simulate(sc(doc), wh)["requests"].status == "completed").all()
+
+
 # ---- several clients and models at once -----------------------------------------------------------------------
 def test_several_clients_share_the_pools_and_are_reported_each(wh: Path):
     doc = rag()

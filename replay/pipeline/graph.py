@@ -23,6 +23,8 @@ class PipelineGraph:
         self.stages = [STAGES[s.type](s, i, self, sim) for i, s in enumerate(spec.stages)]
         self.by_name = {s.name: s for s in self.stages}
         self.answer = next(i for i, s in enumerate(spec.stages) if s.type in ("llm", "decode"))
+        # a reasoning stage that takes each request's share from its log (Simulation.prepare checks the log has it)
+        self.logged_share = next((s.name for s in spec.stages if s.type == "reasoning" and s.share == "log"), None)
 
     def critical_path(self, run) -> str:
         """The chain of stages that set the request's end: from the last-ending stage back through the
