@@ -16,13 +16,7 @@ class ReasoningStage(Stage):
     def share(self, run) -> float:
         if self.spec.share != "log":
             return float(self.spec.share)
-        logged = run.fields.get("reasoning_share")
-        if logged is None or logged != logged:
-            raise ValueError(
-                f"stage {self.graph.name}.{self.name}: share: log, but this request's log has no reasoning_share "
-                "(set a number)"
-            )
-        return float(logged)
+        return float(run.fields["reasoning_share"])  # Simulation.prepare refused requests whose log lacks it
 
     def start(self, run, now: float) -> None:
         total = round(run.output * self.share(run))
