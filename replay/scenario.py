@@ -39,6 +39,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def refuse_unread(model: BaseModel, reads: set[str], what: str) -> None:
+    """Refuse a field that `what` never reads, set to anything but its default: it would be ignored without a
+    word (a log source given `rate_per_s`, an HNSW index given `nprobe`). Values, not `model_fields_set`, are
+    compared, so a scenario dumped whole (as `--set` does) still validates."""
+    for name, field in type(model).model_fields.items():
+        if name not in reads and (value := getattr(model, name)) != field.default:
+            raise ScenarioError(
+                name,
+                f"{what} does not read it (set to {value!r}), so it would be ignored; it reads "
+                f"{', '.join(sorted(reads))}",
+            )
+
+
 # ---- LLM pools ---------------------------------------------------------------------------------------
 class Batching(_Strict):
     policy: Literal["static", "continuous", "chunked_prefill"] = Field(
@@ -53,6 +66,12 @@ class Batching(_Strict):
         "forms iteration n+1 while iteration n runs on the GPU, so a request queued during iteration n joins "
         "iteration n+2 at the earliest",
     )
+
+    @model_validator(mode="after")
+    def _order_of_a_mixed_batch(self) -> Batching:
+        reads = set(type(self).model_fields) - ({"order"} if self.policy == "static" else set())
+        refuse_unread(self, reads, "static batching (a batch runs whole, prefill then decodes)")
+        return self
 
 
 # How each serving framework batches in the measured deployments: SGLang runs prefill batches ahead of decodes
@@ -78,6 +97,12 @@ class Memory(_Strict):
     swap_space_bytes: NonNegativeInt = 4 * 2**30  # host memory per GPU for swapped KV (vLLM's default)
     prefix_caching: bool = False  # reuse KV of equal prompt block hashes (Mooncake / RAGPulse logs) in HBM
     prefix_block_tokens: PositiveInt = 512  # tokens per hash block in the log (Mooncake: 512)
+
+    @model_validator(mode="after")
+    def _swap_space_swapped_into(self) -> Memory:
+        reads = set(type(self).model_fields) - ({"swap_space_bytes"} if self.preemption == "recompute" else set())
+        refuse_unread(self, reads, f"{self.preemption} preemption")
+        return self
 
 
 ROUTER_NAMES = Literal["round_robin", "least_outstanding", "session_affinity", "prefix_aware"]
@@ -136,6 +161,9 @@ class VectorIndex(_Strict):
     def _probes_within_lists(self) -> VectorIndex:
         if self.type == "ivf" and self.nprobe > self.nlist:
             raise ValueError(f"nprobe {self.nprobe} exceeds nlist {self.nlist}: an IVF query scans at most every list")
+        own = {"flat": set(), "ivf": {"nlist", "nprobe"}, "hnsw": {"m", "ef_search"}}[self.type]
+        what = {"flat": "a flat index", "ivf": "an IVF index", "hnsw": "an HNSW index"}[self.type]
+        refuse_unread(self, {"type", "vectors", "dim"} | own, what)
         return self
 
 
@@ -359,7 +387,24 @@ class Source(_Strict):
     def _log_named(self) -> Source:
         if self.kind == "synthetic" and self.lengths == "log" and not self.log:
             raise ValueError("lengths: log needs `log`: a request-log file or a log name to draw lengths from")
+        what = f"a {self.kind} source" if self.kind != "synthetic" else self._synthetic()
+        refuse_unread(self, self.reads(), what)
         return self
+
+    def reads(self) -> set[str]:
+        """The fields this kind of source reads (replay/sources/)."""
+        if self.kind == "log":
+            return {"kind", "log", "segment", "time_scale", "rate_scale", "limit"}
+        if self.kind == "closed_loop":
+            lengths = {"input_tokens", "output_tokens", "input_tokens_stddev", "output_tokens_stddev"}
+            return {"kind", "concurrency", "requests", "ramp_up_s"} | lengths
+        reads = {"kind", "rate_per_s", "rate_scale", "arrival", "requests", "lengths"}
+        reads |= {"cv"} if self.arrival == "gamma" else set()  # a Poisson process's CV is 1
+        reads |= {"log", "segment"} if self.lengths == "log" else {"input_tokens", "output_tokens"}
+        return reads | ({"length_cv"} if self.lengths == "lognormal" else set())
+
+    def _synthetic(self) -> str:
+        return f"a synthetic source with {self.arrival} arrivals and {self.lengths} lengths"
 
 
 class PipelineRule(_Strict):
@@ -790,13 +835,16 @@ def parse(doc: dict, where: str | None = None) -> Scenario:
 
 
 def _first_error(e: ValidationError) -> tuple[str, str]:
+    """(field, message) of the first error: a ScenarioError raised inside a section's validator names its field
+    within that section; a ValueError's own message, without pydantic's "Value error, " before it."""
     err = e.errors()[0]
     inner = err.get("ctx", {}).get("error")
-    if isinstance(inner, ScenarioError):
-        return inner.field, inner.message
     loc = ".".join(str(x) for x in err["loc"] if not (isinstance(x, str) and x in _TAGS))
+    if isinstance(inner, ScenarioError):
+        return ".".join(x for x in (loc, inner.field) if x), inner.message
     more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-    return loc or "scenario", f"{err['msg']}{more}"
+    message = str(inner) if isinstance(inner, ValueError) else err["msg"]
+    return loc or "scenario", f"{message}{more}"
 
 
 _TAGS = {"llm", "service"} | {t for t in STAGE_POOL_KIND} | {"kv_transfer", "route", "tool"}
@@ -827,7 +875,7 @@ def with_overrides(scenario: Scenario, overrides, where: str | None = None) -> S
 
 
 def set_path(doc: dict, key: str, value, where: str | None = None) -> None:
-    if key.startswith("source.") and len(doc.get("clients") or []) == 1:  # a one-client scenario's `source`
+    if key.split(".")[0] == "source" and len(doc.get("clients") or []) == 1:  # a one-client scenario's `source`
         key = "clients.0." + key
     target = doc
     *path, last = key.split(".")

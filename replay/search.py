@@ -121,11 +121,10 @@ def _fingerprint(scenario: Scenario, warehouse_root: Path) -> str:
 def _limited(scenario: Scenario, share: float, sizes: dict[str, int]) -> Scenario:
     if share >= 1:
         return scenario
-    sets = [f"clients.{c.name}.source.limit={max(math.ceil(sizes[c.name] * share), 1)}" for c in scenario.clients]
-    sets += [
-        f"clients.{c.name}.source.requests={max(math.ceil(sizes[c.name] * share), 1)}"
+    sets = [  # a log's first requests; another source's request count
+        f"clients.{c.name}.source.{'limit' if c.source.kind == 'log' else 'requests'}="
+        f"{max(math.ceil(sizes[c.name] * share), 1)}"
         for c in scenario.clients
-        if c.source.kind != "log"
     ]
     return with_overrides(scenario, sets)
 

@@ -620,6 +620,51 @@ def test_an_ivf_index_scans_no_more_lists_than_it_has():
     assert sc(doc).pool("search").index.nprobe == 1024
 
 
+@pytest.mark.parametrize(
+    ("sets", "field", "message"),
+    [  # each was accepted and ignored: the replay ran as if it were not there
+        (["pools.search.index.nprobe=8"], "pools.1.index.nprobe", "an HNSW index does not read it (set to 8)"),
+        (
+            ["pools.search.index={type: ivf, vectors: 1000, ef_search: 128}"],
+            "pools.1.index.ef_search",
+            "an IVF index does not read it",
+        ),
+        (["source.rate_per_s=5"], "clients.0.source.rate_per_s", "a log source does not read it (set to 5.0)"),
+        (["source.concurrency=4"], "clients.0.source.concurrency", "a log source does not read it"),
+        (
+            ["source={kind: synthetic, cv: 2.5}"],
+            "clients.0.source.cv",
+            "a synthetic source with poisson arrivals and fixed lengths does not read it",
+        ),
+        (["source={kind: synthetic, length_cv: 0.5}"], "clients.0.source.length_cv", "fixed lengths does not read"),
+        (["source={kind: synthetic, time_scale: 2}"], "clients.0.source.time_scale", "does not read it"),
+        (["source={kind: closed_loop, lengths: lognormal}"], "clients.0.source.lengths", "a closed_loop source"),
+        (["pools.llm.memory.swap_space_bytes=1024"], "pools.3.memory.swap_space_bytes", "recompute preemption"),
+        (
+            ["pools.llm.batching={policy: static, order: prefill_first}"],
+            "pools.3.batching.order",
+            "static batching (a batch runs whole, prefill then decodes) does not read it",
+        ),
+    ],
+)
+def test_a_field_its_kind_never_reads_is_refused_not_ignored(sets: list, field: str, message: str):
+    with pytest.raises(ScenarioError) as info:
+        with_overrides(sc(rag()), sets, "rag.yaml")
+    assert info.value.field == field and message in info.value.message, info.value
+    assert info.value.path == "rag.yaml"
+
+
+def test_fields_a_kind_reads_are_accepted_and_a_whole_dump_validates():
+    ok = [
+        "source={kind: synthetic, arrival: gamma, cv: 2.5, lengths: lognormal, length_cv: 0.5}",
+        "pools.llm.memory={preemption: swap, swap_space_bytes: 1024}",
+        "pools.search.index={type: ivf, vectors: 1000, nlist: 64, nprobe: 8}",
+    ]
+    scenario = with_overrides(sc(rag()), ok)
+    assert scenario.clients[0].source.cv == 2.5 and scenario.pool("search").index.nprobe == 8
+    assert Scenario.model_validate(scenario.model_dump()) == scenario  # defaults written out are still defaults
+
+
 def test_unknown_links_tiers_and_set_paths(tmp_path: Path):
     doc = disagg()
     doc["pipelines"]["pd"]["stages"][1]["link"] = "fiber"

@@ -181,8 +181,8 @@ def test_routers_and_closed_loop(wh: Path):
         sc = scenario()
         sc.router = router
         assert (simulate(sc, wh)["requests"].status == "completed").all()
-    sc = scenario()
-    sc.source.kind, sc.source.concurrency, sc.source.requests = "closed_loop", 8, 40
+    source = {"kind": "closed_loop", "concurrency": 8, "requests": 40, "input_tokens": 700, "output_tokens": 90}
+    sc = scenario(source=source)
     req = simulate(sc, wh)["requests"]
     assert len(req) == 40 and (req.status == "completed").all()
     events = sorted([(t, 1) for t in req.arrival_s] + [(t, -1) for t in req.completion_s], key=lambda e: (e[0], e[1]))
@@ -453,9 +453,8 @@ def test_sweep_on_dask_equals_serial_and_partitioned_equals_serial(wh: Path, tmp
 
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("parameters:\n  pools.0.replicas: [1, 2]\n  pools.0.batching.max_batched_tokens: [256, 1024]\n")
-    logged = scenario()
-    logged.source.kind, logged.source.limit = "log", 200
-    logged.source.log = str(tmp_path / "azure.csv")  # a copy not yet in the warehouse: the sweep ingests it once
+    # a copy not yet in the warehouse: the sweep ingests it once
+    logged = scenario(source={"kind": "log", "limit": 200, "log": str(tmp_path / "azure.csv")})
     shutil.copy(SAMPLES / "requests/azure_llm_2023/AzureLLMInferenceTrace_conv.csv", logged.source.log)
     Path(logged.source.log).write_text(Path(logged.source.log).read_text().replace(",44\n", ",45\n", 1))
     points = sweep_points(logged, sweep)
@@ -691,31 +690,30 @@ def test_random_configurations_keep_every_invariant_and_match_stepping(wh: Path,
         + "\n"
     )
     pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
+    router = pick(["round_robin", "least_outstanding", "prefix_aware"])
+    pool = {
+        "device": "h100_sxm",
+        "model": "llama-3.1-8b",
+        "replicas": int(rng.integers(1, 3)),
+        "batching": {
+            "policy": pick(["chunked_prefill", "continuous", "static"]),
+            "order": pick(["decode_first", "prefill_first"]),
+            "max_batched_tokens": pick([512, 2048, 8192]),
+            "max_num_seqs": pick([8, 64]),
+        },
+        "memory": {
+            "gpu_memory_utilization": pick([0.245, 0.25, 0.3]),
+            "preemption": pick(["recompute", "swap"]),
+            "prefix_caching": bool(rng.integers(2)),
+            "swap_space_bytes": pick([0.0, 2**28, 2**32]),
+        },
+    }
+    if pool["batching"]["policy"] == "static":  # drawn all the same: each seed keeps the configuration it had
+        del pool["batching"]["order"]  # a static batch has no order to choose
+    if pool["memory"]["preemption"] == "recompute":
+        del pool["memory"]["swap_space_bytes"]  # only swapping uses it
     sc = Scenario.model_validate(
-        {
-            "seed": seed,
-            "source": {"kind": "log", "log": str(log)},
-            "router": pick(["round_robin", "least_outstanding", "prefix_aware"]),
-            "pools": [
-                {
-                    "device": "h100_sxm",
-                    "model": "llama-3.1-8b",
-                    "replicas": int(rng.integers(1, 3)),
-                    "batching": {
-                        "policy": pick(["chunked_prefill", "continuous", "static"]),
-                        "order": pick(["decode_first", "prefill_first"]),
-                        "max_batched_tokens": pick([512, 2048, 8192]),
-                        "max_num_seqs": pick([8, 64]),
-                    },
-                    "memory": {
-                        "gpu_memory_utilization": pick([0.245, 0.25, 0.3]),
-                        "preemption": pick(["recompute", "swap"]),
-                        "prefix_caching": bool(rng.integers(2)),
-                        "swap_space_bytes": pick([0.0, 2**28, 2**32]),
-                    },
-                }
-            ],
-        }
+        {"seed": seed, "source": {"kind": "log", "log": str(log)}, "router": router, "pools": [pool]}
     )
     sc.pools[0].batching.overlap = bool(rng.integers(2))
     out = simulate(sc, wh, audit=True)
@@ -805,9 +803,10 @@ def test_overlap_scheduler_closed_loop_reply_misses_the_batch_formed_as_its_answ
     # one more iteration (two boundaries); a request arriving mid-iteration also waits for two.
     def boundaries_waited(overlap: bool) -> list[int]:
         batching = {"policy": "continuous", "max_batched_tokens": 8192, "max_num_seqs": 64, "overlap": overlap}
-        sc = scenario(**{"pools.replicas": 1, "pools.batching": batching})
-        sc.source.kind, sc.source.concurrency, sc.source.requests = "closed_loop", 4, 40
-        sc.source.output_tokens_stddev = 30.0  # the clients drift apart: replies come while others decode
+        # the clients' output lengths spread, so they drift apart: replies come while others decode
+        source = {"kind": "closed_loop", "concurrency": 4, "requests": 40, "input_tokens": 700, "output_tokens": 90}
+        sc = scenario(**{"pools.replicas": 1, "pools.batching": batching, "source": source})
+        sc.source.output_tokens_stddev = 30.0
         out = simulate(sc, wh, skip_ahead=False)  # one timeline row per iteration
         ends = np.sort(out["timeline"].end_s.to_numpy())
         req = out["requests"]
