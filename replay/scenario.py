@@ -184,6 +184,14 @@ class ServicePoolSpec(_Strict):
     dtype: str = "bfloat16"
     price_per_hour_usd: PositiveFloat | None = None
 
+    @model_validator(mode="after")
+    def _serves_a_model_or_an_index(self) -> ServicePoolSpec:
+        if (self.model is None) == (self.index is None):
+            raise ValueError("a service pool serves one encoder `model` or one vector `index`")
+        if self.index is not None:  # a vector search reads neither encoder field (replay/pools/build.py)
+            refuse_unread(self, set(type(self).model_fields) - {"max_tokens", "dtype"}, "a vector-index pool")
+        return self
+
 
 def _pool_kind(value) -> str:
     return (value.get("kind") or "llm") if isinstance(value, dict) else value.kind
@@ -831,15 +839,27 @@ def parse(doc: dict, where: str | None = None) -> Scenario:
     except ScenarioError as e:
         raise e.at(where) if where else e from None
     except ValidationError as e:
-        raise ScenarioError(*_first_error(e), path=where) from None
+        raise ScenarioError(*_first_error(e, doc), path=where) from None
 
 
-def _first_error(e: ValidationError) -> tuple[str, str]:
-    """(field, message) of the first error: a ScenarioError raised inside a section's validator names its field
-    within that section; a ValueError's own message, without pydantic's "Value error, " before it."""
+def _first_error(e: ValidationError, doc: dict) -> tuple[str, str]:
+    """(field, message) of the first error, its path naming list items by name where they have one
+    (`pools.search.index`, as the reference checks and `--set` do); a ScenarioError raised inside a section's
+    validator names its field within that section; a ValueError says its own message, without pydantic's
+    "Value error, " before it."""
     err = e.errors()[0]
     inner = err.get("ctx", {}).get("error")
-    loc = ".".join(str(x) for x in err["loc"] if not (isinstance(x, str) and x in _TAGS))
+    parts, at = [], doc
+    for x in err["loc"]:
+        if x in _TAGS and not (isinstance(at, dict) and x in at):  # a union member's tag, not a document key
+            continue
+        if isinstance(at, list) and isinstance(x, int) and x < len(at):
+            at = at[x]
+            parts.append(str(at["name"]) if isinstance(at, dict) and "name" in at else str(x))
+        else:
+            at = at.get(x) if isinstance(at, dict) else None
+            parts.append(str(x))
+    loc = ".".join(parts)
     if isinstance(inner, ScenarioError):
         return ".".join(x for x in (loc, inner.field) if x), inner.message
     more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""

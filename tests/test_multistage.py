@@ -458,7 +458,9 @@ def test_more_rounds_with_tool_calls_take_longer_end_to_end(wh: Path):
 @pytest.mark.parametrize("share", [-0.1, 1.5])
 def test_a_reasoning_share_outside_0_to_1_is_refused_before_the_run(share: float):
     # a negative share once reached the engine as a negative token count and failed there with an IndexError
-    with pytest.raises(ScenarioError, match=rf"stages\.0\.share: .*from 0 to 1, or `log`; got {share}"):
+    with pytest.raises(
+        ScenarioError, match=rf"pipelines\.think\.stages\.reason\.share: .*from 0 to 1, or `log`; got {share}"
+    ):
         sc(reasoning(1, share=share))
     assert sc(reasoning(1, share=0.0)).pipelines["think"].stages[0].share == 0.0
 
@@ -614,7 +616,7 @@ def test_a_decode_pool_reads_the_kv_cache_its_prefill_pool_wrote(pool: dict, mes
 def test_an_ivf_index_scans_no_more_lists_than_it_has():
     doc = rag()
     doc["pools"][1]["index"] = {"type": "ivf", "vectors": 10_000_000, "dim": 1024, "nlist": 1024, "nprobe": 2048}
-    with pytest.raises(ScenarioError, match=r"pools\.1\.index.*nprobe 2048 exceeds nlist 1024"):
+    with pytest.raises(ScenarioError, match=r"pools\.search\.index.*nprobe 2048 exceeds nlist 1024"):
         sc(doc)
     doc["pools"][1]["index"]["nprobe"] = 1024
     assert sc(doc).pool("search").index.nprobe == 1024
@@ -623,27 +625,33 @@ def test_an_ivf_index_scans_no_more_lists_than_it_has():
 @pytest.mark.parametrize(
     ("sets", "field", "message"),
     [  # each was accepted and ignored: the replay ran as if it were not there
-        (["pools.search.index.nprobe=8"], "pools.1.index.nprobe", "an HNSW index does not read it (set to 8)"),
+        (["pools.search.index.nprobe=8"], "pools.search.index.nprobe", "an HNSW index does not read it (set to 8)"),
         (
             ["pools.search.index={type: ivf, vectors: 1000, ef_search: 128}"],
-            "pools.1.index.ef_search",
+            "pools.search.index.ef_search",
             "an IVF index does not read it",
         ),
-        (["source.rate_per_s=5"], "clients.0.source.rate_per_s", "a log source does not read it (set to 5.0)"),
-        (["source.concurrency=4"], "clients.0.source.concurrency", "a log source does not read it"),
+        (["source.rate_per_s=5"], "clients.rag.source.rate_per_s", "a log source does not read it (set to 5.0)"),
+        (["source.concurrency=4"], "clients.rag.source.concurrency", "a log source does not read it"),
         (
             ["source={kind: synthetic, cv: 2.5}"],
-            "clients.0.source.cv",
+            "clients.rag.source.cv",
             "a synthetic source with poisson arrivals and fixed lengths does not read it",
         ),
-        (["source={kind: synthetic, length_cv: 0.5}"], "clients.0.source.length_cv", "fixed lengths does not read"),
-        (["source={kind: synthetic, time_scale: 2}"], "clients.0.source.time_scale", "does not read it"),
-        (["source={kind: closed_loop, lengths: lognormal}"], "clients.0.source.lengths", "a closed_loop source"),
-        (["pools.llm.memory.swap_space_bytes=1024"], "pools.3.memory.swap_space_bytes", "recompute preemption"),
+        (["source={kind: synthetic, length_cv: 0.5}"], "clients.rag.source.length_cv", "fixed lengths does not read"),
+        (["source={kind: synthetic, time_scale: 2}"], "clients.rag.source.time_scale", "does not read it"),
+        (["source={kind: closed_loop, lengths: lognormal}"], "clients.rag.source.lengths", "a closed_loop source"),
+        (["pools.llm.memory.swap_space_bytes=1024"], "pools.llm.memory.swap_space_bytes", "recompute preemption"),
         (
             ["pools.llm.batching={policy: static, order: prefill_first}"],
-            "pools.3.batching.order",
+            "pools.llm.batching.order",
             "static batching (a batch runs whole, prefill then decodes) does not read it",
+        ),
+        (["pools.search.max_tokens=64"], "pools.search.max_tokens", "a vector-index pool does not read it"),
+        (  # refused when the pool was built, after every check had passed
+            ["pools.embedder.index={vectors: 1000}"],
+            "pools.embedder",
+            "a service pool serves one encoder `model` or one vector `index`",
         ),
     ],
 )

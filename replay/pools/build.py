@@ -9,7 +9,6 @@ from ...calibrate.catalog import Device
 from ...calibrate.catalog import device as catalog_device
 from ...calibrate.catalog import model as catalog_model
 from ...calibrate.model import CostModel
-from ..errors import ScenarioError
 from ..loop import EventLoop
 from ..scenario import ServicePoolSpec
 from .service import ServicePool
@@ -37,8 +36,6 @@ def device_share(dev: Device, cores: int | None) -> tuple[Device, float]:
 def build_service_pool(
     spec: ServicePoolSpec, warehouse_root: Path, loop: EventLoop, max_seqs: int, price_at: str = "point"
 ) -> ServicePool:
-    if (spec.model is None) == (spec.index is None):
-        raise ScenarioError(f"pools.{spec.name}", "a service pool serves one encoder `model` or one vector `index`")
     dev = catalog_device(spec.device)
     share, fraction = device_share(dev, spec.cores)
     key = (
