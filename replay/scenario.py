@@ -67,12 +67,6 @@ class Batching(_Strict):
         "iteration n+2 at the earliest",
     )
 
-    @model_validator(mode="after")
-    def _order_of_a_mixed_batch(self) -> Batching:
-        reads = set(type(self).model_fields) - ({"order"} if self.policy == "static" else set())
-        refuse_unread(self, reads, "static batching (a batch runs whole, prefill then decodes)")
-        return self
-
 
 # How each serving framework batches in the measured deployments: SGLang runs prefill batches ahead of decodes
 # and does not mix them (mixed chunks are opt-in), with its overlap scheduler (on by default since 0.4); vLLM V1
@@ -315,6 +309,12 @@ class RouteStage(_Stage):
     default: str | None = None
     weights: dict[str, PositiveFloat] = {}  # probability (seeded), or the classifier's decision mix
     classifier_pool: str | None = Field(None, description="classifier: a service pool running the classifier")
+
+    @model_validator(mode="after")
+    def _classifier_pool_classifies(self) -> RouteStage:
+        reads = set(type(self).model_fields) - (set() if self.method == "classifier" else {"classifier_pool"})
+        refuse_unread(self, reads, f"a {self.method} route")
+        return self
 
 
 class ReasoningStage(_Stage):

@@ -642,12 +642,12 @@ def test_an_ivf_index_scans_no_more_lists_than_it_has():
         (["source={kind: synthetic, time_scale: 2}"], "clients.rag.source.time_scale", "does not read it"),
         (["source={kind: closed_loop, lengths: lognormal}"], "clients.rag.source.lengths", "a closed_loop source"),
         (["pools.llm.memory.swap_space_bytes=1024"], "pools.llm.memory.swap_space_bytes", "recompute preemption"),
-        (
-            ["pools.llm.batching={policy: static, order: prefill_first}"],
-            "pools.llm.batching.order",
-            "static batching (a batch runs whole, prefill then decodes) does not read it",
-        ),
         (["pools.search.max_tokens=64"], "pools.search.max_tokens", "a vector-index pool does not read it"),
+        (  # its pool was counted among the used ones, priced and billed, and never sent a job
+            ["pipelines.rag.stages.generate={name: generate, type: route, default: llm, classifier_pool: reranker}"],
+            "pipelines.rag.stages.generate.classifier_pool",
+            "a rule route does not read it (set to 'reranker')",
+        ),
         (  # refused when the pool was built, after every check had passed
             ["pools.embedder.index={vectors: 1000}"],
             "pools.embedder",

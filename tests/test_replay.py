@@ -708,9 +708,7 @@ def test_random_configurations_keep_every_invariant_and_match_stepping(wh: Path,
             "swap_space_bytes": pick([0.0, 2**28, 2**32]),
         },
     }
-    if pool["batching"]["policy"] == "static":  # drawn all the same: each seed keeps the configuration it had
-        del pool["batching"]["order"]  # a static batch has no order to choose
-    if pool["memory"]["preemption"] == "recompute":
+    if pool["memory"]["preemption"] == "recompute":  # drawn all the same: each seed keeps its configuration
         del pool["memory"]["swap_space_bytes"]  # only swapping uses it
     sc = Scenario.model_validate(
         {"seed": seed, "source": {"kind": "log", "log": str(log)}, "router": router, "pools": [pool]}
