@@ -12,7 +12,16 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from ..warehouse.batch import ROW_COLUMN, IngestError, QuarantinedRow, SourceBatch, build_table, read_lines
+from ..warehouse.batch import (
+    INT64_MAX,
+    PROBLEM_COLUMN,
+    ROW_COLUMN,
+    IngestError,
+    QuarantinedRow,
+    SourceBatch,
+    build_table,
+    read_lines,
+)
 from .text import read_csv
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -125,32 +134,64 @@ def _jsonl(path: Path, batch: SourceBatch, required: tuple[str, ...]) -> tuple[l
     return records, lines
 
 
-def _num(records: list[dict], key: str) -> np.ndarray:
-    return _tokens(pd.Series([r.get(key) for r in records], dtype=object))
+def _values(records: list[dict], key: str, problems: list) -> list:
+    """A JSON field of every record; a boolean is not a number (pandas would read `true` as 1 token), so it
+    flags its row."""
+    out = [r.get(key) for r in records]
+    for i, v in enumerate(out):
+        if isinstance(v, bool):
+            problems[i] = problems[i] or f"{key}: {str(v).lower()} is not a number"
+            out[i] = None
+    return out
+
+
+def _num(records: list[dict], key: str, problems: list) -> np.ndarray:
+    return _tokens(pd.Series(_values(records, key, problems), dtype=object))
 
 
 def _id_list(value) -> list[int] | None:
+    """Block or prompt-part ids as written: None when absent, else a list of 64-bit integers. Anything else is
+    a ValueError saying what is wrong: read leniently, a float id would be truncated (1.5 -> 1) and a string or
+    an id past int64 lost, and the row kept without its prefix."""
+    if value is None:
+        return None
     if not isinstance(value, list):
-        return None
-    try:
-        return [int(v) for v in value]
-    except (TypeError, ValueError):
-        return None
+        raise ValueError(f"expected a list of integer ids, got {type(value).__name__} {str(value)[:40]!r}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"id {str(v)[:40]!r} is not an integer")
+        if not -INT64_MAX - 1 <= v <= INT64_MAX:
+            raise ValueError(f"id {v} does not fit in a signed 64-bit integer")
+    return value
+
+
+def _ids(values: list, field: str, problems: list) -> list[list[int] | None]:
+    """_id_list of each value; a value that is not one flags its row (quarantined with the reason)."""
+    out: list[list[int] | None] = []
+    for i, value in enumerate(values):
+        try:
+            out.append(_id_list(value))
+        except ValueError as e:
+            problems[i] = problems[i] or f"{field}: {e}"
+            out.append(None)
+    return out
 
 
 def parse_mooncake(path: Path, batch: SourceBatch) -> SourceBatch:
     """Mooncake: timestamp (ms from the start), input_length, output_length, hash_ids (512-token blocks)."""
     records, lines = _jsonl(path, batch, ("timestamp", "input_length", "output_length"))
     n = len(records)
-    ts_ms = pd.to_numeric(pd.Series([r.get("timestamp") for r in records], dtype=object), errors="coerce")
+    problems: list[str | None] = [None] * n
+    ts_ms = pd.to_numeric(pd.Series(_values(records, "timestamp", problems), dtype=object), errors="coerce")
     cols = {
         ROW_COLUMN: lines,
         "log_name": [batch.params.get("log_name") or f"mooncake/{path.stem}"] * n,
         "request_id": np.arange(n),
         "arrival_s": _relative(ts_ms.to_numpy(dtype=float) / 1000.0),
-        "input_tokens": _num(records, "input_length"),
-        "output_tokens": _num(records, "output_length"),
-        "prefix_block_hashes": [_id_list(r.get("hash_ids")) for r in records],
+        "input_tokens": _num(records, "input_length", problems),
+        "output_tokens": _num(records, "output_length", problems),
+        "prefix_block_hashes": _ids([r.get("hash_ids") for r in records], "hash_ids", problems),
+        PROBLEM_COLUMN: problems,
     }
     batch.note = {"block_tokens": 512}
     batch.tables["requests"] = build_table("requests", cols, n)
@@ -172,21 +213,28 @@ def parse_ragpulse(path: Path, batch: SourceBatch) -> SourceBatch:
     """RAGPulse trace plus the per-part length tables beside it (1_sys_prompt.jsonl ... 5_web_search.jsonl)."""
     records, lines = _jsonl(path, batch, ("timestamp", "input_length", "output_length", "hash_ids"))
     n = len(records)
-    ts = pd.to_numeric(pd.Series([r.get("timestamp") for r in records], dtype=object), errors="coerce")
+    problems: list[str | None] = [None] * n
+    ts = pd.to_numeric(pd.Series(_values(records, "timestamp", problems), dtype=object), errors="coerce")
     cols: dict = {
         ROW_COLUMN: lines,
         "log_name": [batch.params.get("log_name") or f"ragpulse/{path.stem}"] * n,
         "request_id": np.arange(n),
         "arrival_s": _relative(ts.to_numpy(dtype=float)),
-        "input_tokens": _num(records, "input_length"),
-        "output_tokens": _num(records, "output_length"),
+        "input_tokens": _num(records, "input_length", problems),
+        "output_tokens": _num(records, "output_length", problems),
         "session_id": [str(r["session_id"]) if r.get("session_id") is not None else None for r in records],
+        PROBLEM_COLUMN: problems,
     }
-    parts = [r.get("hash_ids") if isinstance(r.get("hash_ids"), dict) else {} for r in records]
+    parts = []
+    for i, r in enumerate(records):  # the prompt's parts, each a list of ids
+        hashes = r.get("hash_ids")
+        if hashes is not None and not isinstance(hashes, dict):
+            problems[i] = problems[i] or f"hash_ids: expected an object of prompt parts, got {type(hashes).__name__}"
+        parts.append(hashes if isinstance(hashes, dict) else {})
     tables_found = []
     prefix: list[list[int]] = [[] for _ in range(n)]
     for key, table_file, id_field, column in RAGPULSE_PARTS:
-        ids = [_id_list(p.get(key)) for p in parts]
+        ids = _ids([p.get(key) for p in parts], f"hash_ids.{key}", problems)
         cols[f"{column}_hashes"] = ids
         for acc, part in zip(prefix, ids, strict=True):
             acc.extend(part or [])

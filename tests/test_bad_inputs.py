@@ -264,3 +264,45 @@ def test_malformed_jsonl_line_is_quarantined(seeded: Warehouse, tmp_path: Path):
     assert (report.rows_accepted, report.rows_quarantined) == (4, 1)
     row, reason = seeded.query("SELECT row_number, reason FROM quarantine")[1][0]
     assert row == 3 and reason.startswith("malformed JSON line")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [  # before: 1.5 and `true` were stored as block 1, the string as no prefix at all, an id past int64 failed
+        # the whole ingest with an OverflowError, and an input_length of `true` became a 1-token prompt
+        ("hash_ids", [7, 1.5], "hash_ids: id '1.5' is not an integer"),
+        ("hash_ids", "abc", "hash_ids: expected a list of integer ids, got str 'abc'"),
+        ("hash_ids", [True], "hash_ids: id 'True' is not an integer"),
+        ("hash_ids", [2**63], "hash_ids: id 9223372036854775808 does not fit in a signed 64-bit integer"),
+        ("input_length", True, "input_length: true is not a number"),
+    ],
+)
+def test_a_mooncake_row_whose_ids_or_counts_are_not_integers_is_quarantined(
+    seeded: Warehouse, tmp_path: Path, field: str, value, reason: str
+):
+    lines = (SAMPLES / "requests/mooncake/conversation_trace.jsonl").read_text().splitlines()[:3]
+    rec = json.loads(lines[1])
+    rec[field] = value
+    bad = tmp_path / "mooncake.jsonl"
+    bad.write_text("\n".join([lines[0], json.dumps(rec), lines[2]]) + "\n")
+    report = ingest(seeded, [bad], progress=False)
+    assert (report.rows_accepted, report.rows_quarantined) == (2, 1)
+    row, got, record = seeded.query("SELECT row_number, reason, record FROM quarantine")[1][0]
+    assert (row, got, record) == (2, reason, json.dumps(rec))
+
+
+def test_a_ragpulse_row_whose_prompt_part_ids_are_not_a_list_is_quarantined(seeded: Warehouse, tmp_path: Path):
+    src = SAMPLES / "requests/ragpulse/data"
+    for f in src.glob("[1-5]_*.jsonl"):  # the length tables it reads beside the trace
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    lines = (src / "0_trace.jsonl").read_text().splitlines()[:4]
+    recs = [json.loads(line) for line in lines]
+    recs[1]["hash_ids"]["passages_ids"] = 7398  # one id, not a list of them
+    recs[2]["hash_ids"] = [1, 2]
+    (tmp_path / "0_trace.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    report = ingest(seeded, [tmp_path / "0_trace.jsonl"], progress=False)
+    assert (report.rows_accepted, report.rows_quarantined) == (2, 2)
+    assert dict(seeded.query("SELECT row_number, reason FROM quarantine")[1]) == {
+        2: "hash_ids.passages_ids: expected a list of integer ids, got int '7398'",
+        3: "hash_ids: expected an object of prompt parts, got list",
+    }
