@@ -145,7 +145,8 @@ def validate_silicon(
     fmt: Annotated[str, typer.Option("--format", help="text (Markdown) or json.")] = "text",
     limit: Annotated[int | None, typer.Option(help="Simulate at most this many rows (calibrates nothing).")] = None,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Write rows.csv, not_expressed.csv, summary.json and a PNG here.")
+        Path | None,
+        typer.Option("--out", help="Write rows.csv, not_expressed.csv, summary.json and a PNG here.", file_okay=False),
     ] = None,
     metrics: Annotated[Path | None, typer.Option(help="Write the summary JSON here (a DVC metrics file).")] = None,
     interval: Annotated[
@@ -206,7 +207,7 @@ def validate_bench(
     fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
     limit: Annotated[int | None, typer.Option(help="At most this many rows per file.")] = None,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Write rows.csv, not_expressed.csv, summary.json.")
+        Path | None, typer.Option("--out", help="Write rows.csv, not_expressed.csv, summary.json.", file_okay=False)
     ] = None,
     warehouse: WarehouseOpt = None,
 ) -> None:

@@ -47,7 +47,10 @@ def replay(
         bool, typer.Option(help="Split a round-robin log across replicas as Dask tasks (same result as serial).")
     ] = False,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Write requests / timeline Parquet, summary JSON, plots, trace here.")
+        Path | None,
+        typer.Option(
+            "--out", help="Write requests / timeline Parquet, summary JSON, plots, trace here.", file_okay=False
+        ),
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="Summary as text or json on stdout.")] = "text",
     metrics: Annotated[Path | None, typer.Option(help="Write the headline figures here (a DVC metrics file).")] = None,
@@ -107,16 +110,57 @@ def replay(
     if fmt == "json":
         write_json(s)
         return
+    print_summary(s)
+
+
+def print_summary(s: dict) -> None:
+    """A replay's summary as text: the headline figures, where the time goes per stage, each pool's device,
+    load and the tiers that priced it, rejections and every assumption standing in for a measurement."""
+    out.print(f"\n## Replay: {s['scenario']}\n")
     out.print(
-        f"{s['completed']} completed, {s['rejected']} rejected in {s['simulated_span_s']} s simulated; "
-        f"TTFT p50/p99 {s['ttft_ms'].get('p50')}/{s['ttft_ms'].get('p99')} ms, TPOT p50/p99 "
-        f"{s['tpot_ms'].get('p50')}/{s['tpot_ms'].get('p99')} ms, {s['throughput_output_tokens_per_s']} tok/s"
+        f"{s['completed']} completed, {s['rejected']} rejected over {s['simulated_span_s']} s simulated; "
+        f"TTFT p50 / p99 {s['ttft_ms'].get('p50')} / {s['ttft_ms'].get('p99')} ms; TPOT p50 / p99 "
+        f"{s['tpot_ms'].get('p50')} / {s['tpot_ms'].get('p99')} ms; {s['throughput_output_tokens_per_s']} output "
+        f"tokens/s; goodput {s['goodput_req_per_s']} req/s; energy {s['energy_j']} J; cost {s['cost_usd']} USD"
     )
     if "interval_90" in s:
         shown = ", ".join(f"{k} [{lo}, {hi}]" for k, (lo, hi) in s["interval_90"].items())
         out.print(f"90% interval (every calibrated op at its interval's lower / upper end): {shown}")
     for reason, n in s["rejected_by_reason"].items():
         out.print(f"rejected {n}: {reason}")
+    if s.get("stages"):
+        rows = [
+            (
+                name,
+                st["count"],
+                st["queue_ms"].get("p50"),
+                st["queue_ms"].get("p99"),
+                st["service_ms"].get("p50"),
+                st["service_ms"].get("p99"),
+            )
+            for name, st in s["stages"].items()
+        ]
+        print_table(
+            "where the time goes, per stage (ms)",
+            ["stage", "requests", "queue p50", "queue p99", "service p50", "service p99"],
+            rows,
+        )
+    pools = [
+        (
+            name,
+            p["kind"],
+            p["device"],
+            p["model"],
+            p["devices"],
+            p["utilization"],
+            p["mean_batch_size"],
+            ", ".join(f"{k}: {v}" for k, v in p["cost_tiers"].items()),
+        )
+        for name, p in s["pools"].items()
+    ]
+    print_table(
+        "pools", ["pool", "kind", "device", "model", "devices", "utilization", "mean batch", "cost tiers"], pools
+    )
     for key, a in s["assumptions"].items():
         out.print(f"assumed {key} = {a['value']}: {a['why']}")
 
@@ -137,7 +181,9 @@ def search(
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
     serial: Annotated[bool, typer.Option(help="No Dask: run the points one after another here.")] = False,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="points.parquet, search.json, pareto.png.")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="points.parquet, search.json, pareto.png.", file_okay=False)
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="Result as text or json on stdout.")] = "text",
     warehouse: WarehouseOpt = None,
 ) -> None:

@@ -19,7 +19,9 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 def study(
     name: Annotated[str, typer.Argument(help="reasoning, rag, kv_tiers, disagg or tokens_per_dollar.")],
     data: Annotated[Path, typer.Option(help="A data root laid out like ../shared/data.")] = SAMPLES,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Default: reports/studies/NAME.")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Default: reports/studies/NAME.", file_okay=False)
+    ] = None,
     workers: Annotated[int, typer.Option(help="Local Dask workers (0: serial).")] = 2,
     metrics: Annotated[Path | None, typer.Option(help="Also write the headline metrics here (DVC).")] = None,
     warehouse: WarehouseOpt = None,

@@ -32,6 +32,7 @@ WarehouseOpt = Annotated[
         envvar=ENV_VAR,
         help=f"Warehouse directory (default: ./.hermes, or ${ENV_VAR}).",
         show_default=False,
+        file_okay=False,
     ),
 ]
 FORMATS = ("text", "json")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..warehouse.store import default_location
 from .cli import app, ingest, warehouse_summary
-from .common import WarehouseOpt, err, errors, out, print_table
+from .cli_replay import print_summary
+from .common import WarehouseOpt, err, errors
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 SCENARIOS = Path(__file__).resolve().parent.parent / "replay" / "scenarios"
@@ -47,55 +48,8 @@ def run_main_job(warehouse: WarehouseOpt = None) -> None:
         scenario = load(SCENARIOS / "bundled.yaml")
         scenario.source.log = str(SAMPLES / "requests/azure_llm_2023/AzureLLMInferenceTrace_conv.csv")
         single = simulate(scenario, root, progress=True)["summary"]
-        _print_summary(single)
+        print_summary(single)
         t = _step(5, "replay the bundled RAGPulse log through embed -> vector search -> rerank -> generate")
         rag = load(SCENARIOS / "bundled_rag.yaml")
         rag.source.log = str(SAMPLES / "requests/ragpulse/data/0_trace.jsonl")
-        _print_summary(simulate(rag, root, progress=True)["summary"])
-
-
-def _print_summary(s: dict) -> None:
-    out.print(f"\n## Replay: {s['scenario']}\n")
-    out.print(
-        f"{s['completed']} completed, {s['rejected']} rejected over {s['simulated_span_s']} s simulated; "
-        f"TTFT p50 / p99 {s['ttft_ms'].get('p50')} / {s['ttft_ms'].get('p99')} ms; TPOT p50 / p99 "
-        f"{s['tpot_ms'].get('p50')} / {s['tpot_ms'].get('p99')} ms; {s['throughput_output_tokens_per_s']} output "
-        f"tokens/s; goodput {s['goodput_req_per_s']} req/s; energy {s['energy_j']} J; cost {s['cost_usd']} USD"
-    )
-    for reason, n in s["rejected_by_reason"].items():
-        out.print(f"rejected {n}: {reason}")
-    if s.get("stages"):
-        rows = [
-            (
-                name,
-                st["count"],
-                st["queue_ms"].get("p50"),
-                st["queue_ms"].get("p99"),
-                st["service_ms"].get("p50"),
-                st["service_ms"].get("p99"),
-            )
-            for name, st in s["stages"].items()
-        ]
-        print_table(
-            "where the time goes, per stage (ms)",
-            ["stage", "requests", "queue p50", "queue p99", "service p50", "service p99"],
-            rows,
-        )
-    pools = [
-        (
-            name,
-            p["kind"],
-            p["device"],
-            p["model"],
-            p["devices"],
-            p["utilization"],
-            p["mean_batch_size"],
-            ", ".join(f"{k}: {v}" for k, v in p["cost_tiers"].items()),
-        )
-        for name, p in s["pools"].items()
-    ]
-    print_table(
-        "pools", ["pool", "kind", "device", "model", "devices", "utilization", "mean batch", "cost tiers"], pools
-    )
-    for key, a in s["assumptions"].items():
-        out.print(f"assumed {key} = {a['value']}: {a['why']}")
+        print_summary(simulate(rag, root, progress=True)["summary"])
