@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..warehouse.batch import ROW_COLUMN, IngestError, SourceBatch, build_table
+from ..warehouse.batch import INT64_MAX, PROBLEM_COLUMN, ROW_COLUMN, IngestError, SourceBatch, build_table
 from .devices import canonical_device
 from .text import read_csv
 
@@ -53,16 +53,48 @@ _MLP_FAMILY = {
 }
 
 
-def _stats_us(df: pd.DataFrame, op: str) -> dict[str, np.ndarray]:
-    """latency_us (the median) and the repetition stats of one op, converted from ms."""
-    p = f"time_stats.{op}."
-    return {
-        "latency_us": df[p + "median"].to_numpy(dtype=float) * MS_TO_US,
-        "latency_min_us": df[p + "min"].to_numpy(dtype=float) * MS_TO_US,
-        "latency_max_us": df[p + "max"].to_numpy(dtype=float) * MS_TO_US,
-        "latency_mean_us": df[p + "mean"].to_numpy(dtype=float) * MS_TO_US,
-        "latency_std_us": df[p + "std"].to_numpy(dtype=float) * MS_TO_US,
-    }
+class _Rows:
+    """A Vidur CSV's values, each column read once. A value present but not what its column holds (a time that
+    is not a number, a count that is not a whole number within int64, a flag that is not true or false) flags
+    its row with the column and the value, and the row is quarantined with that reason; read leniently, a
+    count of 2048.5 was stored as 2048, a flag of `maybe` as false, and a time of `fast` failed the whole file
+    without naming it."""
+
+    def __init__(self, df: pd.DataFrame):
+        self.df, self.problems = df, [None] * len(df)
+
+    def _flag(self, mask: np.ndarray, column: str, what: str) -> None:
+        for i in np.flatnonzero(mask):
+            value = self.df[column].iloc[i]
+            shown = repr(value) if isinstance(value, str) else f"{value:g}"
+            self.problems[i] = self.problems[i] or f"{column} {shown} is not {what}"
+
+    def number(self, column: str) -> np.ndarray:
+        raw = self.df[column]
+        x = np.array(pd.to_numeric(raw, errors="coerce"), dtype=float)  # a copy: pandas hands out read-only views
+        self._flag(raw.notna().to_numpy() & np.isnan(x), column, "a number")
+        return x
+
+    def count(self, column: str) -> np.ndarray:
+        x = self.number(column)
+        whole = np.isfinite(x) & (x == np.round(x))
+        self._flag(~np.isnan(x) & ~whole, column, "a whole number")
+        self._flag(whole & (np.abs(x) > INT64_MAX), column, "within 2^63 - 1")
+        x[~whole | (np.abs(x) > INT64_MAX)] = np.nan
+        return x
+
+    def flag(self, column: str) -> np.ndarray:
+        text = self.df[column].astype(str).str.strip().str.lower()
+        self._flag(~text.isin(("true", "false")).to_numpy(), column, "true or false")
+        return text.eq("true").to_numpy()
+
+    def stats_us(self, op: str) -> dict[str, np.ndarray]:
+        """latency_us (the median) and the repetition stats of one op, converted from ms."""
+        p = f"time_stats.{op}."
+        return {
+            f"latency{suffix}_us": self.number(p + stat) * MS_TO_US
+            for suffix, stat in (("", "median"), ("_min", "min"), ("_max", "max"), ("_mean", "mean"), ("_std", "std"))
+        }
 
 
 def _require(path: Path, df: pd.DataFrame, columns: list[str]) -> None:
@@ -105,10 +137,6 @@ def _read(path: Path) -> pd.DataFrame:
     return read_csv(path)
 
 
-def _int(df: pd.DataFrame, column: str) -> np.ndarray:
-    return pd.to_numeric(df[column], errors="coerce").to_numpy()
-
-
 def parse_mlp(path: Path, batch: SourceBatch) -> SourceBatch:
     df = _read(path)
     shape_cols = ["n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size", "use_gated_mlp"]
@@ -117,15 +145,15 @@ def parse_mlp(path: Path, batch: SourceBatch) -> SourceBatch:
     if not ops:
         raise IngestError(path, "header", "no time_stats.<op>.median columns")
     model, device = _model_and_device(path)
-    n = len(df)
-    tp = _int(df, "num_tensor_parallel_workers")
-    tokens = _int(df, "num_tokens")
-    embd = _int(df, "n_embd")
-    heads = _int(df, "n_head")
+    n, rows = len(df), _Rows(df)
+    tp = rows.count("num_tensor_parallel_workers")
+    tokens = rows.count("num_tokens")
+    embd = rows.count("n_embd")
+    heads = rows.count("n_head")
     head_dim = embd // heads
-    ffn = _int(df, "n_expanded_embd")
-    gated = df["use_gated_mlp"].astype(str).str.lower().eq("true").to_numpy()
-    kv_heads = _int(df, "n_kv_head")
+    ffn = rows.count("n_expanded_embd")
+    gated = rows.flag("use_gated_mlp")
+    kv_heads = rows.count("n_kv_head")
     # elementwise ops: (k: none, n: the row width each TP rank touches per token); RoPE rotates this rank's query
     # and key heads (read as the full hidden, its roofline was up to 2.5x slower than measured at TP8)
     widths = {"attn_rope": (heads + kv_heads) * head_dim // tp, "mlp_act": ffn // tp, "add": embd}
@@ -147,7 +175,8 @@ def parse_mlp(path: Path, batch: SourceBatch) -> SourceBatch:
                 "n": width,
                 "k": k,
                 "tp_size": tp,
-                **_stats_us(df, op),
+                **rows.stats_us(op),
+                PROBLEM_COLUMN: rows.problems,
             }
         )
     merged = {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
@@ -179,15 +208,18 @@ def parse_attention(path: Path, batch: SourceBatch) -> SourceBatch:
     ]
     _require(path, df, need)
     model, device = _model_and_device(path)
-    prefill = df["is_prefill"].astype(str).str.lower().eq("true").to_numpy()
-    tp = _int(df, "num_tensor_parallel_workers")
-    heads = _int(df, "n_q_head")
-    n = len(df)
+    n, rows = len(df), _Rows(df)
+    prefill = rows.flag("is_prefill")
+    tp = rows.count("num_tensor_parallel_workers")
+    heads = rows.count("n_q_head")
     stats = {}
     for phase, mask in (("prefill", prefill), ("decode", ~prefill)):
         _require(path, df, [f"time_stats.attn_{phase}.median"])
-        for key, values in _stats_us(df, f"attn_{phase}").items():
-            stats.setdefault(key, np.full(n, np.nan))[mask] = values[mask]
+        phase_rows = _Rows(df[mask])  # the other phase's time columns are empty on these rows
+        for key, values in phase_rows.stats_us(f"attn_{phase}").items():
+            stats.setdefault(key, np.full(n, np.nan))[mask] = values
+        for i, problem in zip(np.flatnonzero(mask), phase_rows.problems, strict=True):
+            rows.problems[i] = rows.problems[i] or problem
     backend = (
         df["attention_backend"].astype(str).str.split(".").str[-1].str.lower()
         if ("attention_backend" in df.columns)
@@ -204,13 +236,14 @@ def parse_attention(path: Path, batch: SourceBatch) -> SourceBatch:
         "op_family": np.where(prefill, "attention_prefill", "attention_decode").astype(object),
         "op_name": np.where(prefill, "attn_prefill", "attn_decode").astype(object),
         "tp_size": tp,
-        "batch_size": _int(df, "batch_size"),
-        "seq_len": np.where(prefill, _int(df, "prefill_chunk_size"), 1),
-        "kv_len": _int(df, "kv_cache_size"),
+        "batch_size": rows.count("batch_size"),
+        "seq_len": np.where(prefill, rows.count("prefill_chunk_size"), 1),
+        "kv_len": rows.count("kv_cache_size"),
         "num_heads": heads // tp,
-        "num_kv_heads": _int(df, "n_kv_head") // tp,
-        "head_dim": _int(df, "n_embd") // heads,
+        "num_kv_heads": rows.count("n_kv_head") // tp,
+        "head_dim": rows.count("n_embd") // heads,
         **stats,
+        PROBLEM_COLUMN: rows.problems,
     }
     batch.note |= {"model": model}
     batch.tables["kernel_samples"] = build_table("kernel_samples", {k: v for k, v in cols.items() if v is not None}, n)
@@ -220,12 +253,17 @@ def parse_attention(path: Path, batch: SourceBatch) -> SourceBatch:
 def parse_network(path: Path, batch: SourceBatch) -> SourceBatch:
     df = _read(path)
     _require(path, df, ["collective", "num_workers", "size", "devices_per_node"])
-    collectives = df["collective"].astype(str).unique()
-    if len(collectives) != 1 or f"time_stats.{collectives[0]}.median" not in df.columns:
-        raise IngestError(path, "header", f"expected one collective with time_stats columns, got {collectives}")
-    op = collectives[0]
+    names = df["collective"].astype(str)
+    op = names.iloc[0] if len(names) else ""
+    if f"time_stats.{op}.median" not in df.columns:
+        raise IngestError(path, "line 2", f"collective {op!r} has no time_stats.{op}.* columns")
+    if (other := np.flatnonzero(names.to_numpy() != op)).size:
+        i = int(other[0])
+        raise IngestError(
+            path, f"line {i + 2}", f"collective {names.iloc[i]!r}: one file holds one collective ({op!r})"
+        )
     device = path.parent.name
-    n = len(df)
+    n, rows = len(df), _Rows(df)
     cols = {
         ROW_COLUMN: np.arange(2, n + 2),
         "device": [_part(path, device, batch)] * n,
@@ -235,10 +273,11 @@ def parse_network(path: Path, batch: SourceBatch) -> SourceBatch:
         "dtype": [VIDUR_DTYPE] * n,
         "op_family": [op] * n,
         "op_name": [op] * n,
-        "message_bytes": _int(df, "size"),
-        "num_gpus": _int(df, "num_workers"),
-        "devices_per_node": _int(df, "devices_per_node"),
-        **_stats_us(df, op),
+        "message_bytes": rows.count("size"),
+        "num_gpus": rows.count("num_workers"),
+        "devices_per_node": rows.count("devices_per_node"),
+        **rows.stats_us(op),
+        PROBLEM_COLUMN: rows.problems,
     }
     batch.tables["kernel_samples"] = build_table("kernel_samples", cols, n)
     return batch

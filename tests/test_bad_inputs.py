@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -305,4 +306,64 @@ def test_a_ragpulse_row_whose_prompt_part_ids_are_not_a_list_is_quarantined(seed
     assert dict(seeded.query("SELECT row_number, reason FROM quarantine")[1]) == {
         2: "hash_ids.passages_ids: expected a list of integer ids, got int '7398'",
         3: "hash_ids: expected an object of prompt parts, got list",
+    }
+
+
+VIDUR_NETWORK = SAMPLES / "hardware/vidur/profiling/network/h100_dgx/all_reduce.csv"
+
+
+def _vidur_network_with(tmp_path: Path, column: str, value: str, line: int = 2) -> Path:
+    lines = VIDUR_NETWORK.read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[line - 1].split(",")
+    cells[header.index(column)] = value
+    lines[line - 1] = ",".join(cells)
+    bad = tmp_path / "profiling/network/h100_dgx/all_reduce.csv"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("\n".join(lines) + "\n")
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [  # before: 2048.5 stored as 2048 bytes, 'True' as a size-less row, 1e30 and 'fast' failed the whole file
+        # with a message naming neither the file nor the row
+        ("size", "2048.5", "size 2048.5 is not a whole number"),
+        ("size", "True", "size 'True' is not a number"),
+        ("size", "1e30", "size 1e+30 is not within 2^63 - 1"),
+        ("time_stats.all_reduce.median", "fast", "time_stats.all_reduce.median 'fast' is not a number"),
+    ],
+)
+def test_a_vidur_row_whose_value_is_not_its_columns_kind_is_quarantined(
+    seeded: Warehouse, tmp_path: Path, column: str, value: str, reason: str
+):
+    bad = _vidur_network_with(tmp_path, column, value)
+    report = ingest(seeded, [bad], progress=False)
+    rows = len(VIDUR_NETWORK.read_text().splitlines()) - 1
+    assert (report.rows_accepted, report.rows_quarantined) == (rows - 1, 1)
+    row, got = seeded.query("SELECT row_number, reason FROM quarantine")[1][0]
+    assert (row, got) == (2, reason)
+
+
+def test_a_vidur_network_file_holds_one_collective(seeded: Warehouse, tmp_path: Path):
+    # it was an error, printing pandas' array of the names found on several lines and naming the header
+    bad = _vidur_network_with(tmp_path, "collective", "all_gather", line=5)
+    expect_error(seeded, bad, r"line 5: collective 'all_gather': one file holds one collective \('all_reduce'\)")
+
+
+def test_a_vidur_mlp_row_with_a_flag_that_is_not_true_or_false_is_quarantined_in_every_op(
+    seeded: Warehouse, tmp_path: Path
+):
+    src = SAMPLES / "hardware/vidur/profiling/compute/h100/meta-llama/Llama-2-7b-hf/mlp.csv"
+    df = pd.read_csv(src)
+    df["use_gated_mlp"] = df["use_gated_mlp"].astype(str)
+    df.loc[0, "use_gated_mlp"] = "maybe"  # read as false before: the up projection priced at half its width
+    bad = tmp_path / "profiling/compute/h100/meta-llama/Llama-2-7b-hf/mlp.csv"
+    bad.parent.mkdir(parents=True)
+    df.to_csv(bad, index=False)
+    report = ingest(seeded, [bad], progress=False)
+    ops = report.rows_quarantined
+    assert ops >= 10 and report.rows_accepted == (len(df) - 1) * ops
+    assert set(seeded.query("SELECT row_number, reason FROM quarantine")[1]) == {
+        (2, "use_gated_mlp 'maybe' is not true or false")
     }
