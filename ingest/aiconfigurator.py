@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from ..warehouse.batch import ROW_COLUMN, IngestError, SourceBatch, build_table
+from ..warehouse.batch import INT64_MAX, PROBLEM_COLUMN, ROW_COLUMN, IngestError, SourceBatch, build_table
 from .devices import canonical_device
 
 MS_TO_US = 1000.0
@@ -72,7 +72,7 @@ def _message_bytes(path: Path, elements: pa.ChunkedArray, dtype: pa.Array, dtype
             path, f"column {dtype_col}", f"unknown collective dtype(s) {unknown}; known: {sorted(ELEMENT_BYTES)}"
         )
     width = pa.array([ELEMENT_BYTES[d] for d in dtype.to_pylist()], pa.int64())
-    return pc.multiply(elements.cast(pa.int64()), width)
+    return pc.multiply(elements.cast(pa.int64(), safe=False), width)  # a row whose size is not whole is flagged
 
 
 def _require(path: Path, table: pa.Table, columns: list[str]) -> None:
@@ -83,6 +83,34 @@ def _require(path: Path, table: pa.Table, columns: list[str]) -> None:
 
 def _ms_to_us(table: pa.Table, column: str = "latency") -> pa.Array:
     return pc.multiply(table[column].cast(pa.float64()), MS_TO_US)
+
+
+def _counts(path: Path, t: pa.Table, columns: list[str], problems: list) -> dict[str, np.ndarray]:
+    """Shape columns as floats (NaN where unusable). A column that holds no numbers at all fails the file; a
+    missing value or one that is not a whole number flags its row (quarantined with the reason): read as
+    written, a null m was kept as a GEMM without a shape and a 7.5 failed the ingest without naming it."""
+    out = {}
+    for column in columns:
+        if not (pa.types.is_integer(t[column].type) or pa.types.is_floating(t[column].type)):
+            raise IngestError(path, None, f"column {column!r} holds {t[column].type}, not numbers")
+        x = np.array(t[column].to_numpy(zero_copy_only=False), dtype=float)  # nulls -> NaN
+        whole = np.isfinite(x) & (x == np.round(x))
+        big = whole & (np.abs(x) > INT64_MAX)
+        for i in np.flatnonzero(~whole | big):
+            if np.isnan(x[i]):
+                why = "is missing"
+            else:
+                why = f"{x[i]:g} exceeds 2^63 - 1" if big[i] else f"{x[i]:g} is not a whole number"
+            problems[i] = problems[i] or f"{column} {why}"
+        x[~whole | big] = np.nan
+        out[column] = x
+    return out
+
+
+def _latency(path: Path, t: pa.Table) -> pa.Array:
+    if not (pa.types.is_integer(t["latency"].type) or pa.types.is_floating(t["latency"].type)):
+        raise IngestError(path, None, f"column 'latency' holds {t['latency'].type}, not numbers")
+    return _ms_to_us(t)
 
 
 def _first(table: pa.Table, column: str) -> str | None:
@@ -102,6 +130,7 @@ def parse_perf_table(path: Path, batch: SourceBatch) -> SourceBatch:
         batch.note["collection_meta"] = _read_yaml(meta_file)
 
     n = t.num_rows
+    problems: list[str | None] = [None] * n
     raw_device = _first(t, "device") or pos.get("device")
     common = {
         ROW_COLUMN: np.arange(1, n + 1),
@@ -118,28 +147,29 @@ def parse_perf_table(path: Path, batch: SourceBatch) -> SourceBatch:
         cols = {
             "op_family": "gemm",
             "dtype": _dtype(t["gemm_dtype"]),
-            "m": t["m"],
-            "n": t["n"],
-            "k": t["k"],
-            "latency_us": _ms_to_us(t),
+            **_counts(path, t, ["m", "n", "k"], problems),
+            "latency_us": _latency(path, t),
         }
     elif table in ("context_attention_perf", "generation_attention_perf"):
         need = ["batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim", "step", "latency"]
         _require(path, t, [*need, "attn_dtype"])
         prefill = table.startswith("context")
+        shape = _counts(
+            path, t, ["batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim", "step"], problems
+        )
         cols = {
             "op_family": "attention_prefill" if prefill else "attention_decode",
             "dtype": _dtype(t["attn_dtype"]),
             "kv_cache_dtype": _dtype(t["kv_cache_dtype"]) if "kv_cache_dtype" in t.column_names else None,
-            "batch_size": t["batch_size"],
-            "seq_len": t["isl"],
-            "num_heads": t["num_heads"],
-            "num_kv_heads": t["num_key_value_heads"],
-            "head_dim": t["head_dim"],
+            "batch_size": shape["batch_size"],
+            "seq_len": shape["isl"],
+            "num_heads": shape["num_heads"],
+            "num_kv_heads": shape["num_key_value_heads"],
+            "head_dim": shape["head_dim"],
             # for decode, `step` is the KV length; prefill attends over its own isl tokens
-            "kv_len": t["isl"] if prefill else t["step"],
+            "kv_len": shape["isl"] if prefill else shape["step"],
             "window_size": t["window_size"] if "window_size" in t.column_names else None,
-            "latency_us": _ms_to_us(t),
+            "latency_us": _latency(path, t),
         }
     elif table in ("nccl_perf", "custom_allreduce_perf"):
         dtype_col = "nccl_dtype" if table == "nccl_perf" else "allreduce_dtype"
@@ -149,13 +179,14 @@ def parse_perf_table(path: Path, batch: SourceBatch) -> SourceBatch:
             if extra in t.column_names:
                 kernel = pc.binary_join_element_wise(kernel, t[extra].cast(pa.string()), ":")
         dtype = _dtype(t[dtype_col])
+        _counts(path, t, ["num_gpus", "message_size"], problems)
         cols = {
             "op_family": t["op_name"],
             "kernel_source": kernel,
             "dtype": dtype,
             "num_gpus": t["num_gpus"],
             "message_bytes": _message_bytes(path, t["message_size"], dtype, dtype_col),
-            "latency_us": _ms_to_us(t),
+            "latency_us": _latency(path, t),
         }
         if table == "nccl_perf" and "framework" not in pos:
             common["framework"] = "nccl"
@@ -163,7 +194,7 @@ def parse_perf_table(path: Path, batch: SourceBatch) -> SourceBatch:
         return _parse_deepep(path, t, table, common, batch)
     else:
         raise IngestError(path, None, f"unknown AIConfigurator table {table!r}")
-    batch.tables["kernel_samples"] = build_table("kernel_samples", {**common, **cols}, n)
+    batch.tables["kernel_samples"] = build_table("kernel_samples", {**common, **cols, PROBLEM_COLUMN: problems}, n)
     return batch
 
 

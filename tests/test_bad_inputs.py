@@ -367,3 +367,34 @@ def test_a_vidur_mlp_row_with_a_flag_that_is_not_true_or_false_is_quarantined_in
     assert set(seeded.query("SELECT row_number, reason FROM quarantine")[1]) == {
         (2, "use_gated_mlp 'maybe' is not true or false")
     }
+
+
+def _aiconfigurator_gemm_with(tmp_path: Path, column: str, values: list) -> Path:
+    t = pq.read_table(A100_GEMM).slice(0, 20)
+    t = t.set_column(t.column_names.index(column), column, pa.array(values))
+    bad = tmp_path / "systems/data/a100_sxm/gemm/vllm/0.14.0/gemm_perf.parquet"
+    bad.parent.mkdir(parents=True)
+    pq.write_table(t, bad)
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [  # before: a null m was kept as a GEMM without a shape; 7.5 and 1e30 failed the file without naming it
+        (None, "m is missing"),
+        (7.5, "m 7.5 is not a whole number"),
+        (1e30, "m 1e+30 exceeds 2^63 - 1"),
+    ],
+)
+def test_an_aiconfigurator_row_without_a_whole_shape_is_quarantined(seeded: Warehouse, tmp_path: Path, value, reason):
+    m = [float(x) for x in pq.read_table(A100_GEMM).slice(0, 20)["m"].to_pylist()]
+    m[3] = value
+    report = ingest(seeded, [_aiconfigurator_gemm_with(tmp_path, "m", m)], progress=False)
+    assert (report.rows_accepted, report.rows_quarantined) == (19, 1)
+    assert seeded.query("SELECT row_number, reason FROM quarantine")[1] == [(4, reason)]
+
+
+def test_an_aiconfigurator_column_of_text_where_numbers_belong_fails_the_file(seeded: Warehouse, tmp_path: Path):
+    latency = [str(x) for x in pq.read_table(A100_GEMM).slice(0, 20)["latency"].to_pylist()]
+    bad = _aiconfigurator_gemm_with(tmp_path, "latency", latency)
+    expect_error(seeded, bad, "column 'latency' holds string, not numbers")
