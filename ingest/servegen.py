@@ -102,9 +102,13 @@ def _read_trace(path: Path) -> pd.DataFrame:
         if bad.any():
             line = int(np.flatnonzero(bad.to_numpy())[0]) + 1
             raise IngestError(path, f"line {line}", f"{col} is not a number: {df[col].iloc[line - 1]!r}")
-    if (df["rate"] < 0).any():
-        line = int(np.flatnonzero((df["rate"] < 0).to_numpy())[0]) + 1
-        raise IngestError(path, f"line {line}", "negative rate")
+    for bad, what in (
+        (df["rate"] < 0, "negative rate"),
+        (~np.isfinite(df["rate"].astype(float)), "rate is not finite"),
+    ):
+        if bad.any():
+            line = int(np.flatnonzero(bad.to_numpy())[0]) + 1
+            raise IngestError(path, f"line {line}", what)
     return df
 
 
@@ -136,10 +140,12 @@ def parse_servegen(path: Path, batch: SourceBatch) -> SourceBatch:
     # A stream per client: the seed plus the client file's name, so clients differ and runs repeat.
     client = int.from_bytes(hashlib.sha256(path.name.encode()).digest()[:4], "little")
     rng = np.random.default_rng([seed, client])
-    arrivals = [
-        window_arrivals(rng, float(w.window_start_s), float(w.rate), float(w.cv), str(w.dist))
-        for w in windows.itertuples()
-    ]
+    arrivals = []
+    for line, w in enumerate(windows.itertuples(), start=1):
+        try:
+            arrivals.append(window_arrivals(rng, float(w.window_start_s), float(w.rate), float(w.cv), str(w.dist)))
+        except (ValueError, MemoryError) as e:  # numpy's refusal of an absurd rate's array, said where it came from
+            raise IngestError(path, f"line {line}", f"rate {w.rate} req/s over a {WINDOW_S:g} s window: {e}") from e
     t = np.concatenate(arrivals) if arrivals else np.empty(0)
     n = len(t)
     which = pdf_starts[np.clip(np.searchsorted(pdf_starts, t, side="right") - 1, 0, None)]  # window holding t

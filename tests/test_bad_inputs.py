@@ -127,6 +127,22 @@ def test_servegen_pdf_is_parsed_safely(seeded: Warehouse, tmp_path: Path):
     )
 
 
+@pytest.mark.parametrize(
+    ("rate", "message"),
+    [  # before: numpy's "Maximum allowed dimension exceeded" or an OverflowError, naming neither file nor line
+        ("inf", "line 2: rate is not finite"),
+        ("1e300", r"line 2: rate 1e\+300 req/s over a 600 s window: Maximum allowed dimension exceeded"),
+    ],
+)
+def test_a_servegen_rate_no_window_can_hold_names_its_line(seeded: Warehouse, tmp_path: Path, rate: str, message):
+    folder = tmp_path / "deepseek-r1"
+    folder.mkdir()
+    (folder / "chunk-0-trace.csv").write_text(f"0,0.5,1.0,Gamma,1,1\n600,{rate},1.0,Gamma,1,1\n")
+    pdfs = {"input_tokens": "{10: 1.0}", "output_tokens": "{1: 1.0}", "reason_ratio": "{0.5: 1.0}"}
+    (folder / "chunk-0-dataset.json").write_text(json.dumps({"0": pdfs}))
+    expect_error(seeded, folder / "chunk-0-trace.csv", message, "servegen")
+
+
 # ---- bad rows: quarantined with the reason, the rest accepted --------------------------------------------
 def test_negative_and_nan_latencies_are_quarantined(seeded: Warehouse, tmp_path: Path):
     table = pq.read_table(A100_GEMM).slice(0, 10)
