@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from ..warehouse.batch import INT64_MAX, PROBLEM_COLUMN, ROW_COLUMN, IngestError, SourceBatch, build_table
+from ..warehouse.batch import PROBLEM_COLUMN, ROW_COLUMN, IngestError, SourceBatch, build_table, whole_counts
 from .devices import canonical_device
 
 MS_TO_US = 1000.0
@@ -81,36 +81,21 @@ def _require(path: Path, table: pa.Table, columns: list[str]) -> None:
         raise IngestError(path, None, f"missing column(s) {missing}; found {table.column_names}")
 
 
-def _ms_to_us(table: pa.Table, column: str = "latency") -> pa.Array:
-    return pc.multiply(table[column].cast(pa.float64()), MS_TO_US)
+def _ms_to_us(path: Path, table: pa.Table, column: str = "latency") -> pa.Array:
+    return pc.multiply(_numeric(path, table, column).cast(pa.float64()), MS_TO_US)
+
+
+def _numeric(path: Path, t: pa.Table, column: str) -> pa.ChunkedArray:
+    """A column that must hold numbers; one that holds text fails the file, naming it and the column."""
+    if not (pa.types.is_integer(t[column].type) or pa.types.is_floating(t[column].type)):
+        raise IngestError(path, None, f"column {column!r} holds {t[column].type}, not numbers")
+    return t[column]
 
 
 def _counts(path: Path, t: pa.Table, columns: list[str], problems: list) -> dict[str, np.ndarray]:
-    """Shape columns as floats (NaN where unusable). A column that holds no numbers at all fails the file; a
-    missing value or one that is not a whole number flags its row (quarantined with the reason): read as
-    written, a null m was kept as a GEMM without a shape and a 7.5 failed the ingest without naming it."""
-    out = {}
-    for column in columns:
-        if not (pa.types.is_integer(t[column].type) or pa.types.is_floating(t[column].type)):
-            raise IngestError(path, None, f"column {column!r} holds {t[column].type}, not numbers")
-        x = np.array(t[column].to_numpy(zero_copy_only=False), dtype=float)  # nulls -> NaN
-        whole = np.isfinite(x) & (x == np.round(x))
-        big = whole & (np.abs(x) > INT64_MAX)
-        for i in np.flatnonzero(~whole | big):
-            if np.isnan(x[i]):
-                why = "is missing"
-            else:
-                why = f"{x[i]:g} exceeds 2^63 - 1" if big[i] else f"{x[i]:g} is not a whole number"
-            problems[i] = problems[i] or f"{column} {why}"
-        x[~whole | big] = np.nan
-        out[column] = x
-    return out
-
-
-def _latency(path: Path, t: pa.Table) -> pa.Array:
-    if not (pa.types.is_integer(t["latency"].type) or pa.types.is_floating(t["latency"].type)):
-        raise IngestError(path, None, f"column 'latency' holds {t['latency'].type}, not numbers")
-    return _ms_to_us(t)
+    """Shape columns as floats, NaN where a row is flagged (batch.whole_counts): read as written, a null m was
+    kept as a GEMM without a shape and a 7.5 failed the ingest without naming it."""
+    return {c: whole_counts(_numeric(path, t, c).to_numpy(zero_copy_only=False), c, problems) for c in columns}
 
 
 def _first(table: pa.Table, column: str) -> str | None:
@@ -148,7 +133,7 @@ def parse_perf_table(path: Path, batch: SourceBatch) -> SourceBatch:
             "op_family": "gemm",
             "dtype": _dtype(t["gemm_dtype"]),
             **_counts(path, t, ["m", "n", "k"], problems),
-            "latency_us": _latency(path, t),
+            "latency_us": _ms_to_us(path, t),
         }
     elif table in ("context_attention_perf", "generation_attention_perf"):
         need = ["batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim", "step", "latency"]
@@ -169,7 +154,7 @@ def parse_perf_table(path: Path, batch: SourceBatch) -> SourceBatch:
             # for decode, `step` is the KV length; prefill attends over its own isl tokens
             "kv_len": shape["isl"] if prefill else shape["step"],
             "window_size": t["window_size"] if "window_size" in t.column_names else None,
-            "latency_us": _latency(path, t),
+            "latency_us": _ms_to_us(path, t),
         }
     elif table in ("nccl_perf", "custom_allreduce_perf"):
         dtype_col = "nccl_dtype" if table == "nccl_perf" else "allreduce_dtype"
@@ -186,7 +171,7 @@ def parse_perf_table(path: Path, batch: SourceBatch) -> SourceBatch:
             "dtype": dtype,
             "num_gpus": t["num_gpus"],
             "message_bytes": _message_bytes(path, t["message_size"], dtype, dtype_col),
-            "latency_us": _latency(path, t),
+            "latency_us": _ms_to_us(path, t),
         }
         if table == "nccl_perf" and "framework" not in pos:
             common["framework"] = "nccl"

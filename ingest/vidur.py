@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..warehouse.batch import INT64_MAX, PROBLEM_COLUMN, ROW_COLUMN, IngestError, SourceBatch, build_table
+from ..warehouse.batch import PROBLEM_COLUMN, ROW_COLUMN, IngestError, SourceBatch, build_table, whole_counts
 from .devices import canonical_device
 from .text import read_csv
 
@@ -54,11 +54,11 @@ _MLP_FAMILY = {
 
 
 class _Rows:
-    """A Vidur CSV's values, each column read once. A value present but not what its column holds (a time that
-    is not a number, a count that is not a whole number within int64, a flag that is not true or false) flags
-    its row with the column and the value, and the row is quarantined with that reason; read leniently, a
-    count of 2048.5 was stored as 2048, a flag of `maybe` as false, and a time of `fast` failed the whole file
-    without naming it."""
+    """A Vidur CSV's values, each column read once. A value that is not what its column holds (a time that is
+    not a number, a count that is missing or not a whole number within int64, a flag that is not true or
+    false) flags its row with the column and the value, and the row is quarantined with that reason; read
+    leniently, a count of 2048.5 was stored as 2048, a flag of `maybe` as false, and a time of `fast` failed
+    the whole file without naming it."""
 
     def __init__(self, df: pd.DataFrame):
         self.df, self.problems = df, [None] * len(df)
@@ -76,12 +76,7 @@ class _Rows:
         return x
 
     def count(self, column: str) -> np.ndarray:
-        x = self.number(column)
-        whole = np.isfinite(x) & (x == np.round(x))
-        self._flag(~np.isnan(x) & ~whole, column, "a whole number")
-        self._flag(whole & (np.abs(x) > INT64_MAX), column, "within 2^63 - 1")
-        x[~whole | (np.abs(x) > INT64_MAX)] = np.nan
-        return x
+        return whole_counts(self.number(column), column, self.problems)
 
     def flag(self, column: str) -> np.ndarray:
         text = self.df[column].astype(str).str.strip().str.lower()

@@ -39,16 +39,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def refuse_unread(model: BaseModel, reads: set[str], what: str) -> None:
-    """Refuse a field that `what` never reads, set to anything but its default: it would be ignored without a
-    word (a log source given `rate_per_s`, an HNSW index given `nprobe`). Values, not `model_fields_set`, are
-    compared, so a scenario dumped whole (as `--set` does) still validates."""
-    for name, field in type(model).model_fields.items():
-        if name not in reads and (value := getattr(model, name)) != field.default:
+def refuse_unread(model: BaseModel, unread: set[str], what: str) -> None:
+    """Refuse a field that `what` never reads (`unread`), set to anything but its default: it would be ignored
+    without a word (a log source given `rate_per_s`, an HNSW index given `nprobe`). Values, not
+    `model_fields_set`, are compared, so a scenario dumped whole (as `--set` does) still validates."""
+    fields = type(model).model_fields
+    for name in (f for f in fields if f in unread):  # in the order the section declares them
+        if (value := getattr(model, name)) != fields[name].default:
+            reads = ", ".join(sorted(set(fields) - unread))
             raise ScenarioError(
-                name,
-                f"{what} does not read it (set to {value!r}), so it would be ignored; it reads "
-                f"{', '.join(sorted(reads))}",
+                name, f"{what} does not read it (set to {value!r}), so it would be ignored; it reads {reads}"
             )
 
 
@@ -94,8 +94,7 @@ class Memory(_Strict):
 
     @model_validator(mode="after")
     def _swap_space_swapped_into(self) -> Memory:
-        reads = set(type(self).model_fields) - ({"swap_space_bytes"} if self.preemption == "recompute" else set())
-        refuse_unread(self, reads, f"{self.preemption} preemption")
+        refuse_unread(self, {"swap_space_bytes"} if self.preemption == "recompute" else set(), "recompute preemption")
         return self
 
 
@@ -157,7 +156,7 @@ class VectorIndex(_Strict):
             raise ValueError(f"nprobe {self.nprobe} exceeds nlist {self.nlist}: an IVF query scans at most every list")
         own = {"flat": set(), "ivf": {"nlist", "nprobe"}, "hnsw": {"m", "ef_search"}}[self.type]
         what = {"flat": "a flat index", "ivf": "an IVF index", "hnsw": "an HNSW index"}[self.type]
-        refuse_unread(self, {"type", "vectors", "dim"} | own, what)
+        refuse_unread(self, {"nlist", "nprobe", "m", "ef_search"} - own, what)
         return self
 
 
@@ -183,7 +182,7 @@ class ServicePoolSpec(_Strict):
         if (self.model is None) == (self.index is None):
             raise ValueError("a service pool serves one encoder `model` or one vector `index`")
         if self.index is not None:  # a vector search reads neither encoder field (replay/pools/build.py)
-            refuse_unread(self, set(type(self).model_fields) - {"max_tokens", "dtype"}, "a vector-index pool")
+            refuse_unread(self, {"max_tokens", "dtype"}, "a vector-index pool")
         return self
 
 
@@ -312,8 +311,7 @@ class RouteStage(_Stage):
 
     @model_validator(mode="after")
     def _classifier_pool_classifies(self) -> RouteStage:
-        reads = set(type(self).model_fields) - (set() if self.method == "classifier" else {"classifier_pool"})
-        refuse_unread(self, reads, f"a {self.method} route")
+        refuse_unread(self, set() if self.method == "classifier" else {"classifier_pool"}, f"a {self.method} route")
         return self
 
 
@@ -396,7 +394,7 @@ class Source(_Strict):
         if self.kind == "synthetic" and self.lengths == "log" and not self.log:
             raise ValueError("lengths: log needs `log`: a request-log file or a log name to draw lengths from")
         what = f"a {self.kind} source" if self.kind != "synthetic" else self._synthetic()
-        refuse_unread(self, self.reads(), what)
+        refuse_unread(self, set(type(self).model_fields) - self.reads(), what)
         return self
 
     def reads(self) -> set[str]:

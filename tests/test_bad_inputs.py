@@ -346,7 +346,7 @@ def _vidur_network_with(tmp_path: Path, column: str, value: str, line: int = 2) 
         # with a message naming neither the file nor the row
         ("size", "2048.5", "size 2048.5 is not a whole number"),
         ("size", "True", "size 'True' is not a number"),
-        ("size", "1e30", "size 1e+30 is not within 2^63 - 1"),
+        ("size", "1e30", "size 1e+30 exceeds 2^63 - 1"),
         ("time_stats.all_reduce.median", "fast", "time_stats.all_reduce.median 'fast' is not a number"),
     ],
 )

@@ -20,6 +20,23 @@ HIDDEN_COLUMNS = (ROW_COLUMN, PROBLEM_COLUMN)
 INT64_MAX = 2**63 - 1
 
 
+def whole_counts(values, column: str, problems: list) -> np.ndarray:
+    """Counts read as floats (NaN: missing), with NaN wherever one is unusable: a row whose value is missing,
+    not a whole number, or beyond int64 is flagged in `problems` (its first problem kept), and validation
+    quarantines it with that reason. Read leniently, 7.5 would be stored as 7 and 1e30 fail the cast to int64."""
+    x = np.array(values, dtype=float)
+    whole = np.isfinite(x) & (x == np.round(x))
+    big = whole & (np.abs(x) > INT64_MAX)
+    for i in np.flatnonzero(~whole | big):
+        if np.isnan(x[i]):
+            why = "is missing"
+        else:
+            why = f"{x[i]:g} exceeds 2^63 - 1" if big[i] else f"{x[i]:g} is not a whole number"
+        problems[i] = problems[i] or f"{column} {why}"
+    x[~whole | big] = np.nan
+    return x
+
+
 class IngestError(Exception):
     """A source that cannot be ingested at all. Names the file, the position and what is wrong."""
 
