@@ -59,6 +59,7 @@ from rich.progress import Progress
 
 from ..calibrate.artifacts import MODELS_DIR
 from ..calibrate.catalog import DTYPE_BYTES, devices, models
+from ..ingest.text import read_csv
 from .pools.llm.build import OVERHEADS_FILE, read_overheads
 from .pools.llm.kv import kv_blocks
 from .run import simulate
@@ -538,7 +539,7 @@ def validate(
     """Every expressible row replayed; with interval, each held-out row also at the lower and upper ends of its
     ops' 90% prediction intervals, and the share of measurements inside reported (it covers the cost models'
     uncertainty only: not the step overhead's, the client spread's or the scheduler's)."""
-    df = pd.read_csv(path)
+    df = read_csv(path)  # a malformed or non-UTF-8 file is an error naming it and the position
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}")

@@ -30,6 +30,7 @@ import pandas as pd
 
 from ..calibrate.catalog import devices, models
 from ..calibrate.model import CALIBRATED
+from ..ingest.text import read_csv
 from .estimate import estimate
 from .validate import is_held_out
 
@@ -192,14 +193,20 @@ def _scores(g: pd.DataFrame) -> dict:
 
 def validate_bench(path: Path, warehouse_root: Path, limit: int | None = None) -> dict:
     """Every row of All_results.csv (and all_results_TTFT_ITL.csv) in `path` (a folder or one of them)."""
+    files = (("All_results.csv", "Latency"), ("all_results_TTFT_ITL.csv", "TTFT Latency"))
+    names = [name for name, _ in files]
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    if not Path(path).is_dir() and Path(path).name not in names:
+        raise ValueError(f"{path}: not one of Argonne's LLM-Inference-Bench files ({', '.join(names)})")
+    if not any((folder / name).exists() for name in names):
+        raise ValueError(f"{folder}: holds neither of Argonne's LLM-Inference-Bench files ({', '.join(names)})")
     out: dict = {"rows": [], "not_expressed": [], "summary": {}}
     done: list[dict] = []
-    for name, measured in (("All_results.csv", "Latency"), ("all_results_TTFT_ITL.csv", "TTFT Latency")):
+    for name, measured in files:
         file = folder / name
         if not file.exists():
             continue
-        df = pd.read_csv(file, skip_blank_lines=True).dropna(how="all")
+        df = read_csv(file, skip_blank_lines=True).dropna(how="all")
         df.columns = [c.strip() for c in df.columns]
         if measured == "Latency":
             df["input"] = df["Input Output Length"]

@@ -164,3 +164,13 @@ def test_bench_serving_overhead_fit_recovers_its_parts_and_drops_one_the_data_ma
     # transferred-tier rows hold the borrowed kernels' error, not CPU time: they fit nothing
     table = _bench_table({"step": 1500.0, "sequence": 60.0, "broadcast": 800.0}).assign(tier="transferred")
     assert fit_serving_overheads(table) == {}
+
+
+def test_validate_bench_refuses_a_file_or_folder_that_is_not_the_benchmark(tmp_path: Path):
+    # a wrong file or folder gave an empty report ("0 rows not expressed"), as if every row had been read
+    stray = tmp_path / "profile.json"
+    stray.write_text("{}")
+    with pytest.raises(ValueError, match=r"profile\.json: not one of Argonne's LLM-Inference-Bench files"):
+        validate_bench(stray, tmp_path)
+    with pytest.raises(ValueError, match="holds neither of Argonne's LLM-Inference-Bench files"):
+        validate_bench(tmp_path, tmp_path)

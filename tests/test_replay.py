@@ -834,3 +834,12 @@ def test_validate_runs_each_framework_with_the_batching_its_measured_engines_use
     assert framework_batching(row("vllm", "0.18.0"), "agg")["overlap"]
     assert not framework_batching(row("vllm", "0.18.0", pp_size=2), "agg")["overlap"]  # not with PP
     assert not framework_batching(row("vllm"), "agg")["overlap"]  # version unknown
+
+
+def test_validate_silicon_names_a_malformed_file_and_where(tmp_path: Path):
+    from hermes_sim.warehouse.batch import IngestError
+
+    bad = tmp_path / "silicon.csv"
+    bad.write_text("id,system\na,h100_sxm\nb,h100_sxm,extra,cells\n")  # pandas' own message named no file
+    with pytest.raises(IngestError, match=r"silicon.csv: malformed CSV: .*line 3"):
+        validate(bad, tmp_path)
