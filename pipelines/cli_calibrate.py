@@ -95,12 +95,20 @@ def calibrate_report(
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Held-out error of roofline, calibrated and random-forest models, per device, family and split."""
+    from ..calibrate.catalog import device as catalog_device
     from ..calibrate.report import load_rows, markdown
 
     check_format(fmt, ("text", "markdown", "json"))
-    rows = load_rows(warehouse or default_location(), device)
+    root = warehouse or default_location()
+    with errors():
+        if device is not None:
+            catalog_device(device)  # an unknown name lists the known ones
+    rows = load_rows(root, device)
     if not rows:
-        err.print("error: no calibration report yet; run `hermes-sim calibrate --device D` first")
+        err.print(
+            f"error: no calibration report {'for ' + device + ' ' if device else ''}in {root} yet; run "
+            f"`hermes-sim calibrate --device {device or 'D'}` first"
+        )
         raise typer.Exit(2)
     if fmt == "json":
         write_json(rows)

@@ -153,3 +153,12 @@ def test_a_second_writer_is_told_who_holds_the_warehouse(tmp_path: Path):
     assert other.returncode == 2 and f"is busy: process {os.getpid()} holds it" in other.stderr
     assert reader.returncode == 2 and "busy" in reader.stderr
     assert run("ingest", str(SAMPLES / "requests/mooncake"), "-w", str(wh), "-q").returncode == 0  # then it works
+
+
+def test_calibrate_report_says_which_device_and_warehouse_lack_one(tmp_path: Path):
+    # it said "no calibration report yet" for a device that does not exist, and named no warehouse
+    unknown = run("calibrate", "report", "--device", "h100_sxmm", "-w", str(tmp_path))
+    assert unknown.returncode == 2 and "unknown device 'h100_sxmm'; known: a100_pcie" in unknown.stderr
+    none = run("calibrate", "report", "--device", "mi300x", "-w", str(tmp_path))
+    assert none.returncode == 2
+    assert f"no calibration report for mi300x in {tmp_path} yet" in " ".join(none.stderr.split())
