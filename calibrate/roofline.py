@@ -111,6 +111,24 @@ def vector_search_terms(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return flops, bytes_
 
 
+PER_QUERY_SEARCHES = ("faiss-ivf", "faiss-hnsw")
+
+
+def search_core_share(df: pd.DataFrame, cores: int) -> np.ndarray:
+    """The share of the device's cores a vector search keeps busy. faiss threads its IVF and HNSW searches over
+    the queries, each query on one thread ("querying a single vector is not multi-threaded": faiss wiki, Threads
+    and asynchronous calls; `hermes-sim profile cpu` measures the same: one query takes as long on 2 threads as on
+    1, 16 take about half as long), so m queries on t threads run on min(m, t) cores. Flat search (BLAS or a scan
+    over the database) and the numpy brute force use every thread they are given; a row without a thread count
+    uses every core. The flop rate is linear in busy cores. Memory time is not scaled: one core streams a large
+    part of a socket's bandwidth, how large the catalog does not say, and a roofline must stay a lower bound."""
+    cores = max(int(cores or 1), 1)
+    threads = np.nan_to_num(_col(df, "threads"), nan=float(cores))
+    src = df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else np.full(len(df), "")
+    active = np.where(np.isin(src, PER_QUERY_SEARCHES), np.minimum(_col(df, "m"), threads), threads)
+    return np.clip(active, 1.0, cores) / cores
+
+
 def collective_bus_bytes(family: np.ndarray, size: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Bytes each device sends over its link in the ring algorithm, for NCCL-tests' message sizes."""
     n = np.maximum(n, 1)
@@ -179,6 +197,8 @@ def roofline(df: pd.DataFrame, device: Device) -> pd.DataFrame:
 
     compute_us = flops / _peak(device, df["dtype"]) * 1e6
     memory_us = np.where(coll, comm_us, bytes_ / device.memory_bandwidth * 1e6)
+    if search.any() and device.kind == "cpu":  # the cores a search keeps busy set its flop rate (faiss-gpu: every SM)
+        compute_us[search] /= search_core_share(df[search], device.compute_units)
     return pd.DataFrame(
         {
             "flops": flops,

@@ -116,6 +116,32 @@ def test_prefill_attention_flops_are_causal():
     assert attn.kv_len == 1024 and attn.num_kv_heads == 8
 
 
+def test_a_cpu_search_threaded_over_queries_computes_on_one_core_per_query():
+    """faiss runs each IVF / HNSW query on one thread: one query's flops go at one core's rate however many threads
+    the search has, 56 queries on 56 threads at the socket's; flat search (BLAS, database scans) and a search on
+    a GPU are not limited so. Memory time is not scaled (a roofline stays a lower bound)."""
+    xeon, h100 = catalog.device("xeon_8480p"), catalog.device("h100_sxm")
+    rows = pd.DataFrame(
+        {
+            "op_family": "vector_search",
+            "dtype": "float32",
+            "kernel_source": ["faiss-hnsw", "faiss-hnsw", "faiss-hnsw", "faiss-ivf", "faiss-flat", "faiss-hnsw"],
+            "m": [1, 1, 56, 4, 1, 1],
+            "threads": [56, 1, 56, 56, 56, np.nan],
+            "n": 1e7,
+            "k": 1024.0,
+            "search_width": 64.0,
+            "num_lists": 32.0,
+        }
+    )
+    t = roofline(rows, xeon)
+    socket_us = (t["flops"] / xeon.flops("float32") * 1e6).to_numpy()
+    assert t["compute_us"].to_numpy() == pytest.approx(socket_us * [56, 56, 1, 14, 1, 56])
+    assert t["memory_us"].to_numpy() == pytest.approx((t["bytes"] / xeon.memory_bandwidth * 1e6).to_numpy())
+    on_gpu = roofline(rows, h100)
+    assert on_gpu["compute_us"].to_numpy() == pytest.approx((on_gpu["flops"] / h100.flops("float32") * 1e6).to_numpy())
+
+
 def test_tensor_parallel_splits_gemms_and_adds_all_reduces():
     mdl = catalog.model("llama-2-70b")
     tp1 = layer_ops(mdl, Batch(decode=(100,) * 4), Parallelism(tp=1))
