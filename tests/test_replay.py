@@ -628,6 +628,9 @@ def test_the_frontend_latency_is_the_best_ttft_that_leaves_tpot_no_worse():
     assert pick_frontend(ttft, {0.0: 0.1, 10000.0: 0.1, 20000.0: 0.1, 40000.0: 0.2}) == 20000.0  # TPOT moved
     assert pick_frontend(dict.fromkeys(ttft, 0.2), dict.fromkeys(ttft, 0.1)) == 0.0  # a tie: none
     assert pick_frontend({0.0: 0.3, 10000.0: 0.1}, {0.0: 0.1, 10000.0: 0.15}) == 0.0
+    # a p90 within 1% (relative) of 0's is the closed loop's shift, not harm; beyond it, it is
+    assert pick_frontend({0.0: 0.3, 10000.0: 0.1}, {0.0: 0.0585, 10000.0: 0.0589}) == 10000.0
+    assert pick_frontend({0.0: 0.3, 10000.0: 0.1}, {0.0: 0.0585, 10000.0: 0.0592}) == 0.0
 
 
 def test_a_replay_takes_the_calibrated_frontend_latency_unless_its_pool_sets_one(wh: Path, tmp_path: Path):
