@@ -122,7 +122,6 @@ def search_core_share(df: pd.DataFrame, cores: int) -> np.ndarray:
     over the database) and the numpy brute force use every thread they are given; a row without a thread count
     uses every core. The flop rate is linear in busy cores. Memory time is not scaled: one core streams a large
     part of a socket's bandwidth, how large the catalog does not say, and a roofline must stay a lower bound."""
-    cores = max(int(cores or 1), 1)
     threads = np.nan_to_num(_col(df, "threads"), nan=float(cores))
     src = df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else np.full(len(df), "")
     active = np.where(np.isin(src, PER_QUERY_SEARCHES), np.minimum(_col(df, "m"), threads), threads)

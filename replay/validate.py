@@ -403,7 +403,7 @@ def _frontend(fitted: dict, row: pd.Series) -> float:
 def pick_frontend(ttft_median: dict[float, float], tpot_p90: dict[float, float]) -> float:
     """Of the candidate frontend latencies (us; 0 among them), the one with the least TTFT median APE among those
     whose TPOT p90 APE is no worse than 0's, within TPOT_P90_TOLERANCE of it; the smaller on a tie."""
-    allowed = [us for us in ttft_median if tpot_p90[us] <= tpot_p90[0.0] * (1 + TPOT_P90_TOLERANCE) + 1e-9]
+    allowed = [us for us in ttft_median if tpot_p90[us] <= tpot_p90[0.0] * (1 + TPOT_P90_TOLERANCE)]
     return min(allowed, key=lambda us: (ttft_median[us], us))
 
 
