@@ -33,6 +33,13 @@ def _col(df: pd.DataFrame, name: str, default: float = np.nan) -> np.ndarray:
     return pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float)
 
 
+def _kernel_sources(df: pd.DataFrame) -> np.ndarray:
+    """Each row's kernel_source ('' where the table names none): a vector search's layout."""
+    if "kernel_source" not in df.columns:
+        return np.full(len(df), "")
+    return df["kernel_source"].astype(str).to_numpy()
+
+
 def _per_dtype(dtypes, value) -> np.ndarray:
     """value(dtype name) per row, computed once per distinct dtype (a column holds a handful)."""
     codes, names = pd.factorize(pd.Series(dtypes), sort=False, use_na_sentinel=False)
@@ -91,7 +98,7 @@ def vector_search_terms(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     - faiss-hnsw: about ef_search x M distance evaluations per query (`search_width` = ef, `num_lists` = M),
       each a random read of one vector: no reuse."""
     m, n, k = _col(df, "m"), _col(df, "n"), _col(df, "k")
-    src = df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else np.full(len(df), "")
+    src = _kernel_sources(df)
     width, lists = _col(df, "search_width", 1), _col(df, "num_lists", 1)
     b = 4.0
     flops = 2 * m * n * k
@@ -123,7 +130,7 @@ def search_core_share(df: pd.DataFrame, cores: int) -> np.ndarray:
     uses every core. The flop rate is linear in busy cores. Memory time is not scaled: one core streams a large
     part of a socket's bandwidth, how large the catalog does not say, and a roofline must stay a lower bound."""
     threads = np.nan_to_num(_col(df, "threads"), nan=float(cores))
-    src = df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else np.full(len(df), "")
+    src = _kernel_sources(df)
     active = np.where(np.isin(src, PER_QUERY_SEARCHES), np.minimum(_col(df, "m"), threads), threads)
     return np.clip(active, 1.0, cores) / cores
 
