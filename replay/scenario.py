@@ -393,7 +393,9 @@ class Source(_Strict):
     def _log_named(self) -> Source:
         if self.kind == "synthetic" and self.lengths == "log" and not self.log:
             raise ValueError("lengths: log needs `log`: a request-log file or a log name to draw lengths from")
-        what = f"a {self.kind} source" if self.kind != "synthetic" else self._synthetic()
+        what = f"a {self.kind} source"
+        if self.kind == "synthetic":
+            what = f"a synthetic source with {self.arrival} arrivals and {self.lengths} lengths"
         refuse_unread(self, set(type(self).model_fields) - self.reads(), what)
         return self
 
@@ -408,9 +410,6 @@ class Source(_Strict):
         reads |= {"cv"} if self.arrival == "gamma" else set()  # a Poisson process's CV is 1
         reads |= {"log", "segment"} if self.lengths == "log" else {"input_tokens", "output_tokens"}
         return reads | ({"length_cv"} if self.lengths == "lognormal" else set())
-
-    def _synthetic(self) -> str:
-        return f"a synthetic source with {self.arrival} arrivals and {self.lengths} lengths"
 
 
 class PipelineRule(_Strict):
