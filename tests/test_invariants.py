@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import random
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,28 @@ def test_a_full_tier_evicts_as_it_writes_and_counts_its_bytes():
     tier.used += 1.0  # bytes counted that no block holds
     with pytest.raises(errors.TierOverCapacity):
         tier.check()
+
+
+@pytest.mark.parametrize("policy", ["lru", "fifo"])
+def test_a_tier_writing_in_bulk_ends_as_writing_block_by_block_would(policy: str):
+    """put_many evicts by count when every held block has the written size (whole bytes): the same victims in the
+    same order, the same blocks kept in the same order and the same counters as one block at a time, through
+    refreshing hits, repeated keys, a second block size, fractional sizes and the tier emptying."""
+    rng = random.Random(7)
+    bulk, each = Tier("t", 40.0 * 4096, policy), Tier("t", 40.0 * 4096, policy)
+    for step in range(3000):
+        size = 4096.0 if step < 1500 else rng.choice([4096.0] * 8 + [8192.0, 4096.5])  # one size, then three
+        keys = [rng.randrange(800) for _ in range(rng.randrange(1, 12))]  # mostly new, now and then repeated
+        if step % 5 == 0:
+            probe = [rng.randrange(200) for _ in range(4)]
+            assert bulk.prefix(probe) == each.prefix(probe)
+        if step == 1600:  # a size larger than the tier: nothing stored, nothing evicted
+            size = 41.0 * 4096
+        assert bulk.put_many(keys, size) == ([] if size > each.capacity else each._put_each(keys, size))
+        assert list(bulk.blocks.items()) == list(each.blocks.items())
+        counters = [(t.used, t.peak, t.writes, t.evictions) for t in (bulk, each)]
+        assert counters[0] == counters[1]
+    bulk.check()
 
 
 def test_a_replay_leaves_the_garbage_collector_as_it_found_it_even_when_it_fails(wh: Path, monkeypatch):

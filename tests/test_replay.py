@@ -398,6 +398,27 @@ def test_the_engine_charges_the_per_sequence_overhead_for_every_sequence_of_an_i
     assert runs[0][-1] - runs[1][-1] == pytest.approx(40 * (300.0 + 40.0 * 16) / 1e6)
 
 
+def test_a_priced_decode_run_ends_where_stepping_its_iterations_ends_bit_for_bit(wh: Path):
+    """decode_run_ends prices a run at once (in plain Python when short; vectorized when long, with a shortcut
+    when the whole run stays in one cell of the KV-length grid): every end time must be the one stepping the
+    same iterations through iteration_us gives, in a cell, across cells, at a grid point and past the grid's
+    end."""
+    from hermes_sim.replay.pools.llm.build import StepOverhead, iteration_cost
+
+    cost = iteration_cost(scenario().pools[0], wh, StepOverhead(300.0, 40.0, "test"))
+    grid = cost._l_lin[0]
+    mid = (grid[-3] + grid[-2]) / 2
+    cases = [(16, 16 * mid, 40), (16, 16 * mid, 5), (8, 8 * (grid[-2] - 30), 90), (4, 4 * grid[-4], 64)]
+    cases += [(32, 32 * (grid[-1] - 10), 50), (1, 1.0, 200)]
+    for batch, kv_sum, steps in cases:
+        priced = list(cost.decode_run_ends(batch, kv_sum, steps, 12.5))
+        t, stepped = 12.5, []
+        for k in range(steps):
+            t += cost.iteration_us([], batch, kv_sum + k * batch) / 1e6
+            stepped.append(t)
+        assert priced == stepped, (batch, kv_sum, steps)
+
+
 def test_an_iteration_s_prefill_chunks_run_as_one_attention_kernel(wh: Path):
     """Every prefill chunk of an iteration shares one attention kernel per layer (a variable-length batch), so
     they share its last wave: several chunks cost less than each priced alone, the fewer thread blocks each

@@ -94,9 +94,16 @@ def timeline_frame(sim) -> pd.DataFrame:
     """One row per LLM iteration, or per run of decode iterations whose batch did not change (tokens: the row's
     total; kv_used_blocks: at its end)."""
     llm = [p for p in sim.pools.values() if p.kind == "llm"]
-    rows = [(p.name, rep.index, *t) for p in llm for rep in p.replicas for t in rep.timeline]
-    cols = ["pool", "replica", "start_s", "end_s", "iterations", "batch_size", "tokens", "kv_used_blocks"]
-    frame = pd.DataFrame(rows, columns=cols)
+    reps = [(p.name, rep) for p in llm for rep in p.replicas]
+    lines, counts = [t for _, rep in reps for t in rep.timeline], [len(rep.timeline) for _, rep in reps]
+    cols = {
+        "pool": np.repeat(np.array([name for name, _ in reps], dtype=str), counts),
+        "replica": np.repeat(np.array([rep.index for _, rep in reps], dtype=np.int64), counts),
+    }
+    names = ("start_s", "end_s", "iterations", "batch_size", "tokens", "kv_used_blocks")
+    for k, (name, dtype) in enumerate(zip(names, (float, float, int, int, int, int), strict=True)):
+        cols[name] = np.fromiter((t[k] for t in lines), dtype=dtype, count=len(lines))  # column by column: fast
+    frame = pd.DataFrame(cols)
     return frame.drop(columns="pool") if len(llm) == 1 and len(sim.pools) == 1 else frame
 
 

@@ -44,6 +44,7 @@ class Tier:
         self.policy = EVICTION[eviction]()
         self.blocks: OrderedDict[tuple, float] = OrderedDict()  # key -> bytes, oldest first
         self.used = 0.0
+        self.block_bytes: float | None = None  # the size every held block has, while they have one
         self.peak = 0.0
         self.hits = self.lookups = self.writes = self.evictions = 0
         self.below: Tier | None = None  # where evicted blocks are demoted (admit: on_evict below)
@@ -54,9 +55,29 @@ class Tier:
     def put_many(self, keys: list, nbytes: float) -> list[tuple[int, float]]:
         """Store several blocks of one size, evicting from the front (the policy keeps the next victim there) as
         room is needed; returns every block evicted. The write-back hot path: a full tier evicts about one block per
-        block written, so the loop keeps its counters in locals."""
+        block written. When the tier holds blocks of this size only and none of `keys`, whole-byte sizes make the
+        evictions a count (the oldest ones, as evicting one by one before each write would): done in bulk."""
         if nbytes > self.capacity:
             return []
+        blocks, cap = self.blocks, self.capacity
+        uniform = self.block_bytes == nbytes if blocks else self.used == 0.0
+        if uniform and float(nbytes).is_integer() and cap < 2**52:
+            new = dict.fromkeys(keys, nbytes)
+            room = int(cap // nbytes)  # blocks that fit (exact: the sizes and their sums are whole numbers)
+            if len(new) == len(keys) <= room and blocks.keys().isdisjoint(new):
+                pop = blocks.popitem
+                evicted = [pop(last=False) for _ in range(len(blocks) + len(new) - room)]
+                blocks.update(new)
+                self.block_bytes = nbytes
+                self.evictions += len(evicted)
+                self.writes += len(new)
+                self.used += (len(new) - len(evicted)) * nbytes
+                self.peak = max(self.peak, self.used)
+                return evicted
+        return self._put_each(keys, nbytes)
+
+    def _put_each(self, keys: list, nbytes: float) -> list[tuple[int, float]]:
+        """put_many block by block (a key already held is refreshed by an LRU tier)."""
         blocks, refresh, cap = self.blocks, isinstance(self.policy, LRU), self.capacity
         evicted: list = []
         used, writes, evictions = self.used, self.writes, self.evictions
@@ -73,6 +94,8 @@ class Tier:
             blocks[k] = nbytes
             used += nbytes
             writes += 1
+        if writes > self.writes:  # one size still, if the blocks had this one or every block held is new
+            self.block_bytes = nbytes if self.block_bytes == nbytes or writes - self.writes == len(blocks) else None
         self.used, self.writes, self.evictions = used, writes, evictions
         self.peak = max(self.peak, used)
         if used > cap * (1 + 1e-12):

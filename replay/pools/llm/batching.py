@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,7 @@ class BatchPlan:
     start: float = 0.0  # seconds
     end: float = 0.0
     duration: float = 0.0
-    ends: list[float] | None = None  # end time (s) of each iteration of a decode run
+    ends: Sequence[float] | None = None  # end time (s) of each iteration of a decode run (a list or an array)
     chunk_s: list[float] | None = None  # duration (s) of each iteration of a prefill run
     last_start: float = 0.0  # when a prefill run's last iteration began (s)
 

@@ -21,6 +21,7 @@ import copy
 import math
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,6 +77,7 @@ class IterationCost:
         # interpolated rows and chunk prices, memoized as they are first needed; copies share them (with_overhead)
         self._rows: dict[tuple[str, int], tuple[np.ndarray, list[float]]] = {}
         self._decode_rows: dict[int, tuple] = {}
+        self._decode_strides: dict[int, np.ndarray] = {}
         self._chunks: dict[tuple[int, int], float] = {}
         self._wave = self._last_wave()
         self._kernel_shares: dict[tuple[int, int], tuple[float, float, float, int]] = {}
@@ -145,10 +147,11 @@ class IterationCost:
             + self.sequence_overhead_us * sequences
         )
 
-    def decode_run_ends(self, batch_size: int, kv_sum_start: float, steps: int, start_s: float) -> list[float]:
+    def decode_run_ends(self, batch_size: int, kv_sum_start: float, steps: int, start_s: float) -> Sequence[float]:
         """End times (s) of `steps` decode-only iterations of a fixed batch from start_s, its total KV growing by
         batch_size a step: the token-linear and LM-head parts are constant; only attention follows the KV
-        length. Short runs (most) in plain Python, long ones vectorized; both give the same bits."""
+        length. Short runs (most) in plain Python as a list, long ones vectorized as an array; both give the same
+        bits."""
         fixed = self.fixed_us(batch_size, batch_size)
         base, slope, base_array, slope_array = self._decode_row(batch_size)
         if steps <= SHORT_RUN:
@@ -157,26 +160,41 @@ class IterationCost:
                 t += (fixed + _linear(grid, width, base, slope, (kv_sum_start + k * batch_size) / batch_size)) / 1e6
                 ends.append(t)
             return ends
-        grid, width = self._l_arrays
-        kv_mean = np.arange(steps, dtype=np.float64)
-        kv_mean *= batch_size
-        kv_mean += kv_sum_start
+        kv_mean = self._strides(batch_size, steps)[:steps] + kv_sum_start
         kv_mean /= batch_size
-        i = grid.searchsorted(kv_mean)
-        i -= 1
-        np.maximum(i, 0, out=i)
-        np.minimum(i, len(grid) - 2, out=i)
-        w = kv_mean - grid[i]
-        w /= width[i]
-        np.maximum(w, 0.0, out=w)
-        np.minimum(w, 1.0, out=w)
-        w *= slope_array[i]
-        w += base_array[i]  # the attention time
-        out = np.empty(steps + 1)
-        out[0] = start_s
-        np.add(fixed, w, out=out[1:])
-        out[1:] /= 1e6
-        return out.cumsum().tolist()[1:]
+        grid, width = self._l_lin
+        first = min(max(bisect_left(grid, kv_mean[0]) - 1, 0), len(grid) - 2)
+        if grid[first] <= kv_mean[0] and kv_mean[-1] <= grid[first + 1]:
+            # the whole run in one cell of the KV grid (the common case): no per-step cell, and no clamping (a
+            # value inside the cell gives a weight inside [0, 1], rounding being monotonic)
+            w = kv_mean - grid[first]
+            w /= width[first]
+            w *= slope[first]
+            w += base[first]
+        else:
+            grid_array, width_array = self._l_arrays
+            i = grid_array.searchsorted(kv_mean)
+            i -= 1
+            np.maximum(i, 0, out=i)
+            np.minimum(i, len(grid) - 2, out=i)
+            w = kv_mean - grid_array[i]
+            w /= width_array[i]
+            np.maximum(w, 0.0, out=w)
+            np.minimum(w, 1.0, out=w)
+            w *= slope_array[i]
+            w += base_array[i]  # the attention time
+        w += fixed
+        w /= 1e6  # each iteration's time (s)
+        w[0] += start_s  # so that the running sum gives each end, added in the scalar path's order
+        return w.cumsum()
+
+    def _strides(self, batch_size: int, steps: int) -> np.ndarray:
+        """0, batch_size, 2 x batch_size, ... (a run's KV growth), at least `steps` long; kept per batch size."""
+        strides = self._decode_strides.get(batch_size)
+        if strides is None or len(strides) < steps:
+            n = 1 << (steps - 1).bit_length()
+            strides = self._decode_strides[batch_size] = np.arange(n, dtype=np.float64) * batch_size
+        return strides
 
     def _row(self, part: str, n: int) -> tuple[np.ndarray, list[float]]:
         """Log attention time over the KV-length grid at n decode sequences (part "decode") or a chunk of n

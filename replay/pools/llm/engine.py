@@ -357,7 +357,7 @@ class LLMPool:
         if keep >= plan.steps:
             return
         rep.kv.release(rep.cohort.retreat(plan.steps - keep))
-        plan.steps, plan.ends, plan.end = keep, plan.ends[:keep], plan.ends[keep - 1]
+        plan.steps, plan.ends, plan.end = keep, plan.ends[:keep], float(plan.ends[keep - 1])
         plan.duration = plan.end - plan.start
         self._schedule(rep, plan.end, plan)
 
@@ -378,7 +378,7 @@ class LLMPool:
         plan.start = now
         if plan.skippable and self.skip_ahead and not (rep.waiting and rep.waiting[-1].queued > rep.visible):
             plan.ends = self._decode_run(rep, plan, now)
-            plan.steps, end = len(plan.ends), plan.ends[-1]
+            plan.steps, end = len(plan.ends), float(plan.ends[-1])
         elif self.skip_ahead and (chunk := rep.policy.chunk_budget(plan)):
             end = self._prefill_run(rep, plan, chunk, now)
         else:
