@@ -11,10 +11,11 @@ from pathlib import Path
 import psutil
 
 
-def peak_rss(cmd: list[str]) -> tuple[float, int, str]:
-    """Run a command; (wall seconds, peak RSS bytes sampled every 5 ms, stdout). Exits on failure."""
+def peak_rss(cmd: list[str], env: dict | None = None) -> tuple[float, int, str]:
+    """Run a command (in `env`, or this one's); (wall seconds, peak RSS bytes sampled every 5 ms, stdout). Exits on
+    failure."""
     t0 = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     watched, peak = psutil.Process(child.pid), 0
     while child.poll() is None:
         try:
