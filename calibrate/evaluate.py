@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..warehouse.store import Warehouse
-from .artifacts import coverage_90, device_samples, shape_block_trial
+from .artifacts import FASTER_THAN_ROOFLINE, coverage_90, device_samples, shape_block_trial
 from .catalog import Device, models
 from .fit import CONFIG_DIMS, SIZE_DIMS, Fitted, TooFewSamples, _log_dim, ape, fit_group
 from .ops import catalog_gemm_shapes, catalog_head_configs
@@ -88,6 +88,11 @@ def _rows(
                     "p99_ape": round(float(np.percentile(e, 99)), 5),
                     "coverage_90": coverage_90(fitted, pred[mask], measured[mask], test[mask])
                     if model_name == "calibrated" and fitted is not None
+                    else None,
+                    # measurements that beat their speed of light: the table measured something else than its
+                    # columns say (artifacts.faster_than_roofline), and no model of the op can follow them there
+                    "faster_than_roofline": round(float(np.mean(pred[mask] > FASTER_THAN_ROOFLINE * measured[mask])), 5)
+                    if model_name == "roofline"
                     else None,
                 }
             )

@@ -271,6 +271,20 @@ def test_measurements_faster_than_their_roofline_are_flagged_in_the_artifact_and
     assert artifacts.faster_than_roofline(group, a100, ("gemm", "bfloat16", "trtllm")) is None
 
 
+def test_the_fidelity_report_gives_the_share_of_held_out_rows_faster_than_their_roofline():
+    from hermes_sim.calibrate.evaluate import _rows
+    from hermes_sim.calibrate.report import markdown
+
+    test = pd.DataFrame({"op_family": "gemm", "m": 3.0, "n": 5.0, "k": 7.0, "latency_us": [100.0] * 4})
+    roof, calibrated = np.array([50.0, 104.0, 106.0, 300.0]), np.full(4, 100.0)  # 106 and 300: beat physics
+    key = {"device": "a100_sxm", "family": "gemm", "dtype": "bfloat16", "framework": "trtllm"}
+    rows = _rows(key, "extrapolation", test, {"roofline": roof, "calibrated": calibrated})
+    by_model = {r["model"]: r for r in rows if r["subset"] == "all"}
+    assert by_model["roofline"]["faster_than_roofline"] == 0.5
+    assert by_model["calibrated"]["faster_than_roofline"] is None
+    assert "| gemm | bfloat16 | trtllm | extrapolation | all | 4 | 50.0% |" in markdown(rows)
+
+
 # ---- fitted models on real samples ------------------------------------------------------------------
 def test_a_device_s_samples_come_in_the_order_the_warehouse_stores_them(sample_warehouse: Path):
     """A least-squares fit's last bits follow the order of its rows, so calibrating twice gives identical models
@@ -619,8 +633,10 @@ def test_report_json_rows(calibrated: Path):
     assert rows and all(fields <= set(r) for r in rows)
     assert {r["split"] for r in rows} == {"shape_block", "cross_source"}
     assert {r["model"] for r in rows} == {"roofline", "calibrated"}
+    assert all((r["faster_than_roofline"] is None) == (r["model"] != "roofline") for r in rows)
     md = subprocess.run([str(EXE), "calibrate", "report", "-w", str(calibrated)], capture_output=True, text=True)
     assert "| gemm | bfloat16 | vllm | shape_block |" in md.stdout
+    assert "| n | faster than roofline | roofline | calibrated |" in md.stdout
     assert (calibrated / "reports/h100_sxm/gemm.png").stat().st_size > 10_000
 
 
