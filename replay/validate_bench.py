@@ -37,7 +37,7 @@ from .validate import is_held_out
 # The benchmark's hardware names, and the catalog part each was measured on (by Argonne's documentation)
 HARDWARE = {
     "Nvidia A100 GPU": ("a100_sxm4_40gb", "ALCF Polaris: A100 SXM4 40GB"),
-    "Nvidia H100 GPU": ("h100_sxm", "assumed H100 SXM 80GB (the benchmark does not say SXM or PCIe)"),
+    "Nvidia H100 GPU": ("h100_sxm", "assumed H100 SXM 80GB (the benchmark names ALCF's JLSE H100s, not the part)"),
     "Nvidia GH200 GPU": ("gh200", "GH200 96GB HBM3"),
     "AMD MI300X GPU": ("mi300x", "MI300X 192GB"),
     "AMD MI250 GPU": ("mi250", "one MI250 GCD per GPU counted"),
