@@ -90,7 +90,7 @@ def _rows(
                     if model_name == "calibrated" and fitted is not None
                     else None,
                     # measurements that beat their speed of light: the table measured something else than its
-                    # columns say (artifacts.faster_than_roofline), and no model of the op can follow them there
+                    # columns say (artifacts.faster_than_roofline), and a model that follows the physics misses them
                     "faster_than_roofline": round(float(np.mean(pred[mask] > FASTER_THAN_ROOFLINE * measured[mask])), 5)
                     if model_name == "roofline"
                     else None,
