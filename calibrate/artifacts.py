@@ -198,13 +198,18 @@ def _entry(key: tuple, group: pd.DataFrame, fitted: Fitted, holdout: dict, devic
 FASTER_THAN_ROOFLINE = 1.05  # a measurement this much faster than its roofline is flagged (timer noise: below)
 
 
+def beats_roofline(roofline_us: np.ndarray, latency_us: np.ndarray) -> np.ndarray:
+    """Which measurements run more than FASTER_THAN_ROOFLINE times faster than their speed of light."""
+    return roofline_us > FASTER_THAN_ROOFLINE * latency_us
+
+
 def faster_than_roofline(group: pd.DataFrame, device: Device, key: tuple) -> dict | None:
     """Measurements faster than their speed of light: the table measured something else than its columns say
     (A100 TRT-LLM decode attention runs up to 1.7x faster than its KV can stream from HBM: the collector's
     sequences appear to share KV blocks that stay in L2), or the roofline misses what the op moves. Logged and
     recorded in the artifact; the rows are kept (the fit follows the data it was given)."""
-    ratio = roofline(group, device)["roofline_us"].to_numpy() / group["latency_us"].to_numpy()
-    fast = ratio > FASTER_THAN_ROOFLINE
+    roof, measured = roofline(group, device)["roofline_us"].to_numpy(), group["latency_us"].to_numpy()
+    ratio, fast = roof / measured, beats_roofline(roof, measured)
     if not fast.any():
         return None
     out = {"rows": int(fast.sum()), "share": round(float(fast.mean()), 4), "max_ratio": round(float(ratio.max()), 3)}

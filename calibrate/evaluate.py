@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..warehouse.store import Warehouse
-from .artifacts import FASTER_THAN_ROOFLINE, coverage_90, device_samples, shape_block_trial
+from .artifacts import beats_roofline, coverage_90, device_samples, shape_block_trial
 from .catalog import Device, models
 from .fit import CONFIG_DIMS, SIZE_DIMS, Fitted, TooFewSamples, _log_dim, ape, fit_group
 from .ops import catalog_gemm_shapes, catalog_head_configs
@@ -91,7 +91,7 @@ def _rows(
                     else None,
                     # measurements that beat their speed of light: the table measured something else than its
                     # columns say (artifacts.faster_than_roofline), and a model that follows the physics misses them
-                    "faster_than_roofline": round(float(np.mean(pred[mask] > FASTER_THAN_ROOFLINE * measured[mask])), 5)
+                    "faster_than_roofline": round(float(np.mean(beats_roofline(pred[mask], measured[mask]))), 5)
                     if model_name == "roofline"
                     else None,
                 }
