@@ -341,6 +341,23 @@ def test_validate_silicon_expresses_a_moe_row_with_its_expert_parallelism(wh: Pa
     assert out["tpot_ms"] > 0 and out["ttft_ms"] > 0
 
 
+def test_validate_silicon_expresses_minimax_m2_5_as_its_published_moe(wh: Path):
+    from hermes_sim.replay.validate import scenario_for, why_not
+
+    m = model("minimax-m2.5")
+    assert (m.layers, m.experts, m.top_k, m.kv_heads) == (62, 256, 8, 8)
+    assert m.weight_bytes(1.0) / 1e9 == pytest.approx(230, rel=0.01)  # "230B total parameters"
+    rows = pd.read_csv(SAMPLES / "e2e/silicon_h100.csv")
+    row = rows[(rows.backend == "vllm") & (rows.precision == "fp8") & (rows["mode"] == "agg")].iloc[0].copy()
+    row["model_path"], row["tp_size"], row["moe_tp_size"], row["moe_ep_size"] = "MiniMaxAI/MiniMax-M2.5", 4, 1, 4
+    row["batch_size"] = 4  # a 2026-03-25 campaign row's layout: TP4 with the experts spread over 4 GPUs
+    assert why_not(row) is None
+    pool = scenario_for(row).pools[0]
+    assert (pool.model, pool.tp, pool.ep, pool.dtype) == ("minimax-m2.5", 4, 4, "fp8")
+    out = benchmark_means(row, wh)
+    assert out["tpot_ms"] > 0 and out["ttft_ms"] > 0
+
+
 def test_step_overhead_is_fitted_on_dense_rows_of_the_calibration_half_only():
     from hermes_sim.replay.validate import _fit_step_overheads
 
