@@ -81,6 +81,14 @@ FRAMEWORK_BATCHING = {
     "trtllm": {"policy": "continuous", "order": "decode_first", "max_batched_tokens": 8192, "overlap": True},
     "vllm": {"policy": "chunked_prefill", "order": "decode_first", "max_batched_tokens": 8192},
 }
+# Frameworks whose KV cache stays in the model's 16-bit activation dtype under 8-bit weights unless the pool says
+# otherwise (`--kv-cache-dtype auto`, vLLM's and SGLang's default); TRT-LLM's FP8 deployments store FP8 KV. The
+# H100 silicon rows tell them apart by where they turn KV-bound. vLLM's FP8 rows do so (TTFT of tens of seconds)
+# where the KV in flight passes the room 16-bit KV leaves, not where FP8 KV would run out (Llama-3.1-70B at TP2,
+# 64 clients of 1024 in / 8192 out: 328k tokens in flight on average, room for 243k in 16 bits and 487k in FP8;
+# measured TTFT 30.8 s). TRT-LLM's FP8 rows fit only FP8 KV (Qwen3-32B at TP1, 64 clients of 4096 in / 128
+# out: 266k tokens in flight, room for 162k in 16 bits and 323k in FP8; measured TTFT 1.6 s, no wait for KV).
+KV_16_BIT_FRAMEWORKS = ("sglang", "vllm")
 
 
 class Memory(_Strict):
@@ -113,7 +121,7 @@ class LLMPoolSpec(_Strict):
     pp: PositiveInt = 1
     ep: PositiveInt = Field(1, description="MoE: expert-parallel degree inside the TP group (experts / ep per GPU)")
     dtype: str = "bfloat16"
-    kv_cache_dtype: str | None = None
+    kv_cache_dtype: str | None = Field(None, description="None: the framework's default (LLMPoolSpec.kv_dtype)")
     framework: str | None = Field(
         None, description="serving framework whose calibrated models price this pool: sglang, trtllm or vllm"
     )
@@ -136,6 +144,18 @@ class LLMPoolSpec(_Strict):
     price_per_hour_usd: PositiveFloat | None = Field(None, description="per device; None: the catalog's price")
     batching: Batching = Batching()
     memory: Memory = Memory()
+
+    @property
+    def kv_dtype(self) -> str:
+        """The KV cache's dtype: kv_cache_dtype, else what the framework stores by default (KV_16_BIT_FRAMEWORKS)
+        under 8-bit weights, else the weights' dtype (an FP8 variant's KV as plain fp8)."""
+        if self.kv_cache_dtype:
+            return self.kv_cache_dtype
+        if self.dtype in ("bfloat16", "float16", "float32"):
+            return self.dtype
+        if self.framework in KV_16_BIT_FRAMEWORKS:
+            return "bfloat16"
+        return "fp8" if self.dtype.startswith("fp8") else self.dtype
 
 
 # ---- service pools -------------------------------------------------------------------------------------
@@ -755,7 +775,7 @@ def check_pipeline(where: str, pipe: Pipeline, pools: dict, links: dict, tiers: 
                 continue
             for what, wrote, reads in (
                 ("model", a.model, b.model),
-                ("KV cache dtype", a.kv_cache_dtype or a.dtype, b.kv_cache_dtype or b.dtype),
+                ("KV cache dtype", a.kv_dtype, b.kv_dtype),
             ):
                 if wrote != reads:
                     raise ScenarioError(

@@ -167,13 +167,15 @@ def concurrency(row: pd.Series) -> int:
     return _int(row, "batch_size")
 
 
-def _dtypes(row: pd.Series) -> tuple[str, str]:
-    """(weight GEMM dtype, KV-cache dtype): the row's GEMM quantization where it names a known one (fp8_block
-    kernels are not fp8 per-tensor ones), else its precision; 16-bit when neither says."""
+def _weights_dtype(row: pd.Series) -> str:
+    """The weights' GEMM dtype: the row's GEMM quantization where it names a known one (fp8_block kernels are not
+    fp8 per-tensor ones), else its precision; 16-bit when neither says. The KV cache's dtype is the framework's
+    default for it (LLMPoolSpec.kv_dtype)."""
     precision = str(row.get("precision")) if pd.notna(row.get("precision")) else "bfloat16"
-    kv = "fp8" if "fp8" in precision else "bfloat16"
     gemm = str(row.get("gemm_quant_mode")) if pd.notna(row.get("gemm_quant_mode")) else ""
-    return (gemm if gemm in DTYPE_BYTES and gemm not in ("float32", "tf32") else kv), kv
+    if gemm in DTYPE_BYTES and gemm not in ("float32", "tf32"):
+        return gemm
+    return "fp8" if "fp8" in precision else "bfloat16"
 
 
 def _pool(
@@ -181,7 +183,6 @@ def _pool(
 ) -> dict:
     """One LLM pool of the row's deployment (`prefix`: prefill_ / decode_ columns of a disaggregated row); its
     frontend latency is set even when 0, so a replay here never takes an earlier fit from the warehouse."""
-    dtype, kv_dtype = _dtypes(row)
     pp = f"{prefix}pp_size"
     return {
         "device": row["system"],
@@ -189,8 +190,7 @@ def _pool(
         "tp": _int(row, f"{prefix}tp_size"),
         "pp": _int(row, pp) if pd.notna(row.get(pp)) else 1,
         "ep": _expert_parallel(row, prefix) if models()[_catalog_name(row["model_path"])].experts > 1 else 1,
-        "dtype": dtype,
-        "kv_cache_dtype": kv_dtype,
+        "dtype": _weights_dtype(row),
         "framework": _framework(row) or None,
         # room for the longest drawn lengths (4 standard deviations above the means)
         "max_model_len": math.ceil((_int(row, "isl") + _int(row, "osl")) * (1 + 4 * spread)) + 16,

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from conftest import SAMPLES
 from hermes_sim.calibrate.catalog import device, model
+from hermes_sim.replay.pools.llm.kv import kv_blocks
 from hermes_sim.replay.run import simulate
 from hermes_sim.replay.scenario import Scenario
 from hermes_sim.replay.validate import benchmark_means, validate
@@ -339,6 +340,34 @@ def test_validate_silicon_expresses_a_moe_row_with_its_expert_parallelism(wh: Pa
     assert "data-parallel attention" in why_not(bad)
     out = benchmark_means(row, wh)
     assert out["tpot_ms"] > 0 and out["ttft_ms"] > 0
+
+
+def test_a_pool_keeps_the_kv_cache_its_framework_stores_by_default():
+    """vLLM and SGLang store KV in the model's 16-bit activation dtype unless told otherwise (`--kv-cache-dtype
+    auto`), whatever the weights; TRT-LLM's FP8 deployments hold FP8 KV. 16-bit KV leaves half the room, which is
+    where vLLM's FP8 silicon rows turn KV-bound; validate runs each row with its framework's default."""
+    from hermes_sim.replay.scenario import LLMPoolSpec
+    from hermes_sim.replay.validate import scenario_for
+
+    def kv(**fields) -> str:
+        return LLMPoolSpec(device="h100_sxm", model="qwen3-32b", **fields).kv_dtype
+
+    assert kv(dtype="fp8", framework="vllm") == kv(dtype="fp8_block", framework="sglang") == "bfloat16"
+    assert kv(dtype="fp8", framework="trtllm") == kv(dtype="fp8_block") == "fp8"  # an FP8 variant's KV is fp8
+    assert kv(dtype="float16", framework="vllm") == "float16"
+    assert kv(dtype="fp8", framework="vllm", kv_cache_dtype="fp8") == "fp8"  # the pool's own setting wins
+
+    rows = pd.read_csv(SAMPLES / "e2e/silicon_h100.csv")
+    vllm = rows[(rows.backend == "vllm") & (rows.precision == "fp8") & (rows["mode"] == "agg")].iloc[0]
+    trt = vllm.copy()
+    trt["backend"], trt["backend_version"] = "trtllm", "1.0.0rc3"
+    pools = {name: scenario_for(row).pools[0] for name, row in (("vllm", vllm), ("trt", trt))}
+    assert {name: (p.dtype, p.kv_dtype) for name, p in pools.items()} == {
+        "vllm": ("fp8", "bfloat16"),
+        "trt": ("fp8", "fp8"),
+    }
+    room = {name: kv_blocks(p, device(p.device), model(p.model)) for name, p in pools.items()}
+    assert room["vllm"] == pytest.approx(room["trt"] / 2, abs=1)
 
 
 def test_validate_silicon_expresses_minimax_m2_5_as_its_published_moe(wh: Path):

@@ -322,6 +322,8 @@ def _pool_summary(f: dict, span: float) -> dict:
             "replicas": spec.replicas,
             "tp": spec.tp,
             "pp": spec.pp,
+            "dtype": spec.dtype,
+            "kv_cache_dtype": spec.kv_dtype,
             "devices": devices,
             "utilization": round(device_busy_s / (span * devices), 4) if span else 0.0,
             "replica_utilization": [round(b / span, 4) if span else 0.0 for b in busy],

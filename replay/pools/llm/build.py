@@ -185,7 +185,7 @@ def iteration_cost(
                 pp=pool.pp,
                 ep=pool.ep,
                 dtype=pool.dtype,
-                kv_cache_dtype=pool.kv_cache_dtype,
+                kv_cache_dtype=pool.kv_dtype,
                 devices_per_node=dev.devices_per_node if pool.tp * pool.pp > dev.devices_per_node else None,
             ),
             cost=CostModel(pool.device, warehouse_root, pool.framework, bound=price_at),

@@ -12,7 +12,7 @@ from ...scenario import LLMPoolSpec
 def kv_block_bytes(pool: LLMPoolSpec, model: ModelConfig) -> float:
     """Bytes of one KV block on one GPU of the replica. Each GPU holds its share of the KV heads (replicated
     when there are fewer KV heads than TP ranks) for its pipeline stage's layers."""
-    kv_b = DTYPE_BYTES.get(pool.kv_cache_dtype or pool.dtype, 2)
+    kv_b = DTYPE_BYTES.get(pool.kv_dtype, 2)
     kv_heads_per_gpu = max(model.kv_heads // pool.tp, 1)
     return 2 * (model.layers / pool.pp) * kv_heads_per_gpu * model.head_dim * kv_b * pool.memory.block_tokens
 
@@ -39,7 +39,7 @@ def kv_blocks(pool: LLMPoolSpec, device: Device, model: ModelConfig) -> int:
 
 def kv_bytes_per_token(pool: LLMPoolSpec, model: ModelConfig) -> float:
     """KV bytes of one token over the whole replica (every layer, every KV head): what a transfer moves."""
-    kv_b = DTYPE_BYTES.get(pool.kv_cache_dtype or pool.dtype, 2)
+    kv_b = DTYPE_BYTES.get(pool.kv_dtype, 2)
     return 2 * model.layers * model.kv_heads * model.head_dim * kv_b
 
 
