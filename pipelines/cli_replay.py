@@ -282,9 +282,9 @@ def estimate_cmd(
         write_json(est)
         return
     out.print(
-        f"{model} on {tp * pp}x {device} (TP {tp}, PP {pp}, {dtype}), batch {batch} x {input_tokens} in / "
-        f"{output_tokens} out: prefill {est['prefill_ms']} ms, decode step {est['decode_step_ms']} ms, "
-        f"end to end {est['e2e_ms']} ms"
+        f"{model} on {tp * pp}x {device} (TP {tp}, PP {pp}, {dtype}, KV cache {est['kv_cache_dtype']}), batch "
+        f"{batch} x {input_tokens} in / {output_tokens} out: prefill {est['prefill_ms']} ms, decode step "
+        f"{est['decode_step_ms']} ms, end to end {est['e2e_ms']} ms"
     )
     out.print(f"priced from: {', '.join(f'{k} {v} ops' for k, v in est['cost_tiers'].items())}")
     for family, past in est["past_measured"].items():

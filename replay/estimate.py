@@ -77,6 +77,7 @@ def estimate(
         pp=pp,
         ep=ep,
         dtype=dtype,
+        kv_cache_dtype=spec.kv_dtype,  # as the KV room above: the framework's default for these weights
         devices_per_node=dev.devices_per_node if tp * pp > dev.devices_per_node else None,
     )
     graphs = dev.vendor == "nvidia"
@@ -113,6 +114,7 @@ def estimate(
         "tp": tp,
         "pp": pp,
         "dtype": dtype,
+        "kv_cache_dtype": spec.kv_dtype,
         "framework": framework,
         "batch": batch,
         "input_tokens": input_tokens,

@@ -48,6 +48,30 @@ def test_estimate_prices_the_batch_as_the_engine_prices_its_iterations(wh: Path)
     assert tp2["decode_step_ms"] < est["decode_step_ms"]
 
 
+def test_estimate_streams_the_kv_cache_its_framework_keeps_under_fp8_weights(wh: Path):
+    """vLLM keeps 16-bit KV under FP8 weights: the decode step streams those bytes, as the engine prices it."""
+    from hermes_sim.replay.pools.llm.build import iteration_cost, step_overhead
+    from hermes_sim.replay.scenario import LLMPoolSpec
+
+    est = {
+        fw: estimate("h100_sxm", "llama-3.1-8b", 32, 4096, 8, wh, dtype="fp8", framework=fw)
+        for fw in ("vllm", "trtllm")
+    }
+    assert {fw: e["kv_cache_dtype"] for fw, e in est.items()} == {"vllm": "bfloat16", "trtllm": "fp8"}
+    assert est["vllm"]["kv_blocks_per_replica"] < est["trtllm"]["kv_blocks_per_replica"]
+    spec = LLMPoolSpec(
+        device="h100_sxm",
+        model="llama-3.1-8b",
+        dtype="fp8",
+        framework="vllm",
+        max_model_len=4105,
+        batching={"max_batched_tokens": 8192, "max_num_seqs": 32},
+    )
+    cost = iteration_cost(spec, wh, step_overhead(spec, wh))
+    engine_step_ms = cost.iteration_us([], 32, 32 * (4096 + 4)) / 1e3
+    assert est["vllm"]["decode_step_ms"] == pytest.approx(engine_step_ms, rel=0.03)
+
+
 def test_estimate_names_the_op_families_it_priced_past_the_measured_shapes(wh: Path):
     """A prefill of 64 x 8192 tokens runs GEMMs larger than any in the bundled tables: the estimate says which
     families were priced by a rule there (and how), per call, not per process."""
