@@ -23,19 +23,25 @@ def wh(calibrated_warehouse: Path) -> Path:
     return calibrated_warehouse
 
 
-def test_estimate_prices_the_batch_as_the_engine_prices_its_iterations(wh: Path):
+def engine_cost(wh: Path, batch: int, max_model_len: int, **fields):
+    """The engine's iteration cost for a vLLM pool of Llama-3.1-8B on an H100 serving `batch` sequences."""
     from hermes_sim.replay.pools.llm.build import iteration_cost, step_overhead
     from hermes_sim.replay.scenario import LLMPoolSpec
 
-    est = estimate("h100_sxm", "llama-3.1-8b", 8, 512, 64, wh, framework="vllm")
     spec = LLMPoolSpec(
         device="h100_sxm",
         model="llama-3.1-8b",
         framework="vllm",
-        max_model_len=577,
-        batching={"max_batched_tokens": 8192, "max_num_seqs": 8},
+        max_model_len=max_model_len,
+        batching={"max_batched_tokens": 8192, "max_num_seqs": batch},
+        **fields,
     )
-    cost = iteration_cost(spec, wh, step_overhead(spec, wh))
+    return iteration_cost(spec, wh, step_overhead(spec, wh))
+
+
+def test_estimate_prices_the_batch_as_the_engine_prices_its_iterations(wh: Path):
+    est = estimate("h100_sxm", "llama-3.1-8b", 8, 512, 64, wh, framework="vllm")
+    cost = engine_cost(wh, 8, 577)
     engine_prefill_ms = cost.iteration_us([(512, 0)] * 8, 0, 0) / 1e3
     assert est["prefill_ms"] == pytest.approx(engine_prefill_ms, rel=0.03)  # grids interpolate; estimate is exact
     engine_step_ms = cost.iteration_us([], 8, 8 * (512 + 32)) / 1e3
@@ -50,25 +56,13 @@ def test_estimate_prices_the_batch_as_the_engine_prices_its_iterations(wh: Path)
 
 def test_estimate_streams_the_kv_cache_its_framework_keeps_under_fp8_weights(wh: Path):
     """vLLM keeps 16-bit KV under FP8 weights: the decode step streams those bytes, as the engine prices it."""
-    from hermes_sim.replay.pools.llm.build import iteration_cost, step_overhead
-    from hermes_sim.replay.scenario import LLMPoolSpec
-
     est = {
         fw: estimate("h100_sxm", "llama-3.1-8b", 32, 4096, 8, wh, dtype="fp8", framework=fw)
         for fw in ("vllm", "trtllm")
     }
     assert {fw: e["kv_cache_dtype"] for fw, e in est.items()} == {"vllm": "bfloat16", "trtllm": "fp8"}
     assert est["vllm"]["kv_blocks_per_replica"] < est["trtllm"]["kv_blocks_per_replica"]
-    spec = LLMPoolSpec(
-        device="h100_sxm",
-        model="llama-3.1-8b",
-        dtype="fp8",
-        framework="vllm",
-        max_model_len=4105,
-        batching={"max_batched_tokens": 8192, "max_num_seqs": 32},
-    )
-    cost = iteration_cost(spec, wh, step_overhead(spec, wh))
-    engine_step_ms = cost.iteration_us([], 32, 32 * (4096 + 4)) / 1e3
+    engine_step_ms = engine_cost(wh, 32, 4105, dtype="fp8").iteration_us([], 32, 32 * (4096 + 4)) / 1e3
     assert est["vllm"]["decode_step_ms"] == pytest.approx(engine_step_ms, rel=0.03)
 
 
