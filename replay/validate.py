@@ -582,6 +582,7 @@ def validate(
                     "backend": _framework(row),
                     "backend_version": _version(row),
                     "precision": row.get("precision"),
+                    "kv_cache_dtype": scenario_for(row).pools[0].kv_dtype,  # the framework's default (kv_dtype)
                     "mode": row["mode"],
                     "moe": models()[_catalog_name(row["model_path"])].experts > 1,
                     "deployment": deployment(row),

@@ -251,6 +251,7 @@ def test_validate_silicon_lists_what_it_cannot_express(wh: Path, tmp_path: Path)
         "measured_tpot_ms",
         "predicted_tpot_ms",
         "frontend_latency_us",
+        "kv_cache_dtype",
     ):
         assert key in first
     assert first["predicted_tpot_ms"] > 0 and first["roofline_tpot_ms"] > 0
