@@ -147,11 +147,14 @@ class LLMPoolSpec(_Strict):
 
     @property
     def kv_dtype(self) -> str:
-        """The KV cache's dtype: kv_cache_dtype, else what the framework stores by default (KV_16_BIT_FRAMEWORKS)
-        under 8-bit weights, else the weights' dtype (an FP8 variant's KV as plain fp8)."""
+        """The KV cache's dtype: kv_cache_dtype; else the weights' dtype where it is 16 bits or wider; else, under
+        narrower weights, 16 bits where the framework keeps them (KV_16_BIT_FRAMEWORKS), the weights' dtype
+        otherwise (an FP8 variant's KV as plain fp8)."""
+        from ..calibrate.catalog import DTYPE_BYTES
+
         if self.kv_cache_dtype:
             return self.kv_cache_dtype
-        if self.dtype in ("bfloat16", "float16", "float32"):
+        if DTYPE_BYTES.get(self.dtype, 2) >= 2:
             return self.dtype
         if self.framework in KV_16_BIT_FRAMEWORKS:
             return "bfloat16"

@@ -355,7 +355,8 @@ def test_a_pool_keeps_the_kv_cache_its_framework_stores_by_default():
 
     assert kv(dtype="fp8", framework="vllm") == kv(dtype="fp8_block", framework="sglang") == "bfloat16"
     assert kv(dtype="fp8", framework="trtllm") == kv(dtype="fp8_block") == "fp8"  # an FP8 variant's KV is fp8
-    assert kv(dtype="float16", framework="vllm") == "float16"
+    assert kv(dtype="float16", framework="vllm") == "float16" and kv(dtype="float32", framework="sglang") == "float32"
+    assert kv(dtype="int8", framework="vllm") == "bfloat16" and kv(dtype="int8", framework="trtllm") == "int8"
     assert kv(dtype="fp8", framework="vllm", kv_cache_dtype="fp8") == "fp8"  # the pool's own setting wins
 
     rows = pd.read_csv(SAMPLES / "e2e/silicon_h100.csv")
