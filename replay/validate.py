@@ -57,7 +57,7 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import Progress
 
-from ..calibrate.artifacts import MODELS_DIR
+from ..calibrate.artifacts import MODELS_DIR, beats_roofline
 from ..calibrate.catalog import DTYPE_BYTES, devices, models
 from ..ingest.text import read_csv
 from .pools.llm.build import OVERHEADS_FILE, read_overheads
@@ -597,6 +597,12 @@ def validate(
                     "sequences_per_iteration": np.nan,
                     "roofline_ttft_ms": roof["ttft_ms"],
                     "roofline_tpot_ms": roof["tpot_ms"],
+                    # faster than this closed loop could decode at the speed of light: the row measured something
+                    # other than its columns say (fewer sequences in flight, other lengths). Not a TTFT rule: the
+                    # roofline loop's clients stay in lockstep, queueing every prompt behind a whole round
+                    "tpot_faster_than_roofline": bool(
+                        beats_roofline(np.float64(roof["tpot_ms"]), np.float64(row["silicon_tpot_ms"]))
+                    ),
                 }
             )
         summary: dict = {"rows": len(rows), "not_expressed": len(skipped)}
@@ -632,6 +638,7 @@ def validate(
                     "held_out_rows": len(held),
                     "held_out": _errors(held),
                     "held_out_roofline": _errors(held, "roofline"),
+                    "held_out_tpot_faster_than_roofline": int(held.tpot_faster_than_roofline.sum()),
                     "held_out_by_model_and_backend": [
                         {"model": m, "backend": b, "rows": len(g), **_errors(g)}
                         for (m, b), g in held.groupby(["model", "backend"])

@@ -824,7 +824,7 @@ def test_replay_interval_brackets_the_point_and_the_cli_prints_it(wh: Path):
     assert "90% interval" in shown.stdout and f"tpot_ms.p50 [{lo}, {hi}]" in shown.stdout
 
 
-def test_validate_silicon_interval_reports_coverage_of_held_out_rows(wh: Path, tmp_path: Path):
+def test_validate_silicon_reports_interval_coverage_and_rows_faster_than_their_roofline(wh: Path, tmp_path: Path):
     root = tmp_path / "wh"  # a whole run writes its fits: on a copy, not the session's shared warehouse
     shutil.copytree(wh, root)
     result = validate(SAMPLES / "e2e/silicon_h100.csv", root, interval=True)
@@ -834,6 +834,11 @@ def test_validate_silicon_interval_reports_coverage_of_held_out_rows(wh: Path, t
     assert coverage["rows"] == len(held)
     inside = sum(r["predicted_tpot_ms_lower"] <= r["measured_tpot_ms"] <= r["predicted_tpot_ms_upper"] for r in held)
     assert coverage["tpot_coverage"] == round(inside / len(held), 4)
+    # the sample's vLLM disaggregated row reports 8.7 ms TPOT at 448 clients: faster than its decode pool could run
+    fast = [r for r in result["rows"] if r["tpot_faster_than_roofline"]]
+    assert any(r["mode"] == "disagg" and r["measured_tpot_ms"] < 10 for r in fast)
+    assert all(r["roofline_tpot_ms"] > 1.05 * r["measured_tpot_ms"] for r in fast) and len(fast) < len(result["rows"])
+    assert result["summary"]["held_out_tpot_faster_than_roofline"] == sum(r["held_out"] for r in fast)
 
 
 def test_overlap_scheduler_admits_a_request_one_iteration_later(wh: Path, tmp_path: Path):
