@@ -21,7 +21,7 @@ from .pools.llm.build import build_llm_pool
 from .request import Request
 from .resources.link import Link
 from .resources.tier import Tier
-from .scenario import Client, Memory, Scenario, check_hash_blocks, rerank_pairs
+from .scenario import KV_16_BIT_FRAMEWORKS, Client, Memory, Scenario, check_hash_blocks, rerank_pairs
 from .sources import SOURCES, Spec, total_requests
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,15 @@ class Simulation:
                         "default estimate of the activation and CUDA-graph memory a serving framework keeps out of "
                         "its KV cache per GPU (vLLM measures it with a profiling pass at start-up); with "
                         "gpu_memory_utilization it sets kv_tokens_per_replica: set it from your deployment's log",
+                    )
+                kept_16_bit = spec.framework in KV_16_BIT_FRAMEWORKS and spec.kv_dtype != spec.dtype
+                if spec.kv_cache_dtype is None and kept_16_bit:
+                    self.assume(
+                        f"pools.{spec.name}.kv_cache_dtype",
+                        spec.kv_dtype,
+                        f"{spec.framework}'s default (--kv-cache-dtype auto) keeps KV in 16 bits under {spec.dtype} "
+                        "weights, half the KV room of an 8-bit cache: set kv_cache_dtype if the deployment quantizes "
+                        "its KV",
                     )
             else:
                 batch = max_seqs.get(spec.name, spec.max_batch)

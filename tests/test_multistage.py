@@ -535,6 +535,13 @@ def test_summary_names_energy_cost_and_every_stand_in(wh: Path):
     measured = simulate(sc({"source": log(AZURE, limit=20), "pools": [pool]}), wh)["summary"]
     assert "pools.main.memory.activation_reserve_bytes" not in measured["assumptions"]
     assert s["rejected_by_reason"] == {}
+    assert "pools.main.kv_cache_dtype" not in s["assumptions"] and s["pools"]["main"]["kv_cache_dtype"] == "bfloat16"
+    fp8 = {"device": "h100_sxm", "model": "llama-3.1-8b", "dtype": "fp8", "framework": "vllm"}
+    kept = simulate(sc({"source": log(AZURE, limit=20), "pools": [fp8]}), wh)["summary"]
+    assert kept["assumptions"]["pools.main.kv_cache_dtype"]["value"] == kept["pools"]["main"]["kv_cache_dtype"]
+    assert kept["pools"]["main"]["kv_cache_dtype"] == "bfloat16" and "--kv-cache-dtype auto" in str(kept["assumptions"])
+    told = simulate(sc({"source": log(AZURE, limit=20), "pools": [{**fp8, "kv_cache_dtype": "fp8"}]}), wh)["summary"]
+    assert "pools.main.kv_cache_dtype" not in told["assumptions"] and told["pools"]["main"]["kv_cache_dtype"] == "fp8"
 
 
 def test_outputs_are_written_with_stage_tracks(wh: Path, tmp_path: Path):
