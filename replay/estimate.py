@@ -20,9 +20,9 @@ from ..calibrate.artifacts import file_stamp, models_path
 from ..calibrate.catalog import device as catalog_device
 from ..calibrate.catalog import model as catalog_model
 from ..calibrate.model import CostModel
-from ..calibrate.ops import Batch, Parallelism, layer_ops
+from ..calibrate.ops import Batch, layer_ops
 from .errors import ScenarioError
-from .pools.llm.build import step_overhead
+from .pools.llm.build import parallelism, step_overhead
 from .pools.llm.kv import kv_blocks
 from .scenario import LLMPoolSpec, check_pool
 
@@ -72,14 +72,7 @@ def estimate(
     cm = _cost_model(
         device, str(Path(warehouse_root).resolve()), framework, file_stamp(models_path(warehouse_root, device))
     )
-    par = Parallelism(
-        tp=tp,
-        pp=pp,
-        ep=ep,
-        dtype=dtype,
-        kv_cache_dtype=spec.kv_dtype,  # as the KV room above: the framework's default for these weights
-        devices_per_node=dev.devices_per_node if tp * pp > dev.devices_per_node else None,
-    )
+    par = parallelism(spec, dev)
     graphs = dev.vendor == "nvidia"
     steps = max(output_tokens - 1, 0)
     kv = np.unique(np.round(np.linspace(input_tokens + 1, input_tokens + max(steps, 1), KV_POINTS))).astype(int)

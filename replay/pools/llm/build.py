@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from ....calibrate.artifacts import MODELS_DIR, file_stamp, models_path
+from ....calibrate.catalog import Device
 from ....calibrate.catalog import device as catalog_device
 from ....calibrate.catalog import model as catalog_model
 from ....calibrate.model import CostModel
@@ -144,6 +145,18 @@ COST_CACHE_ENTRIES = 64
 _COSTS: OrderedDict[tuple, IterationCost] = OrderedDict()
 
 
+def parallelism(pool: LLMPoolSpec, dev: Device) -> Parallelism:
+    """How a pool's replica splits its model over devices, as its ops are priced (the engine's and `estimate`'s)."""
+    return Parallelism(
+        tp=pool.tp,
+        pp=pool.pp,
+        ep=pool.ep,
+        dtype=pool.dtype,
+        kv_cache_dtype=pool.kv_dtype,
+        devices_per_node=dev.devices_per_node if pool.tp * pool.pp > dev.devices_per_node else None,
+    )
+
+
 def iteration_cost(
     pool: LLMPoolSpec, warehouse_root: Path, overhead: StepOverhead, price_at: str = "point"
 ) -> IterationCost:
@@ -180,14 +193,7 @@ def iteration_cost(
         dev, mdl = catalog_device(pool.device), catalog_model(pool.model)
         _COSTS[key] = IterationCost(
             model=mdl,
-            par=Parallelism(
-                tp=pool.tp,
-                pp=pool.pp,
-                ep=pool.ep,
-                dtype=pool.dtype,
-                kv_cache_dtype=pool.kv_dtype,
-                devices_per_node=dev.devices_per_node if pool.tp * pool.pp > dev.devices_per_node else None,
-            ),
+            par=parallelism(pool, dev),
             cost=CostModel(pool.device, warehouse_root, pool.framework, bound=price_at),
             max_tokens=max(pool.batching.max_batched_tokens, pool.max_model_len),
             max_seqs=pool.batching.max_num_seqs,
