@@ -118,6 +118,9 @@ class ModelConfig(BaseModel):
     gated_mlp: bool
     experts: PositiveInt = 1
     top_k: PositiveInt = 1
+    # RMSNorm of the queries and keys before RoPE: over each head's dims (Qwen3's q_norm / k_norm), or over all
+    # heads at once (MiniMax-M2: under TP the ranks all-reduce the per-token variances, one collective per layer)
+    qk_norm: Literal["none", "per_head", "across_heads"] = "none"
     source: str
 
     @model_validator(mode="after")

@@ -24,7 +24,7 @@ from .splits import SPLITS, split_masks, work_size
 log = logging.getLogger(__name__)
 
 RF_MAX_TRAIN = 40000
-MAIN_FAMILIES = (GEMM, PREFILL, DECODE, "all_reduce", "vector_search", "elementwise")
+MAIN_FAMILIES = (GEMM, PREFILL, DECODE, "all_reduce", "vector_search", "elementwise", "norm")
 CROSS_FRAMEWORK_TRAIN = "vllm"
 
 
@@ -155,8 +155,8 @@ def evaluate_device(
             on_family(done, len(families), fam)
         fam_df = df[df["op_family"] == fam]
         for (dtype, framework), group in fam_df.groupby(["dtype", "framework"], sort=True):
-            if framework == "vidur":
-                continue  # Vidur samples are the cross_source test set
+            if framework == "vidur" and (fam_df["framework"] != "vidur").any():
+                continue  # Vidur samples are the cross_source test set, where another source measured the family
             group = group.reset_index(drop=True)
             key = {"device": device.id, "family": fam, "dtype": dtype, "framework": framework}
             for split in splits:

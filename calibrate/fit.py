@@ -138,6 +138,14 @@ class Form:
     # decode attention: the measured batch sizes, ascending, and the longest KV length measured at that batch
     # size or a larger one (the edge of the measured shapes in both dims at once; empty in older artifacts)
     kv_hull: list[list[float]] = field(default_factory=list)
+    # the fastest latency measured in fitting: no op is priced below it (a smaller kernel still pays its launch
+    # and one wave; the fitted inefficiency, held at the smallest shapes, would shrink it with its roofline: a
+    # MoE's 4 x 8 route sort at 0.06 us, under H100's fastest measured elementwise kernel of 1 us); 0 in older
+    # artifacts
+    latency_min_us: float = 0.0
+    # a streaming family's (elementwise, norm) narrowest and widest measured n (Fitted._at_measured_width); empty
+    # for other families and in older artifacts
+    width_range: list[float] = field(default_factory=list)
     # prefill attention on a GPU: the kernel's schedule of query tiles (attention_schedule) enters the design
     # (False in older artifacts, whose coefficients were fitted without it)
     tile_schedule: bool = False
@@ -383,7 +391,9 @@ class Fitted:
         """The predictions, and which ops lie past the measured shapes, where a rule prices them
         (PAST_MEASURED_RULE), not the data: the edge is found once for both."""
         terms = roofline(df, device) if terms is None else terms
-        out = self._predict_form(df, terms)
+        if self.form.family in ELEMENTWISE:
+            df = self._at_measured_width(df)
+        out = np.maximum(self._predict_form(df, terms), self.form.latency_min_us)
         roof = terms["roofline_us"].to_numpy()
         if self.form.family == DECODE:
             past, clipped = self._decode_edge(df)
@@ -394,6 +404,21 @@ class Fitted:
         if self.form.tile_schedule:
             out = self._batch_bound(df, device, roof, out, over)
         return out, over > 0
+
+    def _at_measured_width(self, df: pd.DataFrame) -> pd.DataFrame:
+        """A streaming kernel (elementwise, norm) of a width n never measured, priced as the same elements at the
+        nearest measured width: its time follows the bytes it moves (its roofline is the same). Fitted on m and n,
+        a width outside the measured ones met size and roofline columns in combinations never seen (Vidur's H100
+        norms: n of 4096 and 8192 only): an RMSNorm of 2048 x 128 priced 255 us, of 4 x 3072 three times 4 x
+        4096's."""
+        if not self.form.width_range or "n" not in df.columns:
+            return df
+        n = pd.to_numeric(df["n"], errors="coerce").to_numpy(dtype=float)
+        width = np.clip(n, *self.form.width_range)
+        if np.array_equal(width, n, equal_nan=True):
+            return df
+        m = pd.to_numeric(df["m"], errors="coerce").to_numpy(dtype=float)
+        return df.assign(m=m * n / width, n=width)
 
     def _batch_bound(
         self, df: pd.DataFrame, device: Device, roof: np.ndarray, out: np.ndarray, over: np.ndarray
@@ -602,6 +627,9 @@ def fit_group(df: pd.DataFrame, family: str, device: Device, seed: int = 0) -> F
     interval = _interval(resid)
     growth = extrapolation_growth(df, form, X, y, terms, interval, device)
     form.work_max = float(form.work(df).max()) if form.n_size else np.inf
+    form.latency_min_us = float(df["latency_us"].min())
+    if family in ELEMENTWISE and "n" in df.columns and df["n"].notna().any():
+        form.width_range = [float(df["n"].min()), float(df["n"].max())]
     form.learn_ranges(X, y, log_roof)
     res = _ols(X, y)
     fitted_y = form.clip_inefficiency(form.bounded(X) @ np.asarray(res.params), log_roof)

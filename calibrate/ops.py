@@ -70,6 +70,7 @@ def layer_rows(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism(
     # quantized dtypes (fp8, int8, fp4, ...) apply to the weight GEMMs and attention; norms, activations,
     # collectives and the LM head run on 16-bit activations, as vLLM / TRT-LLM / SGLang quantized checkpoints do
     act = par.dtype if par.dtype in ACTIVATION_DTYPES else "bfloat16"
+    node = {"devices_per_node": par.devices_per_node} if par.devices_per_node else {}
 
     def add(name: str, family: str, count: float = layers, dtype: str = par.dtype, **shape) -> None:
         rows.append({"name": name, "op_family": family, "count": count, "dtype": dtype, **shape})
@@ -77,6 +78,12 @@ def layer_rows(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism(
     if T == 0:
         return rows
     add("qkv_proj", "gemm", m=T, n=(h + 2 * hk) * d, k=model.hidden)
+    if model.qk_norm != "none":
+        # one kernel over the queries and keys, per head or across heads alike (the same bytes): TRT-LLM fuses
+        # both norms with RoPE (Qwen3Attention's fuse_qk_norm_rope), vLLM has a fusion pass for them
+        add("qk_norm", "norm", dtype=act, m=T, n=(h + hk) * d)
+        if model.qk_norm == "across_heads" and tp > 1:  # the q and k variances (fp32) of every token, summed
+            add("qk_norm_all_reduce", "all_reduce", dtype=act, message_bytes=T * 2 * 4, num_gpus=tp, **node)
     kv_dtype = par.kv_cache_dtype or par.dtype
     causal = model.kind == "decoder"
     # one attention kernel per layer runs every prefill chunk (a variable-length batch): equal chunks are one row,
@@ -126,6 +133,13 @@ def layer_rows(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism(
         routed = T * model.top_k / model.experts / active  # rows per active expert
         experts_on = expected_max_active(local, active, par.ep)
         add("router", "gemm", dtype=act, m=T, n=model.experts, k=model.hidden)
+        # the kernels every fused-MoE implementation runs around its grouped GEMMs (vLLM's topk_softmax,
+        # moe_align_block_size and moe_sum; TRT-LLM's routing, expand and finalize): the top-k of each token's
+        # router logits, its routes sorted into expert order, and the weighted sum of a token's top_k expert
+        # outputs back into one row (on the busiest rank: its routed rows)
+        add("moe_topk", "elementwise", dtype=act, m=T, n=model.experts)
+        add("moe_sort", "elementwise", dtype=act, m=T, n=model.top_k)
+        add("moe_combine", "elementwise", dtype=act, m=routed * experts_on, n=model.hidden)
         add("expert_up", "gemm", m=routed, n=experts_on * (gate * model.ffn // moe_tp), k=model.hidden)
         add("expert_down", "gemm", m=routed, n=experts_on * model.hidden, k=model.ffn // moe_tp)
         act_rows, act_cols = routed * experts_on, model.ffn // moe_tp
@@ -135,7 +149,6 @@ def layer_rows(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism(
         act_rows, act_cols = T, model.ffn // tp
     add("norms", "norm", count=2 * layers, dtype=act, m=T, n=model.hidden)
     add("activation", "elementwise", dtype=act, m=act_rows, n=act_cols)
-    node = {"devices_per_node": par.devices_per_node} if par.devices_per_node else {}
     if tp > 1:
         add(
             "tp_all_reduce",

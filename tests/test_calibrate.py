@@ -178,6 +178,40 @@ def test_moe_layers_read_only_the_experts_a_batch_routes_to_and_split_them_over_
         layer_ops(mdl, Batch(decode=(100,)), Parallelism(tp=4, ep=3))
 
 
+def test_a_moe_layer_runs_the_routing_and_combine_kernels_around_its_grouped_gemms():
+    """Every fused-MoE implementation takes the top-k of the router logits, sorts the routes into expert order
+    and sums each token's top_k expert outputs back into one row (on the busiest rank: its routed rows)."""
+    mdl = catalog.model("qwen3-235b-a22b")
+    ops = layer_ops(mdl, Batch(prefill=((8192, 0),)), Parallelism(tp=4, ep=4)).set_index("name")
+    assert (ops.loc["moe_topk", ["m", "n"]] == [8192, mdl.experts]).all()
+    assert (ops.loc["moe_sort", ["m", "n"]] == [8192, mdl.top_k]).all()
+    combine = ops.loc["moe_combine"]
+    assert combine.n == mdl.hidden and combine.m == pytest.approx(8192 * mdl.top_k / 4)  # every local expert active
+    assert {"moe_topk", "moe_sort", "moe_combine"} <= set(ops[ops.op_family == "elementwise"].index)
+    assert (ops.loc[["moe_topk", "moe_sort", "moe_combine"], "count"] == mdl.layers).all()
+    dense = layer_ops(catalog.model("llama-3.1-8b"), Batch(decode=(100,) * 4))
+    assert not {"moe_topk", "moe_sort", "moe_combine"} & set(dense.name)
+
+
+def test_queries_and_keys_are_normed_where_the_architecture_norms_them():
+    """Qwen3 norms each head's queries and keys (one kernel over both, as TRT-LLM fuses them; no collective);
+    MiniMax-M2 norms them across all heads, so under TP the ranks all-reduce each token's two variances (fp32)
+    once per layer."""
+    qwen = catalog.model("qwen3-32b")
+    ops = layer_ops(qwen, Batch(decode=(100,) * 4), Parallelism(tp=4)).set_index("name")
+    heads = (qwen.heads + qwen.kv_heads) // 4 * qwen.head_dim
+    assert (ops.loc["qk_norm", ["op_family", "m", "n", "count"]] == ["norm", 4, heads, qwen.layers]).all()
+    assert "qk_norm_all_reduce" not in ops.index
+    llama = layer_ops(catalog.model("llama-3.1-8b"), Batch(decode=(100,) * 4), Parallelism(tp=4))
+    assert not {"qk_norm", "qk_norm_all_reduce"} & set(llama.name)
+    minimax = catalog.model("minimax-m2.5")
+    ops = layer_ops(minimax, Batch(decode=(100,) * 4), Parallelism(tp=4, ep=4)).set_index("name")
+    reduce = ops.loc["qk_norm_all_reduce"]
+    assert (reduce[["op_family", "message_bytes", "num_gpus", "count"]] == ["all_reduce", 4 * 2 * 4, 4, 62]).all()
+    alone = layer_ops(minimax, Batch(decode=(100,) * 4), Parallelism(tp=1))
+    assert "qk_norm" in set(alone.name) and "qk_norm_all_reduce" not in set(alone.name)
+
+
 @pytest.mark.parametrize("tokens, ranks", [(1, 4), (4, 8), (16, 8), (64, 4)])
 def test_the_busiest_expert_parallel_rank_matches_top_k_routing(tokens: int, ranks: int):
     """expected_max_active (independent experts, a binomial per rank) against routing itself: each token picks
@@ -403,6 +437,41 @@ def test_extrapolation_stays_bounded(h100_gemm: pd.DataFrame):
     roof = ape(roofline(held, h100).roofline_us.to_numpy(), held.latency_us.to_numpy())
     assert np.percentile(err, 99) < 2.0  # no polynomial blow-up 4x beyond the fitted shapes
     assert np.median(err) < np.median(roof)
+
+
+def test_a_streaming_kernel_of_an_unmeasured_width_costs_its_bytes_at_the_nearest_measured_width(
+    sample_warehouse: Path,
+):
+    """An RMSNorm over a width no table measured (a head's 128 dims, MiniMax's hidden 3072) is priced as the same
+    elements at the nearest measured width, never below the fastest measured kernel. Fitted on m and n alone,
+    the full H100 tree priced 2048 x 128 at 255 us and 4 x 3072 at three times 4 x 4096."""
+    h100 = catalog.device("h100_sxm")
+    with Warehouse(sample_warehouse, read_only=True) as w:
+        norms = artifacts.device_samples(w, "h100_sxm", "norm")
+    fitted = fit_group(norms, "norm", h100)
+    narrowest = fitted.form.width_range[0]
+    assert fitted.form.width_range == [norms.n.min(), norms.n.max()] and narrowest >= 4096
+
+    def price(m: list[float], n: list[float]) -> np.ndarray:
+        return fitted.predict(pd.DataFrame({"op_family": "norm", "dtype": "float16", "m": m, "n": n}), h100)
+
+    head, same_bytes = (
+        price([2048, 4], [128, 3072]),
+        price([2048 * 128 / narrowest, 4 * 3072 / narrowest], [narrowest] * 2),
+    )
+    assert head == pytest.approx(same_bytes)
+    assert (head <= 1.01 * price([2048, 4], [narrowest] * 2)).all()  # fewer bytes: no dearer, within the fit's ripple
+    assert fitted.form.latency_min_us == norms.latency_us.min()
+    assert (price([1, 4, 1], [128, 8, 1]) == norms.latency_us.min()).all()  # a launch does not shrink
+
+
+def test_a_family_only_vidur_measured_is_scored_on_its_own_held_out_shapes(sample_warehouse: Path):
+    """Vidur's samples are the cross-source test set where another source measured the family; where only Vidur
+    did (norms, activations on H100), its fitted model prices every iteration, so it is scored like the rest."""
+    with Warehouse(sample_warehouse, read_only=True) as w:
+        rows = evaluate_device(w, catalog.device("h100_sxm"), ("shape_block",), "norm", random_forest=False)
+    scored = {r["model"] for r in rows if r["framework"] == "vidur" and r["split"] == "shape_block"}
+    assert scored == {"roofline", "calibrated"}
 
 
 def test_decode_attention_past_the_measured_kv_lengths_streams_the_extra_kv(sample_warehouse: Path):
