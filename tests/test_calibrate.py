@@ -465,6 +465,20 @@ def test_a_streaming_kernel_of_an_unmeasured_width_costs_its_bytes_at_the_neares
     assert (price([1, 4, 1], [128, 8, 1]) == norms.latency_us.min()).all()  # a launch does not shrink
 
 
+def test_a_norm_larger_than_any_fitted_streams_at_the_rate_the_largest_fitted_ones_reached(sample_warehouse: Path):
+    """Fitted on the smaller half of the measured norms and asked about kernels at least 4x larger (the
+    extrapolation split): they keep the largest fitted ones' efficiency (about 0.35 of HBM bandwidth), not one
+    decaying towards 0.8, which priced them at half their measured time (median 48.6% -> 16.4% here)."""
+    h100 = catalog.device("h100_sxm")
+    with Warehouse(sample_warehouse, read_only=True) as w:
+        norms = artifacts.device_samples(w, "h100_sxm", "norm")
+    train, test = split_masks(norms, "norm", "extrapolation", seed=0)
+    held = norms[test]
+    predicted = fit_group(norms[train], "norm", h100).predict(held, h100)
+    assert len(held) >= 10 and np.median(ape(predicted, held.latency_us.to_numpy())) < 0.25
+    assert np.median(predicted / held.latency_us.to_numpy()) > 0.75
+
+
 def test_a_family_only_vidur_measured_is_scored_on_its_own_held_out_shapes(sample_warehouse: Path):
     """Vidur's samples are the cross-source test set where another source measured the family; where only Vidur
     did (norms, activations on H100), its fitted model prices every iteration, so it is scored like the rest."""
