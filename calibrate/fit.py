@@ -44,18 +44,19 @@ CATEGORICAL = ("kernel_source", "kv_cache_dtype")
 # the measured batch and KV length, and a GEMM's beyond the largest measured m n k, are priced at this efficiency
 # too (Fitted._stream_beyond, Fitted._gemm_beyond).
 SUSTAINED_EFFICIENCY = 0.8
-# how an op past the measured shapes is priced, as a replay's summary says it (priced_by)
+# how an op past the measured shapes is priced, as a replay's summary says it (priced_by), naming the constant a
+# rule stands on
+_SUSTAINED = f"{SUSTAINED_EFFICIENCY} (calibrate.fit.SUSTAINED_EFFICIENCY: AIConfigurator's empirical factor)"
 PAST_MEASURED_RULE = {
-    GEMM: f"the edge of the measured shapes plus the extra work at the sustained efficiency {SUSTAINED_EFFICIENCY}",
-    DECODE: f"the edge of the measured shapes plus the extra KV streamed at the sustained efficiency "
-    f"{SUSTAINED_EFFICIENCY}",
-    PREFILL: f"the efficiency at the edge of the measured shapes, its bound decaying towards {SUSTAINED_EFFICIENCY} "
-    "with an e-fold every 4x of roofline time, and no less efficient than the largest batch measured at its lengths",
+    GEMM: f"the edge of the measured shapes plus the extra work at the sustained efficiency {_SUSTAINED}",
+    DECODE: f"the edge of the measured shapes plus the extra KV streamed at the sustained efficiency {_SUSTAINED}",
+    PREFILL: "the efficiency at the edge of the measured shapes, no less efficient than the largest batch measured "
+    f"at its lengths, its bound decaying with an e-fold every 4x of roofline time towards {_SUSTAINED}",
     **{f: "the efficiency of the largest measured kernels (a streaming kernel's rate)" for f in ELEMENTWISE},
 }
 PAST_MEASURED_DEFAULT = (
-    f"the efficiency at the edge of the measured shapes, its bound decaying towards {SUSTAINED_EFFICIENCY} with an "
-    "e-fold every 4x of roofline time"
+    f"the efficiency at the edge of the measured shapes, its bound decaying with an e-fold every 4x of roofline time "
+    f"towards {_SUSTAINED}"
 )
 PRIOR_SCALE = float(np.log(4.0))  # offsets and slopes per kernel when a table mixes them
 CV_FOLDS = 4

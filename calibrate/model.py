@@ -70,8 +70,7 @@ def _fitted_models(root: Path, device_name: str) -> tuple[dict | None, dict[tupl
 
 def past_measured_rule(fitted: Fitted) -> str:
     """How a fit prices an op past its measured shapes, in words, naming the constant it stands on."""
-    rule = PAST_MEASURED_RULE.get(fitted.form.family, PAST_MEASURED_DEFAULT)
-    return f"{rule} (calibrate.fit.SUSTAINED_EFFICIENCY: AIConfigurator's empirical factor)"
+    return PAST_MEASURED_RULE.get(fitted.form.family, PAST_MEASURED_DEFAULT)
 
 
 class CostModel:
