@@ -210,10 +210,9 @@ class Form:
         i = np.clip(np.searchsorted(self.envelope_log_roof, log_roof, side="right") - 1, 0, len(self.envelope_y) - 1)
         upper = np.asarray(self.envelope_y)[i]
         beyond = np.maximum(log_roof - self.log_roof_max, 0.0)
-        if self.family in ELEMENTWISE:  # a streaming kernel keeps the rate its largest measured ones reached
-            beyond = np.zeros_like(beyond)
-        prior = -np.log(SUSTAINED_EFFICIENCY)
-        upper = np.where(upper > prior, prior + (upper - prior) * np.exp(-beyond / PRIOR_SCALE), upper)
+        if self.family not in ELEMENTWISE:  # a streaming kernel keeps the rate its largest measured ones reached
+            prior = -np.log(SUSTAINED_EFFICIENCY)
+            upper = np.where(upper > prior, prior + (upper - prior) * np.exp(-beyond / PRIOR_SCALE), upper)
         if self.family in COLLECTIVES:
             upper = np.where(beyond > 0, upper, np.inf)
         return np.clip(pred, np.minimum(self.y_lo, upper), upper)

@@ -79,8 +79,9 @@ def layer_rows(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism(
         return rows
     add("qkv_proj", "gemm", m=T, n=(h + 2 * hk) * d, k=model.hidden)
     if model.qk_norm != "none":
-        # one kernel over the queries and keys, per head or across heads alike (the same bytes): TRT-LLM fuses
-        # both norms with RoPE (Qwen3Attention's fuse_qk_norm_rope), vLLM has a fusion pass for them
+        # priced as one kernel over the queries and keys, per head or across heads alike (the same bytes):
+        # TRT-LLM fuses both norms with RoPE (Qwen3Attention's fuse_qk_norm_rope); vLLM runs them apart unless
+        # its QK-norm-RoPE fusion pass is on
         add("qk_norm", "norm", dtype=act, m=T, n=(h + hk) * d)
         if model.qk_norm == "across_heads" and tp > 1:  # the q and k variances (fp32) of every token, summed
             add("qk_norm_all_reduce", "all_reduce", dtype=act, message_bytes=T * 2 * 4, num_gpus=tp, **node)
