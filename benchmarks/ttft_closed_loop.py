@@ -39,7 +39,6 @@ def _ape(pred: pd.Series, meas: pd.Series) -> dict:
 
 def single_prompt(row: pd.Series, warehouse: Path) -> dict:
     """p1 (one prompt of isl tokens prefilled alone) and whether every client's isl + osl tokens fit the KV."""
-    gemm, _ = v._dtypes(row)
     one = estimate(
         device=row["system"],
         model=v._catalog_name(row["model_path"]),
@@ -48,7 +47,7 @@ def single_prompt(row: pd.Series, warehouse: Path) -> dict:
         output_tokens=v._int(row, "osl"),
         warehouse_root=warehouse,
         tp=v._int(row, "tp_size"),
-        dtype=gemm,
+        dtype=v._weights_dtype(row),  # the KV cache's dtype is the framework's default, as validate's pools keep
         framework=v._framework(row) or None,
     )
     fits = v.concurrency(row) * one["kv_blocks_needed"] <= one["kv_blocks_per_replica"]
