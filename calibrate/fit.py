@@ -38,6 +38,11 @@ DEGREES = (0, 1, 2, 3, 4, 5)  # 0 = roofline terms only
 MAX_FEATURES = 160
 FLOOR_US = (2.0, 8.0, 32.0, 128.0)  # launch / latency floors: log1p(roofline / tau) bends the curve there
 CATEGORICAL = ("kernel_source", "kv_cache_dtype")
+# per family, further columns naming which kernel a row measured: Vidur's elementwise table holds a residual add,
+# RoPE and the gated activation, streaming at 0.65, 0.46 and 0.38 of HBM bandwidth at its 4096-token edge; pooled,
+# the form priced activations past the measured sizes at half their time. A replay's op names its kind
+# (calibrate.ops: the activation is mlp_act); one that names none is priced as the first (add).
+FAMILY_CATEGORICAL: dict[str, tuple[str, ...]] = {"elementwise": ("op_name",)}
 # Beyond the largest fitted shape, launch and latency costs fade and kernels run at a sustained efficiency; the
 # bound on the inefficiency decays towards this prior (AIConfigurator's empirical bandwidth factor of 0.8) with an
 # e-folding of 4x in roofline time. It only ever lowers the bound, never raises it. Decode attention's work beyond
@@ -337,7 +342,7 @@ def make_form(family: str, df: pd.DataFrame, degree: int, device: Device) -> For
     z = [(x - c) / s for x, c, s in zip(logs, center, scale, strict=True)]
     categories = {
         c: sorted(df[c].dropna().astype(str).unique())
-        for c in CATEGORICAL
+        for c in (*CATEGORICAL, *FAMILY_CATEGORICAL.get(family, ()))
         if c in df.columns and df[c].nunique(dropna=True) > 1
     }
     return Form(

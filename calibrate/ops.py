@@ -137,10 +137,11 @@ def layer_rows(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism(
         # the kernels every fused-MoE implementation runs around its grouped GEMMs (vLLM's topk_softmax,
         # moe_align_block_size and moe_sum; TRT-LLM's routing, expand and finalize): the top-k of each token's
         # router logits, its routes sorted into expert order, and the weighted sum of a token's top_k expert
-        # outputs back into one row (on the busiest rank: its routed rows)
-        add("moe_topk", "elementwise", dtype=act, m=T, n=model.experts)
-        add("moe_sort", "elementwise", dtype=act, m=T, n=model.top_k)
-        add("moe_combine", "elementwise", dtype=act, m=routed * experts_on, n=model.hidden)
+        # outputs back into one row (on the busiest rank: its routed rows); streaming kernels of the measured
+        # kind "add" (fit.FAMILY_CATEGORICAL), the activation of the kind "mlp_act"
+        add("moe_topk", "elementwise", dtype=act, m=T, n=model.experts, op_name="add")
+        add("moe_sort", "elementwise", dtype=act, m=T, n=model.top_k, op_name="add")
+        add("moe_combine", "elementwise", dtype=act, m=routed * experts_on, n=model.hidden, op_name="add")
         add("expert_up", "gemm", m=routed, n=experts_on * (gate * model.ffn // moe_tp), k=model.hidden)
         add("expert_down", "gemm", m=routed, n=experts_on * model.hidden, k=model.ffn // moe_tp)
         act_rows, act_cols = routed * experts_on, model.ffn // moe_tp
@@ -149,7 +150,7 @@ def layer_rows(model: ModelConfig, batch: Batch, par: Parallelism = Parallelism(
         add("mlp_down", "gemm", m=T, n=model.hidden, k=model.ffn // tp)
         act_rows, act_cols = T, model.ffn // tp
     add("norms", "norm", count=2 * layers, dtype=act, m=T, n=model.hidden)
-    add("activation", "elementwise", dtype=act, m=act_rows, n=act_cols)
+    add("activation", "elementwise", dtype=act, m=act_rows, n=act_cols, op_name="mlp_act")
     if tp > 1:
         add(
             "tp_all_reduce",

@@ -52,19 +52,18 @@ def test_the_bundled_scenario_gives_what_the_single_pool_engine_gave(wh: Path):
     sums of 3,000 completion and first-token times (s). Any drift in the fast LLM engine moves them. When the
     calibration changes, they are re-taken by running 2b001e7's `replay.run.simulate` on the warehouse this
     commit builds (2b001e7 run with this commit's calibrate/, ingest/ and warehouse/, which it only reads from,
-    and this commit's pools/llm/costs.py dropped into its replay/costs.py, relative imports adjusted). Last: no op
-    priced below the fastest kernel its group measured, and a norm or elementwise kernel of an unmeasured width
-    priced by its bytes at the nearest measured one (calibrate.fit); both engines 173317 iterations, identical
-    sums."""
+    and this commit's pools/llm/costs.py dropped into its replay/costs.py, relative imports adjusted). Last:
+    elementwise kernels fitted by kind, the activation priced as one (calibrate.fit.FAMILY_CATEGORICAL); both
+    engines 173318 iterations, identical sums."""
     from hermes_sim.replay.scenario import load
 
     scenario = load(SAMPLES.parent / "replay/scenarios/bundled.yaml")
     scenario.source.log = AZURE
     out = simulate(scenario, wh)
     req = out["requests"]
-    assert out["summary"]["iterations"] == 173317
-    assert req.completion_s.sum() == pytest.approx(970555.1492029328, rel=1e-9)
-    assert req.first_token_s.sum() == pytest.approx(965050.2777625526, rel=1e-9)
+    assert out["summary"]["iterations"] == 173318
+    assert req.completion_s.sum() == pytest.approx(970555.2215239827, rel=1e-9)
+    assert req.first_token_s.sum() == pytest.approx(965050.336571201, rel=1e-9)
 
 
 # ---- retrieval-augmented generation ------------------------------------------------------------------------
