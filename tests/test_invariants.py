@@ -180,6 +180,39 @@ def test_a_replay_leaves_the_garbage_collector_as_it_found_it_even_when_it_fails
         gc.enable()
 
 
+def test_a_pause_hands_what_it_allocated_to_the_oldest_generation_and_its_cycles_are_still_collected():
+    """Re-enabled, the collector would scan everything the pause allocated at its first young collection; moved to
+    the oldest generation unscanned, it is left to the full collections, which still free its cycles. Objects
+    another caller froze stay frozen."""
+    import weakref
+
+    class Node:
+        pass
+
+    gc.collect()
+    with gc_paused():
+        keep = [[i] for i in range(50_000)]
+        cycle = Node()
+        cycle.me = cycle
+        dead = weakref.ref(cycle)
+        del cycle
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    assert gc.get_count()[0] < 1000  # not the 50,000 lists: they left the young generation unscanned
+    assert dead() is not None  # no collection ran at the end of the pause
+    gc.collect()
+    assert dead() is None and len(keep) == 50_000
+    frozen = [object() for _ in range(3)]
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        with gc_paused():
+            pass
+        assert gc.get_freeze_count() == before > 0
+    finally:
+        gc.unfreeze()
+        del frozen
+
+
 def test_a_request_that_never_ends_is_caught(wh: Path, monkeypatch):
     from hermes_sim.replay.pools.llm.engine import LLMPool
 
