@@ -169,7 +169,8 @@ def validate_silicon(
     """Predicted vs measured TTFT / TPOT of every dense, aggregated-serving row; the rest listed with reasons.
     Calibrates each (device, framework)'s per-iteration overhead on half the rows and reports the other half.
     JSON rows carry id, model, device, tp, isl, osl, concurrency, measured/predicted/roofline ttft and tpot (ms),
-    held_out and step_overhead_us; the summary the held-out median / p90 absolute percentage errors."""
+    held_out and the serving loop's step_overhead_us, sequence_overhead_us and broadcast_overhead_us (per hop of
+    the TP broadcast); the summary the held-out median / p90 absolute percentage errors."""
     from ..replay.outputs.jsonout import dumps
     from ..replay.validate import validate, write_report
 

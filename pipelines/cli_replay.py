@@ -291,9 +291,14 @@ def estimate_cmd(
         out.print(
             f"past the measured shapes: {family}, {past['ops']} of {past['of']} ops, priced as {past['priced_as']}"
         )
+    hops = (
+        f" (the TP broadcast's {est['broadcast_overhead_us']} us per hop included)"
+        if est["broadcast_overhead_us"]
+        else ""
+    )
     out.print(
-        f"step overhead {est['step_overhead_us']} us per iteration + {est['sequence_overhead_us']} us per sequence: "
-        f"{est['step_overhead_source']}"
+        f"step overhead {est['step_overhead_us']} us per iteration{hops} + {est['sequence_overhead_us']} us per "
+        f"sequence: {est['step_overhead_source']}"
     )
     if not est["kv_fits"]:
         out.print(

@@ -115,7 +115,8 @@ def estimate(
         "prefill_ms": round(prefill_us / 1e3, 4),
         "decode_step_ms": round(decode_s * 1e3 / steps, 4) if steps else None,
         "e2e_ms": round(prefill_us / 1e3 + decode_s * 1e3, 4),
-        "step_overhead_us": overhead.iteration_us,
+        "step_overhead_us": overhead.iteration_us,  # the TP broadcast's log2 TP hops included
+        "broadcast_overhead_us": overhead.broadcast_us,  # per hop
         "sequence_overhead_us": overhead.sequence_us,
         "step_overhead_source": overhead.source,
         "cost_tiers": dict(tiers),

@@ -126,8 +126,9 @@ class LLMPoolSpec(_Strict):
         None, description="serving framework whose calibrated models price this pool: sglang, trtllm or vllm"
     )
     max_model_len: PositiveInt = 32768
-    # scheduler + launch gap per iteration (CPU side); None: calibrated for the device and framework by
-    # `validate silicon`; a pool with neither names the default it used in the summary's assumptions
+    # scheduler + launch gap per iteration (CPU side), with TP the driver's broadcast to its TP workers included;
+    # None: calibrated for the device and framework by `validate silicon` (a part per iteration and one per hop of
+    # the broadcast, log2 TP hops); a pool with neither names the default it used in the summary's assumptions
     step_overhead_us: float | None = Field(None, ge=0)
     # ... and per sequence in the iteration (scheduling it, sampling, detokenizing and streaming its token);
     # None: calibrated with the step overhead (0 where the pool sets step_overhead_us alone)

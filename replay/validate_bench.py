@@ -32,7 +32,7 @@ from ..calibrate.catalog import devices, models
 from ..calibrate.model import CALIBRATED
 from ..ingest.text import read_csv
 from .estimate import estimate
-from .validate import is_held_out
+from .validate import OVERHEAD_PARTS, is_held_out, median_plane, overhead_terms
 
 # The benchmark's hardware names, and the catalog part each was measured on (by Argonne's documentation)
 HARDWARE = {
@@ -53,7 +53,6 @@ MODELS = {
     "mistralai/Mixtral-8x7B-v0.1": "mixtral-8x7b",  # MoE: experts sharded over TP (the frameworks' default)
 }
 FRAMEWORKS = {"vLLM": "vllm", "TensorRT-LLM": "trtllm"}  # the benchmark's frameworks whose kernels were measured
-OVERHEAD_PARTS = ("step_overhead_us", "sequence_overhead_us", "broadcast_overhead_us")
 MIN_FIT_ROWS = 8
 
 
@@ -130,15 +129,12 @@ def _predict(rows: pd.DataFrame, warehouse_root: Path, measured: str, output: pd
 
 
 def _overhead_terms(table: pd.DataFrame) -> np.ndarray:
-    return np.column_stack([np.ones(len(table)), table["batch"], np.log2(table["tp"])])
+    return overhead_terms(table["batch"].to_numpy(dtype=float), table["tp"].to_numpy(dtype=float))
 
 
 def fit_serving_overheads(table: pd.DataFrame) -> dict:
     """Per framework with measured kernels, the median plane of the calibration half's batch-latency gaps per
-    iteration over (1, B, log2 TP) on measured-calibrated devices; parts the data would make negative are
-    dropped and the rest refitted."""
-    import statsmodels.api as sm
-
+    iteration over (1, B, log2 TP) on measured-calibrated devices (validate.median_plane)."""
     out: dict = {}
     rows = table[~table.held_out & (table.metric == "batch_latency") & (table.tier == CALIBRATED)]
     for framework in FRAMEWORKS:
@@ -146,19 +142,9 @@ def fit_serving_overheads(table: pd.DataFrame) -> dict:
         if len(g) < MIN_FIT_ROWS:
             continue
         gap_us = ((g.measured_ms - g.kernels_ms) * 1e3 / g.steps).to_numpy()
-        X = _overhead_terms(g)
-        keep = [j for j in range(X.shape[1]) if np.ptp(X[:, j]) > 0 or j == 0]
-        while True:
-            params = sm.QuantReg(gap_us, X[:, keep]).fit(q=0.5, max_iter=5000).params
-            negative = [k for k, p in zip(keep, params, strict=True) if p < 0]
-            if not negative or len(keep) == 1:
-                break
-            keep = [k for k in keep if k != negative[0]]
-        coef = dict.fromkeys(OVERHEAD_PARTS, 0.0)
-        for k, p in zip(keep, params, strict=True):
-            coef[OVERHEAD_PARTS[k]] = round(max(float(p), 0.0), 2)
+        coef = median_plane(gap_us, _overhead_terms(g))
         out[framework] = {
-            **coef,
+            **{part: round(float(c), 2) for part, c in zip(OVERHEAD_PARTS, coef, strict=True)},
             "calibration_rows": len(g),
             "devices": sorted(g.device.unique()),
         }

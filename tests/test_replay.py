@@ -405,7 +405,12 @@ def test_step_overhead_is_fitted_on_dense_rows_of_the_calibration_half_only():
     )
     fitted = _fit_step_overheads(table)["h100_sxm"]["trtllm"]
     # neither the MoE nor the held-out gap
-    assert fitted == {"step_overhead_us": 500.0, "sequence_overhead_us": 0.0, "calibration_rows": 2}
+    assert fitted == {
+        "step_overhead_us": 500.0,
+        "sequence_overhead_us": 0.0,
+        "broadcast_overhead_us": 0.0,
+        "calibration_rows": 2,
+    }
 
 
 def test_serving_overhead_is_a_fixed_part_per_iteration_plus_a_part_per_sequence():
@@ -429,6 +434,47 @@ def test_serving_overhead_is_a_fixed_part_per_iteration_plus_a_part_per_sequence
     assert fitted["sequence_overhead_us"] == pytest.approx(40.0, abs=0.01)
     falling = table.assign(measured_tpot_ms=20.0 + (2000.0 - 10.0 * seqs) / 1e3)  # no per-sequence cost visible
     assert _fit_step_overheads(falling)["h100_sxm"]["vllm"]["sequence_overhead_us"] == 0.0
+
+
+def test_a_tp_group_pays_the_drivers_broadcast_per_hop_of_its_tree_in_the_fit_and_in_a_replay(wh: Path, tmp_path):
+    """The serving loop's gap grows with log2 TP (the driver feeding its TP workers each step): the fit finds the
+    part per hop beside the ones per iteration and per sequence, and a replay of a TP4 pool charges two hops."""
+    from hermes_sim.replay.pools.llm.build import step_overhead
+    from hermes_sim.replay.validate import _fit_step_overheads, scenario_for
+
+    seqs = np.array([4.0, 8.0, 16.0, 32.0, 64.0, 8.0, 16.0, 32.0])
+    tp = np.array([1, 1, 2, 2, 4, 4, 8, 8])
+    gap_us = 100.0 + 30.0 * seqs + 250.0 * np.log2(tp)
+    table = pd.DataFrame(
+        {
+            "device": "h100_sxm",
+            "backend": "vllm",
+            "held_out": False,
+            "moe": False,
+            "tp": tp,
+            "measured_tpot_ms": 20.0 + gap_us / 1e3,
+            "tpot_no_overhead_ms": 20.0,
+            "sequences_per_iteration": seqs,
+        }
+    )
+    fitted = _fit_step_overheads(table)["h100_sxm"]["vllm"]
+    assert fitted["step_overhead_us"] == pytest.approx(100.0, abs=0.5)
+    assert fitted["sequence_overhead_us"] == pytest.approx(30.0, abs=0.01)
+    assert fitted["broadcast_overhead_us"] == pytest.approx(250.0, abs=0.5)
+    # validate's own replays price each pool's TP: 100 + 2 x 250 us an iteration at TP4
+    rows = pd.read_csv(SAMPLES / "e2e/silicon_h100.csv")
+    row = rows[(rows.backend == "vllm") & (rows["mode"] == "agg") & (rows.tp_size == 4)].iloc[0]
+    pool = scenario_for(row, (100.0, 30.0, 250.0)).pools[0]
+    assert (pool.step_overhead_us, pool.sequence_overhead_us) == (600.0, 30.0)
+    # and a replay reading the warehouse's file does the same, naming the part per hop
+    root = tmp_path / "wh"
+    shutil.copytree(wh, root)
+    (root / "models/serving_overheads.json").write_text(json.dumps({"h100_sxm": {"vllm": fitted}}))
+    spec = scenario().pools[0].model_copy(update={"framework": "vllm", "tp": 4})
+    got = step_overhead(spec, root)
+    assert got.iteration_us == pytest.approx(fitted["step_overhead_us"] + 2 * fitted["broadcast_overhead_us"])
+    assert got.broadcast_us == fitted["broadcast_overhead_us"]
+    assert step_overhead(spec.model_copy(update={"tp": 1}), root).iteration_us == fitted["step_overhead_us"]
 
 
 def test_the_engine_charges_the_per_sequence_overhead_for_every_sequence_of_an_iteration(wh: Path):

@@ -179,6 +179,7 @@ def pool_facts(pool) -> dict:
             cost_tiers=dict(pool.replicas[0].cost.tiers),
             priced_by=dict(pool.replicas[0].cost.cost.provenance),
             step_overhead_us=pool.step_overhead.iteration_us,
+            broadcast_overhead_us=pool.step_overhead.broadcast_us,
             sequence_overhead_us=pool.step_overhead.sequence_us,
             step_overhead_source=pool.step_overhead.source,
             frontend_latency_us=pool.frontend.us,
@@ -329,7 +330,8 @@ def _pool_summary(f: dict, span: float) -> dict:
             "replica_utilization": [round(b / span, 4) if span else 0.0 for b in busy],
             "mean_batch_size": round(float(np.average(batch, weights=iters)), 2) if len(iters) else 0.0,
             "kv_tokens_per_replica": f["kv_tokens_per_engine"] * spec.pp,
-            "step_overhead_us": f["step_overhead_us"],
+            "step_overhead_us": f["step_overhead_us"],  # all of the fixed part: the TP broadcast's hops included
+            "broadcast_overhead_us": f["broadcast_overhead_us"],  # per hop of it (log2 TP hops), as fitted
             "sequence_overhead_us": f["sequence_overhead_us"],
             "step_overhead_source": f["step_overhead_source"],
             "frontend_latency_us": f["frontend_latency_us"],

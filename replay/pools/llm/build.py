@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ class _OverheadFit(BaseModel):
     model_config = ConfigDict(extra="allow")
     step_overhead_us: float
     sequence_overhead_us: float = 0.0
+    broadcast_overhead_us: float = 0.0  # per hop of the TP broadcast; files written before it hold none
     frontend_latency_us: float = 0.0
 
 
@@ -73,12 +75,14 @@ def read_overheads(path: Path) -> dict:
 @dataclass(frozen=True)
 class StepOverhead:
     """The serving loop's CPU time per iteration, outside the GPU kernels: a fixed part per iteration (the
-    scheduler pass, kernel launch gaps) and a part per sequence in the batch (scheduling it, sampling, and
-    detokenizing and streaming its token), both in microseconds, and where they came from."""
+    scheduler pass, kernel launch gaps and, with TP, the driver's tree broadcast of the step's inputs to its TP
+    workers: broadcast_us per hop, log2 TP hops) and a part per sequence in the batch (scheduling it, sampling,
+    and detokenizing and streaming its token), in microseconds, and where they came from."""
 
-    iteration_us: float
+    iteration_us: float  # all of the fixed part, the broadcast's hops included
     sequence_us: float
     source: str
+    broadcast_us: float = 0.0  # per hop, as fitted (already in iteration_us)
 
     def us(self, sequences: int) -> float:
         return self.iteration_us + self.sequence_us * sequences
@@ -115,10 +119,12 @@ def step_overhead(pool: LLMPoolSpec, warehouse_root: Path, fit: tuple | None = N
         return StepOverhead(pool.step_overhead_us, pool.sequence_overhead_us or 0.0, "scenario")
     f, source, missing = fit or _serving_fit(pool, warehouse_root)
     if f is not None:
+        broadcast_us = f.get("broadcast_overhead_us", 0.0)
         return StepOverhead(
-            f["step_overhead_us"],
+            f["step_overhead_us"] + broadcast_us * math.log2(pool.tp),
             f.get("sequence_overhead_us", 0.0) if pool.sequence_overhead_us is None else pool.sequence_overhead_us,
             source,
+            broadcast_us,
         )
     return StepOverhead(
         DEFAULT_STEP_OVERHEAD_US,
