@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -291,11 +292,8 @@ def estimate_cmd(
         out.print(
             f"past the measured shapes: {family}, {past['ops']} of {past['of']} ops, priced as {past['priced_as']}"
         )
-    hops = (
-        f" (the TP broadcast's {est['broadcast_overhead_us']} us per hop included)"
-        if est["broadcast_overhead_us"]
-        else ""
-    )
+    per_hop, n_hops = est["broadcast_overhead_us"], int(math.log2(tp))  # the driver's tree over the TP workers
+    hops = f" (the TP broadcast's {n_hops} hops of {per_hop} us included)" if per_hop and n_hops else ""
     out.print(
         f"step overhead {est['step_overhead_us']} us per iteration{hops} + {est['sequence_overhead_us']} us per "
         f"sequence: {est['step_overhead_source']}"

@@ -475,6 +475,14 @@ def test_a_tp_group_pays_the_drivers_broadcast_per_hop_of_its_tree_in_the_fit_an
     assert got.iteration_us == pytest.approx(fitted["step_overhead_us"] + 2 * fitted["broadcast_overhead_us"])
     assert got.broadcast_us == fitted["broadcast_overhead_us"]
     assert step_overhead(spec.model_copy(update={"tp": 1}), root).iteration_us == fitted["step_overhead_us"]
+    # `estimate` says how much of its step overhead the broadcast is
+    from hermes_sim.pipelines.cli import app
+    from typer.testing import CliRunner
+
+    args = ["estimate", "-d", "h100_sxm", "-m", "llama-3.1-8b", "--batch", "4", "--input-tokens", "128"]
+    said = CliRunner().invoke(app, [*args, "--output-tokens", "8", "--framework", "vllm", "--tp", "4", "-w", str(root)])
+    assert said.exit_code == 0, said.output
+    assert f"(the TP broadcast's 2 hops of {fitted['broadcast_overhead_us']} us included)" in said.output
 
 
 def test_the_engine_charges_the_per_sequence_overhead_for_every_sequence_of_an_iteration(wh: Path):
