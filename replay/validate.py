@@ -63,7 +63,7 @@ from rich.progress import Progress
 from ..calibrate.artifacts import MODELS_DIR, beats_roofline
 from ..calibrate.catalog import DTYPE_BYTES, devices, models
 from ..ingest.text import read_csv
-from .pools.llm.build import OVERHEADS_FILE, read_overheads
+from .pools.llm.build import OVERHEADS_FILE, fixed_overhead_us, read_overheads
 from .pools.llm.kv import kv_blocks
 from .run import simulate
 from .scenario import FRAMEWORK_BATCHING, Scenario
@@ -201,7 +201,7 @@ def _pool(row: pd.Series, overhead: Overhead, spread: float, frontend_us: float,
         "framework": _framework(row) or None,
         # room for the longest drawn lengths (4 standard deviations above the means)
         "max_model_len": math.ceil((_int(row, "isl") + _int(row, "osl")) * (1 + 4 * spread)) + 16,
-        "step_overhead_us": step_us + broadcast_us * math.log2(tp),
+        "step_overhead_us": fixed_overhead_us(step_us, broadcast_us, tp),
         "sequence_overhead_us": sequence_us,
         "frontend_latency_us": frontend_us,
         **fields,

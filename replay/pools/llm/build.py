@@ -111,6 +111,12 @@ def _serving_fit(pool: LLMPoolSpec, warehouse_root: Path) -> tuple[dict | None, 
     return None, "", f"{missing} (calibrated: {known})"
 
 
+def fixed_overhead_us(step_us: float, broadcast_us: float, tp: int) -> float:
+    """The serving loop's fixed time per iteration of a TP group: its part per iteration plus the driver's
+    broadcast to its TP workers, log2 TP hops of a tree (none on one GPU)."""
+    return step_us + broadcast_us * math.log2(tp)
+
+
 def step_overhead(pool: LLMPoolSpec, warehouse_root: Path, fit: tuple | None = None) -> StepOverhead:
     """A pool's serving-loop overhead: its own setting, else the one calibrated for its device and framework
     against measured serving runs (`hermes-sim validate silicon`), else a default. `fit`: _serving_fit's answer,
@@ -121,7 +127,7 @@ def step_overhead(pool: LLMPoolSpec, warehouse_root: Path, fit: tuple | None = N
     if f is not None:
         broadcast_us = f.get("broadcast_overhead_us", 0.0)
         return StepOverhead(
-            f["step_overhead_us"] + broadcast_us * math.log2(pool.tp),
+            fixed_overhead_us(f["step_overhead_us"], broadcast_us, pool.tp),
             f.get("sequence_overhead_us", 0.0) if pool.sequence_overhead_us is None else pool.sequence_overhead_us,
             source,
             broadcast_us,
