@@ -373,7 +373,7 @@ def overhead_terms(sequences: np.ndarray, tp: np.ndarray) -> np.ndarray:
     return np.column_stack([np.ones(len(sequences)), sequences, np.log2(tp)])
 
 
-def _overhead_line(g: pd.DataFrame) -> dict:
+def _overhead_plane(g: pd.DataFrame) -> dict:
     """The median plane through the rows' TPOT gaps (measured minus simulated without the overhead) against
     their sequences per iteration and log2 of their TP degree (overhead_terms): a fixed part per iteration, a part
     per sequence and a part per hop of the TP broadcast, each floored at 0. Fewer than MIN_LINE_ROWS rows give one
@@ -390,18 +390,18 @@ def _overhead_line(g: pd.DataFrame) -> dict:
 
 
 def _fit_step_overheads(table: pd.DataFrame) -> dict:
-    """Per (device, framework) over the calibration half's dense-model rows, the serving loop's overhead line
-    (_overhead_line); under `versions`, the same per framework version (backend_version) with at least
+    """Per (device, framework) over the calibration half's dense-model rows, the serving loop's overhead plane
+    (_overhead_plane); under `versions`, the same per framework version (backend_version) with at least
     MIN_VERSION_ROWS rows (a scheduler's cost changes between releases; replays of a pool, which names no
     version, take the framework's line). MoE rows stay out: their expert GEMMs are priced by the dense GEMM
     model standing in for grouped MoE kernels, so their TPOT gap holds that stand-in's error, not the serving
     loop's CPU time."""
     out: dict = {}
     for (dev, fw), g in table[~table.held_out & ~table.moe].groupby(["device", "backend"]):
-        entry = out.setdefault(dev, {})[fw] = _overhead_line(g)
+        entry = out.setdefault(dev, {})[fw] = _overhead_plane(g)
         if "backend_version" in g:
             versions = {
-                str(v): _overhead_line(gv) for v, gv in g.groupby("backend_version") if len(gv) >= MIN_VERSION_ROWS
+                str(v): _overhead_plane(gv) for v, gv in g.groupby("backend_version") if len(gv) >= MIN_VERSION_ROWS
             }
             if versions:
                 entry["versions"] = versions
@@ -544,7 +544,7 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
             frontend_of.update(dict.fromkeys(vm, us))
         for i in members:
             sim = by_frontend[frontend_of[i]][i]
-            base = trials[spread_of[i]][1][i]  # the overhead line's inputs stay those of the run without it
+            base = trials[spread_of[i]][1][i]  # the overhead plane's inputs stay those of the run without it
             kept[i] = {**sim, **{k: base[k] for k in ("tpot_no_overhead_ms", "sequences_per_iteration")}}
     return chosen, kept
 
