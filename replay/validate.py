@@ -373,20 +373,25 @@ def overhead_terms(sequences: np.ndarray, tp: np.ndarray) -> np.ndarray:
     return np.column_stack([np.ones(len(sequences)), sequences, np.log2(tp)])
 
 
+def fit_overhead_parts(gap_us: np.ndarray, sequences: np.ndarray, tp: np.ndarray) -> dict:
+    """The serving loop's parts (OVERHEAD_PARTS, us, to 2 places): the median plane of per-iteration gaps over
+    overhead_terms."""
+    coef = median_plane(gap_us, overhead_terms(sequences, tp))
+    return {part: round(float(c), 2) for part, c in zip(OVERHEAD_PARTS, coef, strict=True)}
+
+
 def _overhead_plane(g: pd.DataFrame) -> dict:
     """The median plane through the rows' TPOT gaps (measured minus simulated without the overhead) against
     their sequences per iteration and log2 of their TP degree (overhead_terms): a fixed part per iteration, a part
     per sequence and a part per hop of the TP broadcast, each floored at 0. Fewer than MIN_LINE_ROWS rows give one
     constant."""
     gap_us = ((g.measured_tpot_ms - g.tpot_no_overhead_ms) * 1e3).to_numpy()
-    coef = np.array([max(float(np.median(gap_us)), 0.0), 0.0, 0.0])
-    if len(g) >= MIN_LINE_ROWS:
-        tp = g["tp"].to_numpy(dtype=float) if "tp" in g else np.ones(len(g))
-        coef = median_plane(gap_us, overhead_terms(g.sequences_per_iteration.to_numpy(dtype=float), tp))
-    return {
-        **{part: round(float(c), 2) for part, c in zip(OVERHEAD_PARTS, coef, strict=True)},
-        "calibration_rows": len(g),
-    }
+    if len(g) < MIN_LINE_ROWS:
+        step_us = round(max(float(np.median(gap_us)), 0.0), 2)
+        return {**dict.fromkeys(OVERHEAD_PARTS, 0.0), "step_overhead_us": step_us, "calibration_rows": len(g)}
+    tp = g["tp"].to_numpy(dtype=float) if "tp" in g else np.ones(len(g))
+    parts = fit_overhead_parts(gap_us, g.sequences_per_iteration.to_numpy(dtype=float), tp)
+    return {**parts, "calibration_rows": len(g)}
 
 
 def _fit_step_overheads(table: pd.DataFrame) -> dict:

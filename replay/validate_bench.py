@@ -32,7 +32,7 @@ from ..calibrate.catalog import devices, models
 from ..calibrate.model import CALIBRATED
 from ..ingest.text import read_csv
 from .estimate import estimate
-from .validate import OVERHEAD_PARTS, is_held_out, median_plane, overhead_terms
+from .validate import OVERHEAD_PARTS, fit_overhead_parts, is_held_out, overhead_terms
 
 # The benchmark's hardware names, and the catalog part each was measured on (by Argonne's documentation)
 HARDWARE = {
@@ -134,7 +134,7 @@ def _overhead_terms(table: pd.DataFrame) -> np.ndarray:
 
 def fit_serving_overheads(table: pd.DataFrame) -> dict:
     """Per framework with measured kernels, the median plane of the calibration half's batch-latency gaps per
-    iteration over (1, B, log2 TP) on measured-calibrated devices (validate.median_plane)."""
+    iteration over (1, B, log2 TP) on measured-calibrated devices (validate.fit_overhead_parts)."""
     out: dict = {}
     rows = table[~table.held_out & (table.metric == "batch_latency") & (table.tier == CALIBRATED)]
     for framework in FRAMEWORKS:
@@ -142,9 +142,8 @@ def fit_serving_overheads(table: pd.DataFrame) -> dict:
         if len(g) < MIN_FIT_ROWS:
             continue
         gap_us = ((g.measured_ms - g.kernels_ms) * 1e3 / g.steps).to_numpy()
-        coef = median_plane(gap_us, _overhead_terms(g))
         out[framework] = {
-            **{part: round(float(c), 2) for part, c in zip(OVERHEAD_PARTS, coef, strict=True)},
+            **fit_overhead_parts(gap_us, g["batch"].to_numpy(dtype=float), g["tp"].to_numpy(dtype=float)),
             "calibration_rows": len(g),
             "devices": sorted(g.device.unique()),
         }
