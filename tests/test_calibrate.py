@@ -251,6 +251,43 @@ def test_roofline_gemm_regimes_and_ring_all_reduce():
     assert t.memory_us[2] == pytest.approx(ring)
 
 
+def test_an_eager_custom_all_reduce_first_copies_its_input_into_the_registered_buffer():
+    """vLLM's and SGLang's custom all-reduce outside a CUDA graph copies its input into the IPC-registered buffer
+    (S bytes read and S written in HBM) before the exchange; captured in a graph, or NCCL, it does not."""
+    h100 = catalog.device("h100_sxm")
+    sources = ["vLLM_custom_eager:vllm_eager", "vLLM_custom_graph:vllm_graph", "SGLang_CustomAllReduce_eager:x", "NCCL"]
+    ops = pd.DataFrame(
+        {"op_family": "all_reduce", "dtype": "bfloat16", "message_bytes": 64e6, "num_gpus": 8, "kernel_source": sources}
+    )
+    t = roofline(ops, h100)
+    ring = 2 * 7 / 8 * 64e6 / 450e9 * 1e6 + 2
+    copy = 2 * 64e6 / 3.35e12 * 1e6
+    assert t.memory_us.tolist() == pytest.approx([ring + copy, ring, ring + copy, ring])
+
+
+def test_another_frameworks_kernel_is_priced_as_the_fitted_kernel_launched_the_same_way():
+    """Trained on vLLM's all-reduces (eager and graph-captured), SGLang's graph-captured kernel and TRT-LLM's
+    (measured in a CUDA graph by AIConfigurator's collector) are priced as vLLM's graph variant, not as the
+    baseline eager one with its host launch path."""
+    h100 = catalog.device("h100_sxm")
+    sizes = 2.0 ** np.arange(10, 24)
+    rows = [
+        {"kernel_source": k, "message_bytes": b, "num_gpus": g, "latency_us": base + b / 2e11 * 1e6}
+        for k, base in (("vLLM_custom_eager:vllm_eager", 20.0), ("vLLM_custom_graph:vllm_graph", 3.0))
+        for b in sizes
+        for g in (2, 4, 8)
+    ]
+    train = pd.DataFrame(rows).assign(op_family="all_reduce", dtype="bfloat16")
+    fitted = fit_group(train, "all_reduce", h100)
+    unseen = ["SGLang_CustomAllReduce_graph:sglang_graph", "TRTLLM:trtllm", "vLLM_custom_graph:vllm_graph"]
+    test = pd.DataFrame({"kernel_source": unseen, "message_bytes": 4096.0, "num_gpus": 2}).assign(
+        op_family="all_reduce", dtype="bfloat16"
+    )
+    pred = fitted.predict(test, h100, roofline(test, h100))
+    assert pred[0] == pytest.approx(pred[2]) and pred[1] == pytest.approx(pred[2])
+    assert pred[2] < 6.0  # the graph variant's few microseconds, not the eager one's 20
+
+
 def test_roofline_of_quantized_gemms_reads_their_narrow_weights_and_runs_sq_on_the_int8_cores():
     """TensorRT-LLM's weight-only INT4 / INT8 GEMMs read 0.5 / 1 byte per weight with 16-bit activations and
     bf16 math; SmoothQuant (sq) is W8A8 on the INT8 cores. Priced as 16-bit, A100 tables beat their own
