@@ -266,11 +266,11 @@ class Form:
         return np.column_stack(cols)
 
     def category(self, df: pd.DataFrame, column: str) -> np.ndarray:
-        """The rows' values of a categorical column; without it, the kernel a serving framework would run. A value
-        the fit never saw (another framework's kernel) is priced as the fitted kernel launched the same way
-        (graph_launched), not as the baseline: trained on vLLM's all-reduces, SGLang's and TRT-LLM's graph-captured
-        ones were priced as vLLM's eager one, 20 us of host launch path on a 2.5 us kernel (H100 cross-framework
-        all-reduce p90 612%)."""
+        """The rows' values of a categorical column; without it, the kernel a serving framework would run. A kernel
+        the fit never saw (another framework's) is priced as the one a serving step launched the same way would run
+        (graph_launched, serving_kernel), not as the baseline: trained on vLLM's all-reduces, SGLang's and
+        TRT-LLM's graph-captured ones were priced as vLLM's eager one, 20 us of host launch path on a 2.5 us kernel
+        (H100 cross-framework all-reduce p90 612%); SGLang's FA3 attention, as vLLM's FA2."""
         values = self.categories[column]
         if column in df.columns:
             got = df[column].astype(str).to_numpy()
