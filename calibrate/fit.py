@@ -270,7 +270,7 @@ class Form:
         the fit never saw (another framework's) is priced as the one a serving step launched the same way would run
         (graph_launched, serving_kernel), not as the baseline: trained on vLLM's all-reduces, SGLang's and
         TRT-LLM's graph-captured ones were priced as vLLM's eager one, 20 us of host launch path on a 2.5 us kernel
-        (H100 cross-framework all-reduce p90 612%); SGLang's FA3 attention, as vLLM's FA2."""
+        (H100 cross-framework all-reduce p90 612%), and SGLang's FA3 attention as vLLM's FA2."""
         values = self.categories[column]
         if column in df.columns:
             got = df[column].astype(str).to_numpy()

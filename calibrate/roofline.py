@@ -152,8 +152,8 @@ def registered_buffer_copy(df: pd.DataFrame) -> np.ndarray:
     graph). Those kernels read their peers' inputs from buffers registered over CUDA IPC; a graph-captured call
     registers its input when the graph is captured, an eager call first copies its input into the pre-registered
     buffer (vLLM `CustomAllreduce.all_reduce(..., registered=False)`), S bytes read and S written in HBM before the
-    exchange. Measured (AIConfigurator's tables, eager minus graph at 8 GPUs, 16 MiB to 1 GiB): 1.1-1.5x that
-    copy's HBM time on H100 and 1.1-1.5x on A100 (0.71 ms and 1.23 ms at 1 GiB), at 2, 4 and 8 GPUs alike."""
+    exchange. Measured (AIConfigurator's vLLM and SGLang tables, eager minus graph at 8 GPUs, 64 MiB to 1 GiB):
+    1.0-1.4x that copy's HBM time on H100 and on A100 (0.71 ms and 1.23 ms at 1 GiB, at 2, 4 and 8 GPUs alike)."""
     src = pd.Series(_kernel_sources(df)).str.lower()
     return (
         (df["op_family"].astype(str).to_numpy() == "all_reduce")
