@@ -170,7 +170,8 @@ def validate_silicon(
     Calibrates each (device, framework)'s per-iteration overhead on half the rows and reports the other half.
     JSON rows carry id, model, device, tp, isl, osl, concurrency, measured/predicted/roofline ttft and tpot (ms),
     held_out and the serving loop's step_overhead_us, sequence_overhead_us and broadcast_overhead_us (per hop of
-    the TP broadcast); the summary the held-out median / p90 absolute percentage errors."""
+    the TP broadcast) and eager_layer_us (the least host time per layer of an iteration with prompt tokens); the
+    summary the held-out median / p90 absolute percentage errors."""
     from ..replay.outputs.jsonout import dumps
     from ..replay.validate import validate, write_report
 

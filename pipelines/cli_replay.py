@@ -294,9 +294,11 @@ def estimate_cmd(
         )
     per_hop, n_hops = est["broadcast_overhead_us"], int(math.log2(tp))  # the driver's tree over the TP workers
     hops = f" (the TP broadcast's {n_hops} hops of {per_hop} us included)" if per_hop and n_hops else ""
+    eager = est["eager_layer_us"]
+    floor = f", the prefill at least {eager} us per layer (launched outside a CUDA graph)" if eager else ""
     out.print(
         f"step overhead {est['step_overhead_us']} us per iteration{hops} + {est['sequence_overhead_us']} us per "
-        f"sequence: {est['step_overhead_source']}"
+        f"sequence{floor}: {est['step_overhead_source']}"
     )
     if not est["kv_fits"]:
         out.print(

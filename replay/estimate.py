@@ -85,7 +85,9 @@ def estimate(
     pred = cm.predict(ops)
     per_stage = np.where(ops["name"] == "lm_head", 1.0, float(pp))  # each PP stage in turn; the head once
     us = pred["latency_us"].to_numpy() * ops["count"].to_numpy() * per_stage
-    prefill_us = float(us[ops["point"].to_numpy() == -1].sum()) + overhead.us(batch)
+    # the prefill runs outside a CUDA graph: no faster than the host launches its layers' kernels
+    prefill_kernels_us = float(us[ops["point"].to_numpy() == -1].sum())
+    prefill_us = max(prefill_kernels_us, mdl.layers * overhead.eager_layer_us) + overhead.us(batch)
     decode_s = 0.0
     if steps:
         at = np.array([us[ops["point"].to_numpy() == i].sum() for i in range(len(kv))]) + overhead.us(batch)
@@ -118,6 +120,7 @@ def estimate(
         "step_overhead_us": overhead.iteration_us,  # the TP broadcast's log2 TP hops included
         "broadcast_overhead_us": overhead.broadcast_us,  # per hop
         "sequence_overhead_us": overhead.sequence_us,
+        "eager_layer_us": overhead.eager_layer_us,  # the prefill's least time: layers x this
         "step_overhead_source": overhead.source,
         "cost_tiers": dict(tiers),
         # op families some of whose shapes lie past the measured ones: priced by a rule, not by the data

@@ -133,6 +133,10 @@ class LLMPoolSpec(_Strict):
     # ... and per sequence in the iteration (scheduling it, sampling, detokenizing and streaming its token);
     # None: calibrated with the step overhead (0 where the pool sets step_overhead_us alone)
     sequence_overhead_us: float | None = Field(None, ge=0)
+    # the host's time to issue one layer's kernels in an iteration run outside a CUDA graph (one with prompt
+    # tokens): its kernels cannot end before the host has launched them, so such an iteration takes at least
+    # layers x this; None: calibrated with the step overhead (0 where the pool sets step_overhead_us alone)
+    eager_layer_us: float | None = Field(None, ge=0)
     # the request path outside the engine (HTTP frontend, tokenization, routing, the first token streamed back),
     # spent by every request before the engine sees it; None: calibrated for the device and framework by
     # `validate silicon`, else 0 (no frontend), the summary naming which

@@ -35,6 +35,11 @@ Rows are split in two by a stable hash of their id. The calibration half fits, p
   scheduler), the median plane through the gap between measured TPOT and TPOT simulated without it, against
   the simulated sequences per iteration and log2 TP (the form validate_bench fits on Argonne's static batches);
 - which length spread of SPREADS puts the simulated TTFT (with that overhead) closest to the measured;
+- the host's time to launch one layer's kernels outside a CUDA graph (eager_layer_us): an iteration with prompt
+  tokens runs eagerly (frameworks capture decode batches only) and cannot end before its host has launched every
+  layer, so it takes at least layers x that. Of EAGER_LAYERS_US, at the spread chosen, each with the overhead
+  plane refitted: the one with the least TPOT median APE among those that leave the TPOT p90 no worse (within
+  TPOT_P90_TOLERANCE);
 - the frontend latency: the request path outside the engine (the HTTP frontend, tokenization, routing to a
   worker, the first token streamed back), a fixed time every request spends before the engine sees it: of
   FRONTENDS_US, the one whose re-simulated TTFT is closest to the measured over the dense-model rows, among
@@ -92,6 +97,10 @@ FRONTENDS_US = (0.0, 10000.0, 20000.0, 40000.0)
 # the engine shifts a closed loop's arrivals across iteration boundaries, which moves the p90 by a few tenths
 # of a point either way (vLLM 0.12.0 on H100: 5.85% at 0, 5.89% at 20 ms, 6.43% at 40 ms)
 TPOT_P90_TOLERANCE = 0.01
+# the host's time to launch one layer's kernels in an eager iteration (us) tried on the calibration half: none
+# (the host keeps ahead of the GPU) to a millisecond (PyTorch eager dispatch of a decoder layer's dozen-odd ops,
+# each some tens of microseconds of Python and framework code)
+EAGER_LAYERS_US = (0.0, 250.0, 500.0, 750.0, 1000.0)
 MIN_VERSION_ROWS = 8  # a framework version with fewer calibration rows takes its framework's fit
 MIN_LINE_ROWS = 5  # fewer rows fit the overhead as one constant per iteration (a line through 2-4 is noise)
 # the serving loop's fitted parts per iteration, each over its column of overhead_terms
@@ -184,7 +193,15 @@ def _weights_dtype(row: pd.Series) -> str:
     return "fp8" if "fp8" in precision else "bfloat16"
 
 
-def _pool(row: pd.Series, overhead: Overhead, spread: float, frontend_us: float, prefix: str = "", **fields) -> dict:
+def _pool(
+    row: pd.Series,
+    overhead: Overhead,
+    spread: float,
+    frontend_us: float,
+    prefix: str = "",
+    eager_us: float = 0.0,
+    **fields,
+) -> dict:
     """One LLM pool of the row's deployment (`prefix`: prefill_ / decode_ columns of a disaggregated row); its
     frontend latency is set even when 0, so a replay here never takes an earlier fit from the warehouse. The
     overhead's parts (OVERHEAD_PARTS) price the pool's own TP degree, as a replay does (build.step_overhead)."""
@@ -203,13 +220,18 @@ def _pool(row: pd.Series, overhead: Overhead, spread: float, frontend_us: float,
         "max_model_len": math.ceil((_int(row, "isl") + _int(row, "osl")) * (1 + 4 * spread)) + 16,
         "step_overhead_us": fixed_overhead_us(step_us, broadcast_us, tp),
         "sequence_overhead_us": sequence_us,
+        "eager_layer_us": eager_us,
         "frontend_latency_us": frontend_us,
         **fields,
     }
 
 
 def scenario_for(
-    row: pd.Series, overhead: Overhead = (0.0, 0.0, 0.0), spread: float = 0.0, frontend_us: float = 0.0
+    row: pd.Series,
+    overhead: Overhead = (0.0, 0.0, 0.0),
+    spread: float = 0.0,
+    frontend_us: float = 0.0,
+    eager_us: float = 0.0,
 ) -> Scenario:
     clients = concurrency(row)
     source = {
@@ -223,7 +245,7 @@ def scenario_for(
     }
     if not is_disaggregated(row):
         batching = {**framework_batching(row, "agg"), "max_num_seqs": max(clients, 256)}
-        pool = _pool(row, overhead, spread, frontend_us, batching=batching)
+        pool = _pool(row, overhead, spread, frontend_us, eager_us=eager_us, batching=batching)
         return Scenario.model_validate({"name": str(row["id"]), "source": source, "pools": [pool]})
     prefill = _pool(  # a request crosses the frontend once, on its way to the prefill workers
         row,
@@ -231,6 +253,7 @@ def scenario_for(
         spread,
         frontend_us,
         "prefill_",
+        eager_us,
         name="prefill",
         replicas=_int(row, "prefill_num_workers"),
         batching=framework_batching(row, "prefill"),
@@ -241,6 +264,7 @@ def scenario_for(
         spread,
         0.0,
         "decode_",
+        eager_us,
         name="decode",
         replicas=_int(row, "decode_num_workers"),
         router="least_outstanding",
@@ -322,13 +346,15 @@ def benchmark_means(
     spread: float = 0.0,
     price_at: str = "point",
     frontend_us: float = 0.0,
+    eager_us: float = 0.0,
 ) -> dict:
     """Mean TTFT and TPOT (ms) of every request, the opening burst's included (aiperf's profiling phase: every
     client sends its first request at t = 0), the mean sequences per iteration and the cost tiers used; overhead
     is the serving loop's microseconds per iteration, per sequence and per TP hop (OVERHEAD_PARTS), spread the
     client's length spread; price_at prices the ops at their prediction or an end of their 90% interval;
-    frontend_us is the request path's latency outside the engine."""
-    scenario = scenario_for(row, overhead, spread, frontend_us)
+    frontend_us is the request path's latency outside the engine, eager_us the host's per layer of an iteration
+    run outside a CUDA graph."""
+    scenario = scenario_for(row, overhead, spread, frontend_us, eager_us)
     scenario.price_at = price_at
     out = simulate(scenario, warehouse_root)
     req = out["requests"]
@@ -436,20 +462,26 @@ def _frontend(fitted: dict, row: pd.Series) -> float:
     return _fitted(fitted, row).get("frontend_latency_us", 0.0)
 
 
-def pick_frontend(ttft_median: dict[float, float], tpot_p90: dict[float, float]) -> float:
-    """Of the candidate frontend latencies (us; 0 among them), the one with the least TTFT median APE among those
-    whose TPOT p90 APE is no worse than 0's, within TPOT_P90_TOLERANCE of it; the smaller on a tie."""
-    allowed = [us for us in ttft_median if tpot_p90[us] <= tpot_p90[0.0] * (1 + TPOT_P90_TOLERANCE)]
-    return min(allowed, key=lambda us: (ttft_median[us], us))
+def _eager(fitted: dict, row: pd.Series) -> float:
+    return _fitted(fitted, row).get("eager_layer_us", 0.0)
+
+
+def pick_guarded(objective: dict[float, float], tpot_p90: dict[float, float]) -> float:
+    """Of the candidates (us; 0 among them), the one with the least objective (an APE) among those whose TPOT p90
+    APE is no worse than 0's, within TPOT_P90_TOLERANCE of it; the smaller on a tie. The frontend latency's
+    objective is the TTFT median, the eager floor's the TPOT median."""
+    allowed = [us for us in objective if tpot_p90[us] <= tpot_p90[0.0] * (1 + TPOT_P90_TOLERANCE)]
+    return min(allowed, key=lambda us: (objective[us], us))
 
 
 def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advance) -> tuple[dict, dict]:
     """On the calibration half, for each client length spread of SPREADS: the rows simulated without the
     overhead, the overhead fitted on their TPOT gaps, the rows simulated again with it. Per (device,
     framework), and per framework version with at least MIN_VERSION_ROWS rows, the spread whose TTFT is
-    closest to the measured (median APE) is kept with its overhead; then, at that spread and overhead, the
-    frontend latency of FRONTENDS_US whose TTFT is closest. Returns the fitted {device: {framework: {...,
-    versions: {version: ...}}}} and the kept simulations {row index: benchmark_means}."""
+    closest to the measured (median APE) is kept with its overhead; then, at that spread, the eager floor of
+    EAGER_LAYERS_US whose TPOT is closest (the overhead refitted with it); then, at those, the frontend latency of
+    FRONTENDS_US whose TTFT is closest. Returns the fitted {device: {framework: {..., versions: {version: ...}}}}
+    and the kept simulations {row index: benchmark_means}."""
     cal = [i for i, rec in enumerate(rows) if not rec["held_out"]]
     trials: dict[float, tuple[dict, dict]] = {}
     for spread in SPREADS:
@@ -506,20 +538,73 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
                 spread_of.update(dict.fromkeys(vm, vbest))
         chosen.setdefault(dev, {})[fw] = entry
 
-    # the frontend latency: each calibration row simulated again with each candidate, at its spread and overhead
-    # (a closed loop's TTFT does not shift by the latency added: arrivals move across iteration boundaries)
-    by_frontend = {0.0: {i: trials[spread_of[i]][1][i] for i in cal}}
+    # the eager floor: each calibration row at its spread with each candidate, simulated without the overhead, the
+    # overhead plane refitted on those runs, and simulated again with it; runs[us][i]: (the fit, the simulation)
+    runs = {0.0: {i: (trials[spread_of[i]][0], trials[spread_of[i]][1][i]) for i in cal}}
+    for us in EAGER_LAYERS_US[1:]:
+        table = pd.DataFrame(rows)
+        for i in cal:
+            bare = benchmark_means(expressible[i], warehouse_root, spread=spread_of[i], eager_us=us)
+            table.loc[i, ["tpot_no_overhead_ms", "sequences_per_iteration"]] = (
+                bare["tpot_ms"],
+                bare["sequences_per_iteration"],
+            )
+            advance()
+        fitted = _fit_step_overheads(table)
+        runs[us] = {}
+        for i in cal:
+            overhead = _step_overhead(fitted, expressible[i])
+            sim = benchmark_means(expressible[i], warehouse_root, overhead, spread_of[i], eager_us=us)
+            sim.update(table.loc[i, ["tpot_no_overhead_ms", "sequences_per_iteration"]].to_dict())
+            runs[us][i] = fitted, sim
+            advance()
+
+    def eager(members: list[int]) -> tuple[float, dict]:
+        """The candidate whose TPOT is closest to the measured (median APE) over these rows, among those that leave
+        their TPOT p90 APE no worse than without a floor (pick_guarded): a floor on eager iterations is an
+        iteration cost, fitted on TPOT as the overhead plane is. The smaller on a tie."""
+
+        def ape(us: float) -> np.ndarray:
+            return np.array([abs(runs[us][i][1]["tpot_ms"] / rows[i]["measured_tpot_ms"] - 1) for i in members])
+
+        median = {us: float(np.median(ape(us))) for us in runs}
+        p90 = {us: float(np.percentile(ape(us), 90)) for us in runs}
+        errors = {str(us): {"tpot_median_ape": round(median[us], 4), "tpot_p90_ape": round(p90[us], 4)} for us in runs}
+        return pick_guarded(median, p90), errors
+
+    eager_of: dict[int, float] = {}
+    for (dev, fw), members in groups.items():
+        entry = chosen[dev][fw]
+        for ver, vm in [(None, members), *versions_of[dev, fw].items()]:
+            target = entry if ver is None else entry.get("versions", {}).get(ver)
+            if target is None:
+                continue
+            us, errors = eager(vm)
+            fit = runs[us][vm[0]][0].get(dev, {}).get(fw, {}) if us else {}
+            if ver is not None:
+                fit = fit.get("versions", {}).get(ver, {})
+            target.update({part: fit[part] for part in OVERHEAD_PARTS if part in fit})  # refitted with the floor
+            target["eager_layer_us"] = us
+            target["calibration_tpot_errors_by_eager_layer_us"] = errors
+            eager_of.update(dict.fromkeys(vm, us))
+
+    # the frontend latency: each calibration row simulated again with each candidate, at its spread, eager floor
+    # and overhead (a closed loop's TTFT does not shift by the latency added: arrivals move across iteration
+    # boundaries)
+    by_frontend = {0.0: {i: runs[eager_of[i]][i][1] for i in cal}}
     for us in FRONTENDS_US[1:]:
         by_frontend[us] = {}
         for i in cal:
-            overhead = _step_overhead(trials[spread_of[i]][0], expressible[i])
-            by_frontend[us][i] = benchmark_means(expressible[i], warehouse_root, overhead, spread_of[i], frontend_us=us)
+            overhead = _step_overhead(runs[eager_of[i]][i][0], expressible[i])
+            by_frontend[us][i] = benchmark_means(
+                expressible[i], warehouse_root, overhead, spread_of[i], frontend_us=us, eager_us=eager_of[i]
+            )
             advance()
 
     def frontend(members: list[int]) -> tuple[float, dict]:
         """The candidate whose simulated TTFT is closest to the measured (median APE) over the dense-model rows
         (MoE rows' TTFT holds the grouped-GEMM stand-in's error), among those that leave their TPOT p90 APE no
-        worse than without a frontend (pick_frontend): a latency outside the engine cannot explain TPOT, and in a
+        worse than without a frontend (pick_guarded): a latency outside the engine cannot explain TPOT, and in a
         closed loop it moves arrivals across iteration boundaries, which can (H100, TRT-LLM at 20 ms: held-out TPOT
         p90 15.3% -> 17.0%). The smaller on a tie; 0 without dense rows."""
         dense = [i for i in members if not rows[i]["moe"]]
@@ -531,7 +616,7 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
 
         ttft = {us: float(np.median(ape(sims, "ttft"))) for us, sims in by_frontend.items()}
         tpot = {us: float(np.percentile(ape(sims, "tpot"), 90)) for us, sims in by_frontend.items()}
-        return pick_frontend(ttft, tpot), {
+        return pick_guarded(ttft, tpot), {
             str(us): {"ttft_median_ape": round(ttft[us], 4), "tpot_p90_ape": round(tpot[us], 4)} for us in ttft
         }
 
@@ -549,7 +634,7 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
             frontend_of.update(dict.fromkeys(vm, us))
         for i in members:
             sim = by_frontend[frontend_of[i]][i]
-            base = trials[spread_of[i]][1][i]  # the overhead plane's inputs stay those of the run without it
+            base = runs[eager_of[i]][i][1]  # the overhead plane's inputs stay those of the run without it
             kept[i] = {**sim, **{k: base[k] for k in ("tpot_no_overhead_ms", "sequences_per_iteration")}}
     return chosen, kept
 
@@ -603,7 +688,7 @@ def validate(
     task = bar.add_task(
         "validate",
         total=2 * len(expressible)
-        + (2 * len(SPREADS) + len(FRONTENDS_US) - 1) * calibration_rows
+        + (2 * len(SPREADS) + 2 * (len(EAGER_LAYERS_US) - 1) + len(FRONTENDS_US) - 1) * calibration_rows
         + (held_rows if interval else 0),
     )
     with bar, tempfile.TemporaryDirectory() as empty:  # no cost models: every op at its roofline time
@@ -646,11 +731,15 @@ def validate(
             fitted, kept = _calibrate(expressible, rows, warehouse_root, lambda: bar.advance(task))
             for i, row in enumerate(expressible):
                 overhead, spread, frontend = _step_overhead(fitted, row), _spread(fitted, row), _frontend(fitted, row)
-                pred = kept.get(i) or benchmark_means(row, warehouse_root, overhead, spread, frontend_us=frontend)
+                eager = _eager(fitted, row)
+                pred = kept.get(i) or benchmark_means(
+                    row, warehouse_root, overhead, spread, frontend_us=frontend, eager_us=eager
+                )
                 rows[i].update(
                     campaign=campaign(row),
                     **dict(zip(OVERHEAD_PARTS, overhead, strict=True)),
                     client_length_spread=spread,
+                    eager_layer_us=eager,
                     frontend_latency_us=frontend,
                     tpot_no_overhead_ms=pred.get("tpot_no_overhead_ms", np.nan),
                     sequences_per_iteration=pred.get("sequences_per_iteration", np.nan),
@@ -660,7 +749,7 @@ def validate(
                 )
                 if interval and rows[i]["held_out"]:
                     for bound in ("lower", "upper"):
-                        end = benchmark_means(row, warehouse_root, overhead, spread, bound, frontend)
+                        end = benchmark_means(row, warehouse_root, overhead, spread, bound, frontend, eager)
                         rows[i].update(
                             {f"predicted_ttft_ms_{bound}": end["ttft_ms"], f"predicted_tpot_ms_{bound}": end["tpot_ms"]}
                         )

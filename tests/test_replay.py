@@ -682,6 +682,31 @@ def test_step_overhead_comes_from_the_calibrated_file_unless_the_pool_sets_one(w
     assert slow["summary"]["tpot_ms"]["p50"] > fast["summary"]["tpot_ms"]["p50"] + 1.0  # 1.5 vs 0.25 ms an iteration
 
 
+def test_an_iteration_with_prompt_tokens_lasts_at_least_the_hosts_launch_of_every_layer(wh: Path, tmp_path: Path):
+    """Frameworks capture decode batches in CUDA graphs; an iteration with prompt tokens runs eagerly and cannot
+    end before the host has launched every layer's kernels: it takes at least layers x eager_layer_us. Decode-only
+    iterations (and so TPOT between prefills) are untouched; the fit file's value reaches a replay and estimate."""
+    from hermes_sim.replay.estimate import estimate
+    from hermes_sim.replay.pools.llm.build import step_overhead
+
+    one = {"kind": "synthetic", "rate_per_s": 1, "requests": 1, "input_tokens": 64, "output_tokens": 20}
+    base = {"source": one, "pools.step_overhead_us": 0.0}
+    plain = simulate(scenario(**base), wh)["requests"].iloc[0]
+    slow = simulate(scenario(**base, **{"pools.eager_layer_us": 10000.0}), wh)["requests"].iloc[0]
+    assert plain.prefill_ms < 20.0  # 64 tokens of an 8B model: far below the floor
+    assert slow.prefill_ms == pytest.approx(32 * 10.0)  # llama-3.1-8b: 32 layers, 10 ms each
+    assert slow.tpot_ms == pytest.approx(plain.tpot_ms)  # the decode iterations are graph-captured
+    root = tmp_path / "wh"
+    shutil.copytree(wh, root)
+    fitted = {"h100_sxm": {"vllm": {"step_overhead_us": 0.0, "eager_layer_us": 10000.0, "calibration_rows": 9}}}
+    (root / "models/serving_overheads.json").write_text(json.dumps(fitted))
+    pool = scenario().pools[0].model_copy(update={"framework": "vllm"})
+    assert step_overhead(pool, root).eager_layer_us == 10000.0
+    assert step_overhead(pool.model_copy(update={"eager_layer_us": 0.0}), root).eager_layer_us == 0.0
+    est = estimate("h100_sxm", "llama-3.1-8b", 1, 64, 2, root, framework="vllm")
+    assert est["prefill_ms"] == pytest.approx(320.0) and est["eager_layer_us"] == 10000.0
+
+
 def test_validate_merges_its_fitted_overheads_and_names_the_file_each_came_from(tmp_path: Path, caplog):
     from hermes_sim.replay.validate import save_overheads
 
@@ -744,7 +769,7 @@ def test_frontend_latency_delays_every_request_before_it_is_queued(wh: Path):
 
 
 def test_the_frontend_latency_is_the_best_ttft_that_leaves_tpot_no_worse():
-    from hermes_sim.replay.validate import pick_frontend
+    from hermes_sim.replay.validate import pick_guarded as pick_frontend
 
     ttft = {0.0: 0.30, 10000.0: 0.20, 20000.0: 0.12, 40000.0: 0.10}
     assert pick_frontend(ttft, dict.fromkeys(ttft, 0.1)) == 40000.0

@@ -181,6 +181,7 @@ def pool_facts(pool) -> dict:
             step_overhead_us=pool.step_overhead.iteration_us,
             broadcast_overhead_us=pool.step_overhead.broadcast_us,
             sequence_overhead_us=pool.step_overhead.sequence_us,
+            eager_layer_us=pool.step_overhead.eager_layer_us,
             step_overhead_source=pool.step_overhead.source,
             frontend_latency_us=pool.frontend.us,
             frontend_latency_source=pool.frontend.source,
@@ -333,6 +334,7 @@ def _pool_summary(f: dict, span: float) -> dict:
             "step_overhead_us": f["step_overhead_us"],  # all of the fixed part: the TP broadcast's hops included
             "broadcast_overhead_us": f["broadcast_overhead_us"],  # per hop of it (log2 TP hops), as fitted
             "sequence_overhead_us": f["sequence_overhead_us"],
+            "eager_layer_us": f["eager_layer_us"],  # an iteration with prompt tokens takes at least layers x this
             "step_overhead_source": f["step_overhead_source"],
             "frontend_latency_us": f["frontend_latency_us"],
             "frontend_latency_source": f["frontend_latency_source"],

@@ -40,6 +40,7 @@ class _OverheadFit(BaseModel):
     step_overhead_us: float
     sequence_overhead_us: float = 0.0
     broadcast_overhead_us: float = 0.0  # per hop of the TP broadcast; files written before it hold none
+    eager_layer_us: float = 0.0  # host time per layer of an eager iteration; files written before it hold none
     frontend_latency_us: float = 0.0
 
 
@@ -77,12 +78,15 @@ class StepOverhead:
     """The serving loop's CPU time per iteration, outside the GPU kernels: a fixed part per iteration (the
     scheduler pass, kernel launch gaps and, with TP, the driver's tree broadcast of the step's inputs to its TP
     workers: broadcast_us per hop, log2 TP hops) and a part per sequence in the batch (scheduling it, sampling,
-    and detokenizing and streaming its token), in microseconds, and where they came from."""
+    and detokenizing and streaming its token), in microseconds, and where they came from; and the host's time to
+    launch one layer's kernels in an iteration run outside a CUDA graph (eager_layer_us): such an iteration (one
+    with prompt tokens) lasts at least the model's layers times it, however little its kernels compute."""
 
     iteration_us: float  # all of the fixed part, the broadcast's hops included
     sequence_us: float
     source: str
     broadcast_us: float = 0.0  # per hop, as fitted (already in iteration_us)
+    eager_layer_us: float = 0.0
 
     def us(self, sequences: int) -> float:
         return self.iteration_us + self.sequence_us * sequences
@@ -122,7 +126,12 @@ def step_overhead(pool: LLMPoolSpec, warehouse_root: Path, fit: tuple | None = N
     against measured serving runs (`hermes-sim validate silicon`), else a default. `fit`: _serving_fit's answer,
     when the caller has it."""
     if pool.step_overhead_us is not None:
-        return StepOverhead(pool.step_overhead_us, pool.sequence_overhead_us or 0.0, "scenario")
+        return StepOverhead(
+            pool.step_overhead_us,
+            pool.sequence_overhead_us or 0.0,
+            "scenario",
+            eager_layer_us=pool.eager_layer_us or 0.0,
+        )
     f, source, missing = fit or _serving_fit(pool, warehouse_root)
     if f is not None:
         broadcast_us = f.get("broadcast_overhead_us", 0.0)
@@ -131,12 +140,14 @@ def step_overhead(pool: LLMPoolSpec, warehouse_root: Path, fit: tuple | None = N
             f.get("sequence_overhead_us", 0.0) if pool.sequence_overhead_us is None else pool.sequence_overhead_us,
             source,
             broadcast_us,
+            f.get("eager_layer_us", 0.0) if pool.eager_layer_us is None else pool.eager_layer_us,
         )
     return StepOverhead(
         DEFAULT_STEP_OVERHEAD_US,
         pool.sequence_overhead_us or 0.0,
         f"default: no step overhead calibrated for {missing}; "
         "run `hermes-sim validate silicon`, name a pool framework, or set step_overhead_us",
+        eager_layer_us=pool.eager_layer_us or 0.0,
     )
 
 
@@ -189,6 +200,7 @@ def iteration_cost(
                 "price_per_hour_usd",
                 "step_overhead_us",
                 "sequence_overhead_us",
+                "eager_layer_us",
             }
         ),
         max(pool.batching.max_batched_tokens, pool.max_model_len),
@@ -214,7 +226,7 @@ def iteration_cost(
             # CUDA graphs are NVIDIA's: other devices run every iteration's kernels as launched
             cuda_graph_max_tokens=pool.cuda_graph_max_tokens if dev.vendor == "nvidia" else 0,
         )
-    return _COSTS[key].with_overhead(overhead.iteration_us, overhead.sequence_us)
+    return _COSTS[key].with_overhead(overhead.iteration_us, overhead.sequence_us, overhead.eager_layer_us)
 
 
 def build_llm_pool(

@@ -51,6 +51,7 @@ class IterationCost:
     max_len: int
     step_overhead_us: float  # serving-loop CPU time per iteration ...
     sequence_overhead_us: float = 0.0  # ... and per sequence in it (build.StepOverhead)
+    eager_floor_us: float = 0.0  # the least time of an iteration with prompt tokens: layers x eager_layer_us
     cuda_graph_max_tokens: int = 0
     tiers: Counter = field(default_factory=Counter)
 
@@ -94,11 +95,12 @@ class IterationCost:
             return None
         return weight, float(row["num_heads"]), self.cost.device.compute_units
 
-    def with_overhead(self, step_us: float, sequence_us: float) -> IterationCost:
+    def with_overhead(self, step_us: float, sequence_us: float, eager_layer_us: float = 0.0) -> IterationCost:
         """The same priced grids with another serving-loop overhead: a shallow copy sharing the grids and their
         memoized rows, which hold kernel time only."""
         cost = copy.copy(self)
         cost.step_overhead_us, cost.sequence_overhead_us = step_us, sequence_us
+        cost.eager_floor_us = self.model.layers * eager_layer_us
         return cost
 
     # ---- pricing on the grids ----------------------------------------------------------------------
@@ -239,7 +241,17 @@ class IterationCost:
             base, slope, _, _ = self._decode_rows.get(decode_count) or self._decode_row(decode_count)
             grid, width = self._l_lin
             attention += _linear(grid, width, base, slope, decode_kv_sum / decode_count)
+        if prefill and self.eager_floor_us:
+            return self._eager(tokens, len(prefill) + decode_count, attention)
         return self.fixed_us(tokens, len(prefill) + decode_count) + attention
+
+    def _eager(self, tokens: int, sequences: int, attention: float) -> float:
+        """An iteration with prompt tokens runs outside a CUDA graph (frameworks capture decode batches only): the
+        host launches each layer's kernels as it goes, and they cannot end before it has, so its kernels take at
+        least eager_floor_us. A decode-only iteration (graph-captured) never comes here: its price stays the
+        one decode_run_ends gives."""
+        kernels = _lookup(self._dense_table, tokens) + _lookup(self._head_table, sequences) + attention
+        return max(kernels, self.eager_floor_us) + self.step_overhead_us + self.sequence_overhead_us * sequences
 
     def _chunk(self, q: int, p: int) -> float:
         """Prefill attention of q new tokens after p cached ones, alone; chunk shapes repeat (budget-sized
