@@ -483,11 +483,14 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
     FRONTENDS_US whose TTFT is closest. Returns the fitted {device: {framework: {..., versions: {version: ...}}}}
     and the kept simulations {row index: benchmark_means}."""
     cal = [i for i, rec in enumerate(rows) if not rec["held_out"]]
-    trials: dict[float, tuple[dict, dict]] = {}
-    for spread in SPREADS:
+
+    def trial(spread_of: dict[int, float], eager_us: float = 0.0) -> tuple[dict, dict]:
+        """The calibration rows, each at its spread and with the eager floor, simulated without the overhead,
+        the overhead plane fitted on their TPOT gaps, and the rows simulated again with it: (the fit, {row:
+        simulation, with the run without the overhead's TPOT and sequences per iteration})."""
         table = pd.DataFrame(rows)
         for i in cal:
-            bare = benchmark_means(expressible[i], warehouse_root, spread=spread)
+            bare = benchmark_means(expressible[i], warehouse_root, spread=spread_of[i], eager_us=eager_us)
             table.loc[i, ["tpot_no_overhead_ms", "sequences_per_iteration"]] = (
                 bare["tpot_ms"],
                 bare["sequences_per_iteration"],
@@ -496,10 +499,13 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
         fitted = _fit_step_overheads(table)
         sims = {}
         for i in cal:
-            sims[i] = benchmark_means(expressible[i], warehouse_root, _step_overhead(fitted, expressible[i]), spread)
+            overhead = _step_overhead(fitted, expressible[i])
+            sims[i] = benchmark_means(expressible[i], warehouse_root, overhead, spread_of[i], eager_us=eager_us)
             sims[i].update(table.loc[i, ["tpot_no_overhead_ms", "sequences_per_iteration"]].to_dict())
             advance()
-        trials[spread] = fitted, sims
+        return fitted, sims
+
+    trials = {spread: trial(dict.fromkeys(cal, spread)) for spread in SPREADS}
 
     def choose(members: list[int], dev: str, fw: str, version: str | None = None) -> tuple[dict, float]:
         """The spread (and the overhead fitted at it) for these rows; a version's entry holds only what was
@@ -538,26 +544,12 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
                 spread_of.update(dict.fromkeys(vm, vbest))
         chosen.setdefault(dev, {})[fw] = entry
 
-    # the eager floor: each calibration row at its spread with each candidate, simulated without the overhead, the
-    # overhead plane refitted on those runs, and simulated again with it; runs[us][i]: (the fit, the simulation)
+    # the eager floor: each calibration row at its spread with each candidate (trial: the overhead plane refitted);
+    # runs[us][i]: (the fit, the simulation)
     runs = {0.0: {i: (trials[spread_of[i]][0], trials[spread_of[i]][1][i]) for i in cal}}
     for us in EAGER_LAYERS_US[1:]:
-        table = pd.DataFrame(rows)
-        for i in cal:
-            bare = benchmark_means(expressible[i], warehouse_root, spread=spread_of[i], eager_us=us)
-            table.loc[i, ["tpot_no_overhead_ms", "sequences_per_iteration"]] = (
-                bare["tpot_ms"],
-                bare["sequences_per_iteration"],
-            )
-            advance()
-        fitted = _fit_step_overheads(table)
-        runs[us] = {}
-        for i in cal:
-            overhead = _step_overhead(fitted, expressible[i])
-            sim = benchmark_means(expressible[i], warehouse_root, overhead, spread_of[i], eager_us=us)
-            sim.update(table.loc[i, ["tpot_no_overhead_ms", "sequences_per_iteration"]].to_dict())
-            runs[us][i] = fitted, sim
-            advance()
+        fitted, sims = trial(spread_of, us)
+        runs[us] = {i: (fitted, sims[i]) for i in cal}
 
     def eager(members: list[int]) -> tuple[float, dict]:
         """The candidate whose TPOT is closest to the measured (median APE) over these rows, among those that leave

@@ -242,10 +242,10 @@ class IterationCost:
             grid, width = self._l_lin
             attention += _linear(grid, width, base, slope, decode_kv_sum / decode_count)
         if prefill and self.eager_floor_us:
-            return self._eager(tokens, len(prefill) + decode_count, attention)
+            return self._eager_iteration_us(tokens, len(prefill) + decode_count, attention)
         return self.fixed_us(tokens, len(prefill) + decode_count) + attention
 
-    def _eager(self, tokens: int, sequences: int, attention: float) -> float:
+    def _eager_iteration_us(self, tokens: int, sequences: int, attention: float) -> float:
         """An iteration with prompt tokens runs outside a CUDA graph (frameworks capture decode batches only): the
         host launches each layer's kernels as it goes, and they cannot end before it has, so its kernels take at
         least eager_floor_us. A decode-only iteration (graph-captured) never comes here: its price stays the
