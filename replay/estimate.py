@@ -87,7 +87,8 @@ def estimate(
     us = pred["latency_us"].to_numpy() * ops["count"].to_numpy() * per_stage
     # the prefill runs outside a CUDA graph: no faster than the host launches its layers' kernels
     prefill_kernels_us = float(us[ops["point"].to_numpy() == -1].sum())
-    prefill_us = max(prefill_kernels_us, mdl.layers * overhead.eager_layer_us) + overhead.us(batch)
+    floor_us = max(mdl.layers * overhead.eager_layer_us - prefill_kernels_us, 0.0)  # what the floor adds
+    prefill_us = prefill_kernels_us + floor_us + overhead.us(batch)
     decode_s = 0.0
     if steps:
         at = np.array([us[ops["point"].to_numpy() == i].sum() for i in range(len(kv))]) + overhead.us(batch)
@@ -121,6 +122,7 @@ def estimate(
         "broadcast_overhead_us": overhead.broadcast_us,  # per hop
         "sequence_overhead_us": overhead.sequence_us,
         "eager_layer_us": overhead.eager_layer_us,  # the prefill's least time: layers x this
+        "prefill_eager_floor_ms": round(floor_us / 1e3, 4),  # what that floor adds to the prefill's kernels
         "step_overhead_source": overhead.source,
         "cost_tiers": dict(tiers),
         # op families some of whose shapes lie past the measured ones: priced by a rule, not by the data

@@ -705,6 +705,9 @@ def test_an_iteration_with_prompt_tokens_lasts_at_least_the_hosts_launch_of_ever
     assert step_overhead(pool.model_copy(update={"eager_layer_us": 0.0}), root).eager_layer_us == 0.0
     est = estimate("h100_sxm", "llama-3.1-8b", 1, 64, 2, root, framework="vllm")
     assert est["prefill_ms"] == pytest.approx(320.0) and est["eager_layer_us"] == 10000.0
+    plain = estimate("h100_sxm", "llama-3.1-8b", 1, 64, 2, wh, framework="vllm")  # no fit: the default overhead
+    kernels_ms = plain["prefill_ms"] - plain["step_overhead_us"] / 1e3
+    assert est["prefill_ms"] - est["prefill_eager_floor_ms"] == pytest.approx(kernels_ms, abs=1e-3)  # what it adds
 
 
 def test_validate_merges_its_fitted_overheads_and_names_the_file_each_came_from(tmp_path: Path, caplog):
