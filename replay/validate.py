@@ -551,34 +551,40 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
         fitted, sims = trial(spread_of, us)
         runs[us] = {i: (fitted, sims[i]) for i in cal}
 
+    def ape(sims: dict, members: list[int], metric: str) -> np.ndarray:
+        return np.array([abs(sims[i][f"{metric}_ms"] / rows[i][f"measured_{metric}_ms"] - 1) for i in members])
+
+    def entries():
+        """(device, framework, version or None, its entry in `chosen`, its calibration rows): each framework's
+        entry, then each of its versions that has one."""
+        for (dev, fw), members in groups.items():
+            entry = chosen[dev][fw]
+            for ver, vm in [(None, members), *versions_of[dev, fw].items()]:
+                target = entry if ver is None else entry.get("versions", {}).get(ver)
+                if target is not None:
+                    yield dev, fw, ver, target, vm
+
+    by_eager = {us: {i: runs[us][i][1] for i in cal} for us in runs}
+
     def eager(members: list[int]) -> tuple[float, dict]:
         """The candidate whose TPOT is closest to the measured (median APE) over these rows, among those that leave
         their TPOT p90 APE no worse than without a floor (pick_guarded): a floor on eager iterations is an
         iteration cost, fitted on TPOT as the overhead plane is. The smaller on a tie."""
-
-        def ape(us: float) -> np.ndarray:
-            return np.array([abs(runs[us][i][1]["tpot_ms"] / rows[i]["measured_tpot_ms"] - 1) for i in members])
-
-        median = {us: float(np.median(ape(us))) for us in runs}
-        p90 = {us: float(np.percentile(ape(us), 90)) for us in runs}
+        median = {us: float(np.median(ape(sims, members, "tpot"))) for us, sims in by_eager.items()}
+        p90 = {us: float(np.percentile(ape(sims, members, "tpot"), 90)) for us, sims in by_eager.items()}
         errors = {str(us): {"tpot_median_ape": round(median[us], 4), "tpot_p90_ape": round(p90[us], 4)} for us in runs}
         return pick_guarded(median, p90), errors
 
     eager_of: dict[int, float] = {}
-    for (dev, fw), members in groups.items():
-        entry = chosen[dev][fw]
-        for ver, vm in [(None, members), *versions_of[dev, fw].items()]:
-            target = entry if ver is None else entry.get("versions", {}).get(ver)
-            if target is None:
-                continue
-            us, errors = eager(vm)
-            fit = runs[us][vm[0]][0].get(dev, {}).get(fw, {}) if us else {}
-            if ver is not None:
-                fit = fit.get("versions", {}).get(ver, {})
-            target.update({part: fit[part] for part in OVERHEAD_PARTS if part in fit})  # refitted with the floor
-            target["eager_layer_us"] = us
-            target["calibration_tpot_errors_by_eager_layer_us"] = errors
-            eager_of.update(dict.fromkeys(vm, us))
+    for dev, fw, ver, target, vm in entries():
+        us, errors = eager(vm)
+        fit = runs[us][vm[0]][0].get(dev, {}).get(fw, {}) if us else {}
+        if ver is not None:
+            fit = fit.get("versions", {}).get(ver, {})
+        target.update({part: fit[part] for part in OVERHEAD_PARTS if part in fit})  # refitted with the floor
+        target["eager_layer_us"] = us
+        target["calibration_tpot_errors_by_eager_layer_us"] = errors
+        eager_of.update(dict.fromkeys(vm, us))
 
     # the frontend latency: each calibration row simulated again with each candidate, at its spread, eager floor
     # and overhead (a closed loop's TTFT does not shift by the latency added: arrivals move across iteration
@@ -602,32 +608,23 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
         dense = [i for i in members if not rows[i]["moe"]]
         if not dense:
             return 0.0, {}
-
-        def ape(sims: dict, metric: str) -> np.ndarray:
-            return np.array([abs(sims[i][f"{metric}_ms"] / rows[i][f"measured_{metric}_ms"] - 1) for i in dense])
-
-        ttft = {us: float(np.median(ape(sims, "ttft"))) for us, sims in by_frontend.items()}
-        tpot = {us: float(np.percentile(ape(sims, "tpot"), 90)) for us, sims in by_frontend.items()}
+        ttft = {us: float(np.median(ape(sims, dense, "ttft"))) for us, sims in by_frontend.items()}
+        tpot = {us: float(np.percentile(ape(sims, dense, "tpot"), 90)) for us, sims in by_frontend.items()}
         return pick_guarded(ttft, tpot), {
             str(us): {"ttft_median_ape": round(ttft[us], 4), "tpot_p90_ape": round(tpot[us], 4)} for us in ttft
         }
 
+    frontend_of: dict[int, float] = {}
+    for _, _, _, target, vm in entries():
+        us, errors = frontend(vm)
+        target["frontend_latency_us"] = us
+        target["calibration_errors_by_frontend_us"] = errors
+        frontend_of.update(dict.fromkeys(vm, us))
     kept: dict = {}
-    for (dev, fw), members in groups.items():
-        entry = chosen[dev][fw]
-        frontend_of = {}
-        for ver, vm in [(None, members), *versions_of[dev, fw].items()]:
-            target = entry if ver is None else entry.get("versions", {}).get(ver)
-            if target is None:
-                continue
-            us, errors = frontend(vm)
-            target["frontend_latency_us"] = us
-            target["calibration_errors_by_frontend_us"] = errors
-            frontend_of.update(dict.fromkeys(vm, us))
-        for i in members:
-            sim = by_frontend[frontend_of[i]][i]
-            base = runs[eager_of[i]][i][1]  # the overhead plane's inputs stay those of the run without it
-            kept[i] = {**sim, **{k: base[k] for k in ("tpot_no_overhead_ms", "sequences_per_iteration")}}
+    for i in cal:
+        sim = by_frontend[frontend_of[i]][i]
+        base = runs[eager_of[i]][i][1]  # the overhead plane's inputs stay those of the run without it
+        kept[i] = {**sim, **{k: base[k] for k in ("tpot_no_overhead_ms", "sequences_per_iteration")}}
     return chosen, kept
 
 
