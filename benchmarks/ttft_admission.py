@@ -1,0 +1,89 @@
+"""Does a campaign's server run every request its clients send? TTFT against one sequence slot fewer.
+
+    hermes-sim validate silicon ../shared/data/e2e/silicon_h100.csv -w WH --out OUT
+    python benchmarks/ttft_admission.py --silicon ../shared/data/e2e/silicon_h100.csv --rows OUT/rows.csv -w WH
+
+A diagnostic of the measurement campaigns, not a model the replay uses. In a closed loop of C clients and a server
+running up to C sequences, a client's next request starts at once. With one sequence slot fewer, in steady state
+one request always waits for the next completion: about one completion interval, (osl x TPOT) / C. Its TTFT
+then grows with the output length, which a server that runs every request never shows at low C (a request's
+prompt and the running batch do not depend on osl).
+
+For every held-out aggregated row of rows.csv, with the parameters validate fitted for it (its columns
+step_overhead_us ... eager_layer_us: at k = 0 this gives back its predicted_ttft_ms to the bit), the row is
+simulated again with the replica's sequence limit at C - 1 (k = 1). Printed and written to
+benchmarks/results/ttft_admission.json, per campaign (the measurement file): TTFT and TPOT median / p90 APE at
+k = 0 and k = 1, and per concurrency the median measured TTFT excess over the k = 0 simulation in completion
+intervals (about 1 at C = 8 for a server one slot short, about 0 for one that is not). The campaign is this
+script's grouping only: it names which measurements behave how, it is never a parameter of a prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+from hermes_sim.replay import validate as v
+from hermes_sim.replay.run import simulate
+
+RESULTS = Path(__file__).resolve().parent / "results" / "ttft_admission.json"
+SLOTS_SHORT = (0, 1)
+
+
+def simulated(row: pd.Series, fitted: pd.Series, warehouse: Path, short: int) -> tuple[float, float]:
+    """(mean TTFT ms, mean TPOT ms) of the row's benchmark with the replica's sequence limit at C - short."""
+    overhead = (fitted.step_overhead_us, fitted.sequence_overhead_us, fitted.broadcast_overhead_us)
+    scenario = v.scenario_for(
+        row, overhead, fitted.client_length_spread, fitted.frontend_latency_us, fitted.eager_layer_us
+    )
+    if short:
+        scenario.pools[0].batching.max_num_seqs = v.concurrency(row) - short
+    req = simulate(scenario, warehouse)["requests"]
+    req = req[req.status == "completed"]
+    return float(req.ttft_ms.mean()), float(req.tpot_ms.mean())
+
+
+def _ape(pred: pd.Series, meas: pd.Series) -> list[float]:
+    e = (pred / meas - 1).abs() * 100
+    return [round(float(e.median()), 2), round(float(e.quantile(0.9)), 2)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--silicon", type=Path, default=Path("../shared/data/e2e/silicon_h100.csv"))
+    ap.add_argument("--rows", type=Path, required=True, help="rows.csv of `hermes-sim validate silicon --out`")
+    ap.add_argument("-w", "--warehouse", type=Path, required=True)
+    args = ap.parse_args()
+    silicon = pd.read_csv(args.silicon).set_index("id", drop=False)
+    rows = pd.read_csv(args.rows)
+    rows = rows[rows.held_out & (rows["mode"] == "agg") & rows["id"].isin(silicon.index)].copy()
+    for short in SLOTS_SHORT:
+        found = [simulated(silicon.loc[r.id], r, args.warehouse, short) for r in rows.itertuples()]
+        rows[f"ttft_k{short}"], rows[f"tpot_k{short}"] = zip(*found, strict=True)
+    drift = (rows.ttft_k0 - rows.predicted_ttft_ms).abs().max()
+    # the TTFT the k = 0 simulation does not explain, in completion intervals of the measured run
+    rows["excess_intervals"] = (
+        (rows.measured_ttft_ms - rows.ttft_k0) * rows.concurrency / (rows.osl * rows.measured_tpot_ms)
+    )
+    out: dict = {"held_out_rows": len(rows), "k0_max_difference_from_rows_csv_ms": round(float(drift), 6)}
+    for name, g in [("all", rows), *rows.groupby("campaign")]:
+        entry = {"rows": len(g)}
+        for short in SLOTS_SHORT:
+            entry[f"k{short}"] = {
+                "ttft_median_p90_ape": _ape(g[f"ttft_k{short}"], g.measured_ttft_ms),
+                "tpot_median_p90_ape": _ape(g[f"tpot_k{short}"], g.measured_tpot_ms),
+            }
+        if name != "all":
+            entry["excess_completion_intervals_by_concurrency"] = {
+                str(c): round(float(x), 2) for c, x in g.groupby("concurrency").excess_intervals.median().items()
+            }
+        out[name] = entry
+    print(json.dumps(out, indent=1))
+    RESULTS.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
