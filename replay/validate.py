@@ -45,7 +45,8 @@ Rows are split in two by a stable hash of their id. The calibration half fits, p
   FRONTENDS_US, the one whose re-simulated TTFT is closest to the measured over the dense-model rows, among
   those that leave their TPOT p90 no worse (within TPOT_P90_TOLERANCE).
 The other half is held out: its errors are the ones reported as the result, beside a plain roofline (the same
-simulation with speed-of-light op times and no overhead). The fitted overheads and frontend latency are
+simulation with speed-of-light op times and no overhead), and per measurement campaign (by_campaign, with a
+check of whether the campaign's server ran every request its clients sent). The fitted overheads and frontend latency are
 written next to the device's cost models and used by every replay of that device and framework whose pool does
 not set them."""
 
@@ -93,6 +94,9 @@ SPREADS = (0.0, 0.05, 0.1, 0.2)
 # the frontend latencies (us) tried on the calibration half: the request path outside the engine, from none to
 # what a loaded HTTP frontend with tokenization might cost
 FRONTENDS_US = (0.0, 10000.0, 20000.0, 40000.0)
+# a campaign whose TTFT at its lowest concurrency exceeds the simulation's by this many completion intervals or
+# more is named as a server short of its clients (by_campaign): one sequence short gives about 1, none about 0
+SHORT_SERVER_INTERVALS = 0.5
 # how much worse (relative) a frontend latency may leave the calibration rows' TPOT p90 APE: a latency ahead of
 # the engine shifts a closed loop's arrivals across iteration boundaries, which moves the p90 by a few tenths
 # of a point either way (vLLM 0.12.0 on H100: 5.85% at 0, 5.89% at 20 ms, 6.43% at 40 ms)
@@ -637,6 +641,45 @@ def _errors(table: pd.DataFrame, prefix: str = "predicted") -> dict:
     return out
 
 
+def by_campaign(table: pd.DataFrame) -> list[dict]:
+    """Per measurement campaign (aggregated rows): the held-out errors, and the TTFT the simulation leaves
+    unexplained at the campaign's lowest concurrency, counted in completion intervals ((osl x measured TPOT) / C,
+    the time between two of its requests finishing; median over those rows). In a closed loop a server running
+    every client's request starts each next one at once; one running a sequence fewer makes every request wait
+    for the next completion, about one interval. At SHORT_SERVER_INTERVALS or more the campaign is named as a
+    server short of its clients: its TTFT says more about how it was measured than about the cost models
+    (benchmarks/ttft_admission.py simulates that server)."""
+    out = []
+    agg = table[table["mode"] == "agg"]
+    for name, g in agg.groupby("campaign", sort=True):
+        low = g[g.concurrency == g.concurrency.min()]
+        interval = low.osl * low.measured_tpot_ms / low.concurrency
+        excess = ((low.measured_ttft_ms - low.predicted_ttft_ms) / interval)[interval > 0]
+        intervals = round(float(excess.median()), 3) if len(excess) else None
+        short = intervals is not None and intervals >= SHORT_SERVER_INTERVALS
+        held = g[g.held_out]
+        out.append(
+            {
+                "campaign": name,
+                "rows": len(g),
+                "held_out_rows": len(held),
+                **_errors(held),
+                "lowest_concurrency": int(low.concurrency.iloc[0]),
+                "ttft_unexplained_completion_intervals": intervals,
+                "server_short_of_clients": short,
+            }
+        )
+        if short:
+            log.warning(
+                "campaign %s: at %d clients its TTFT exceeds the simulation's by %.2f completion intervals; its "
+                "server seems to run fewer sequences than its clients send",
+                name,
+                int(low.concurrency.iloc[0]),
+                intervals,
+            )
+    return out
+
+
 def _coverage(table: pd.DataFrame) -> dict:
     """Share of rows whose measured TTFT / TPOT lies inside the [lower, upper]-priced prediction."""
     out = {"rows": len(table)}
@@ -757,6 +800,7 @@ def validate(
                         for (m, b), g in held.groupby(["model", "backend"])
                     ],
                     "held_out_by_mode": [{"mode": m, "rows": len(g), **_errors(g)} for m, g in held.groupby("mode")],
+                    "by_campaign": by_campaign(table),
                     "all_rows": _errors(table),
                     "serving_overheads": fitted,
                 }

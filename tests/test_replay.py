@@ -413,6 +413,47 @@ def test_step_overhead_is_fitted_on_dense_rows_of_the_calibration_half_only():
     }
 
 
+def test_a_campaign_whose_server_runs_one_sequence_fewer_than_its_clients_is_named(caplog):
+    """A closed loop whose server runs a sequence fewer than its C clients makes each request wait for the next
+    completion, (osl x TPOT) / C: the Llama-3.1-8B TRT-LLM campaign's signature (benchmarks/ttft_admission.py).
+    validate names such a campaign from its lowest concurrency, and not one whose TTFT the simulation explains."""
+    import json
+
+    from hermes_sim.replay.validate import SHORT_SERVER_INTERVALS, by_campaign
+
+    osl = np.array([128.0, 256.0, 512.0] * 2)
+    clients = np.array([8, 8, 8, 64, 64, 64])
+    tpot_ms, predicted_ms = 5.0, 100.0
+    short = predicted_ms + osl * tpot_ms / clients  # one completion interval more at 8 clients
+    rows = []
+    for name, measured in (("short.csv", short), ("full.csv", np.full(6, predicted_ms))):
+        for i in range(6):
+            rows.append(
+                {
+                    "campaign": name,
+                    "mode": "agg",
+                    "held_out": i % 2 == 0,
+                    "concurrency": clients[i],
+                    "osl": osl[i],
+                    "measured_ttft_ms": measured[i] if i < 3 else 5000.0,  # the busier rows do not count
+                    "predicted_ttft_ms": predicted_ms,
+                    "measured_tpot_ms": tpot_ms,
+                    "predicted_tpot_ms": tpot_ms,
+                }
+            )
+    rows.append({**rows[0], "campaign": "disagg.csv", "mode": "disagg"})  # not a closed loop on one pool
+    with caplog.at_level("WARNING"):
+        found = {c["campaign"]: c for c in by_campaign(pd.DataFrame(rows))}
+    assert set(found) == {"full.csv", "short.csv"}
+    assert found["short.csv"]["ttft_unexplained_completion_intervals"] == pytest.approx(1.0)
+    assert found["short.csv"]["server_short_of_clients"] and found["short.csv"]["lowest_concurrency"] == 8
+    assert found["full.csv"]["ttft_unexplained_completion_intervals"] == 0.0
+    assert not found["full.csv"]["server_short_of_clients"] and SHORT_SERVER_INTERVALS > 0
+    assert found["short.csv"]["held_out_rows"] == 3
+    assert "short.csv" in caplog.text and "full.csv" not in caplog.text
+    json.dumps(list(found.values()), allow_nan=False)  # the summary is strict JSON
+
+
 def test_serving_overhead_is_a_fixed_part_per_iteration_plus_a_part_per_sequence():
     from hermes_sim.replay.validate import _fit_step_overheads
 
