@@ -46,9 +46,9 @@ Rows are split in two by a stable hash of their id. The calibration half fits, p
   those that leave their TPOT p90 no worse (within TPOT_P90_TOLERANCE).
 The other half is held out: its errors are the ones reported as the result, beside a plain roofline (the same
 simulation with speed-of-light op times and no overhead), and per measurement campaign (by_campaign, with a
-check of whether the campaign's server ran every request its clients sent). The fitted overheads and frontend latency are
-written next to the device's cost models and used by every replay of that device and framework whose pool does
-not set them."""
+check of whether the campaign's server ran every request its clients sent). The fitted overheads and frontend
+latency are written next to the device's cost models and used by every replay of that device and framework whose
+pool does not set them."""
 
 from __future__ import annotations
 
@@ -97,6 +97,7 @@ FRONTENDS_US = (0.0, 10000.0, 20000.0, 40000.0)
 # a campaign whose TTFT at its lowest concurrency exceeds the simulation's by this many completion intervals or
 # more is named as a server short of its clients (by_campaign): one sequence short gives about 1, none about 0
 SHORT_SERVER_INTERVALS = 0.5
+UNNAMED_CAMPAIGN = "(rows naming no source_file)"
 # how much worse (relative) a frontend latency may leave the calibration rows' TPOT p90 APE: a latency ahead of
 # the engine shifts a closed loop's arrivals across iteration boundaries, which moves the p90 by a few tenths
 # of a point either way (vLLM 0.12.0 on H100: 5.85% at 0, 5.89% at 20 ms, 6.43% at 40 ms)
@@ -658,6 +659,7 @@ def by_campaign(table: pd.DataFrame) -> list[dict]:
         intervals = round(float(excess.median()), 3) if len(excess) else None
         short = intervals is not None and intervals >= SHORT_SERVER_INTERVALS
         held = g[g.held_out]
+        name = name or UNNAMED_CAMPAIGN
         out.append(
             {
                 "campaign": name,

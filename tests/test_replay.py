@@ -419,7 +419,7 @@ def test_a_campaign_whose_server_runs_one_sequence_fewer_than_its_clients_is_nam
     validate names such a campaign from its lowest concurrency, and not one whose TTFT the simulation explains."""
     import json
 
-    from hermes_sim.replay.validate import SHORT_SERVER_INTERVALS, by_campaign
+    from hermes_sim.replay.validate import SHORT_SERVER_INTERVALS, UNNAMED_CAMPAIGN, by_campaign
 
     osl = np.array([128.0, 256.0, 512.0] * 2)
     clients = np.array([8, 8, 8, 64, 64, 64])
@@ -442,9 +442,10 @@ def test_a_campaign_whose_server_runs_one_sequence_fewer_than_its_clients_is_nam
                 }
             )
     rows.append({**rows[0], "campaign": "disagg.csv", "mode": "disagg"})  # not a closed loop on one pool
+    rows.append({**rows[3], "campaign": ""})  # a CSV naming no source file: its rows are one campaign
     with caplog.at_level("WARNING"):
         found = {c["campaign"]: c for c in by_campaign(pd.DataFrame(rows))}
-    assert set(found) == {"full.csv", "short.csv"}
+    assert set(found) == {"full.csv", "short.csv", UNNAMED_CAMPAIGN}
     assert found["short.csv"]["ttft_unexplained_completion_intervals"] == pytest.approx(1.0)
     assert found["short.csv"]["server_short_of_clients"] and found["short.csv"]["lowest_concurrency"] == 8
     assert found["full.csv"]["ttft_unexplained_completion_intervals"] == 0.0
