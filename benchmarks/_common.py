@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import psutil
 
 
@@ -37,3 +39,16 @@ def update_headline(figures: dict) -> None:
     doc = json.loads(HEADLINE.read_text()) if HEADLINE.exists() else {}
     doc.update(figures)
     HEADLINE.write_text(json.dumps(dict(sorted(doc.items())), indent=1) + "\n")
+
+
+def validate_run(description: str) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    """From the command line of a script reading a `hermes-sim validate silicon --out` run: the silicon CSV (rows
+    by id), that run's rows.csv, and the warehouse it ran on."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--silicon", type=Path, default=Path("../shared/data/e2e/silicon_h100.csv"))
+    ap.add_argument("--rows", type=Path, required=True, help="rows.csv of `hermes-sim validate silicon --out`")
+    ap.add_argument("-w", "--warehouse", type=Path, required=True)
+    args = ap.parse_args()
+    silicon = pd.read_csv(args.silicon).set_index("id", drop=False)
+    rows = pd.read_csv(args.rows)
+    return silicon, rows[rows["id"].isin(silicon.index)], args.warehouse

@@ -20,11 +20,11 @@ script's grouping only: it names which measurements behave how, it is never a pa
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pandas as pd
+from _common import validate_run
 from hermes_sim.replay import validate as v
 from hermes_sim.replay.run import simulate
 
@@ -51,16 +51,10 @@ def _ape(pred: pd.Series, meas: pd.Series) -> list[float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--silicon", type=Path, default=Path("../shared/data/e2e/silicon_h100.csv"))
-    ap.add_argument("--rows", type=Path, required=True, help="rows.csv of `hermes-sim validate silicon --out`")
-    ap.add_argument("-w", "--warehouse", type=Path, required=True)
-    args = ap.parse_args()
-    silicon = pd.read_csv(args.silicon).set_index("id", drop=False)
-    rows = pd.read_csv(args.rows)
-    rows = rows[rows.held_out & (rows["mode"] == "agg") & rows["id"].isin(silicon.index)].copy()
+    silicon, rows, warehouse = validate_run(__doc__.splitlines()[0])
+    rows = rows[rows.held_out & (rows["mode"] == "agg")].copy()
     for short in SLOTS_SHORT:
-        found = [simulated(silicon.loc[r.id], r, args.warehouse, short) for r in rows.itertuples()]
+        found = [simulated(silicon.loc[r.id], r, warehouse, short) for r in rows.itertuples()]
         rows[f"ttft_k{short}"], rows[f"tpot_k{short}"] = zip(*found, strict=True)
     drift = (rows.ttft_k0 - rows.predicted_ttft_ms).abs().max()
     # the TTFT the k = 0 simulation does not explain, in completion intervals of the measured run

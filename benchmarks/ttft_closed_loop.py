@@ -20,12 +20,12 @@ clients bunch up in front of the prefill. In full lockstep a request waits for h
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pandas as pd
 import statsmodels.api as sm
+from _common import validate_run
 from hermes_sim.replay import validate as v
 from hermes_sim.replay.estimate import estimate
 
@@ -55,15 +55,9 @@ def single_prompt(row: pd.Series, warehouse: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--silicon", type=Path, default=Path("../shared/data/e2e/silicon_h100.csv"))
-    ap.add_argument("--rows", type=Path, required=True, help="rows.csv of `hermes-sim validate silicon --out`")
-    ap.add_argument("-w", "--warehouse", type=Path, required=True)
-    args = ap.parse_args()
-    silicon = pd.read_csv(args.silicon).set_index("id", drop=False)
-    rows = pd.read_csv(args.rows)
-    rows = rows[(rows["mode"] == "agg") & ~rows["moe"].astype(bool) & rows["id"].isin(silicon.index)]
-    found = [single_prompt(silicon.loc[i], args.warehouse) for i in rows["id"]]
+    silicon, rows, warehouse = validate_run(__doc__.splitlines()[0])
+    rows = rows[(rows["mode"] == "agg") & ~rows["moe"].astype(bool)]
+    found = [single_prompt(silicon.loc[i], warehouse) for i in rows["id"]]
     rows = rows.assign(**pd.DataFrame(found, index=rows.index))
     out: dict = {"rows_kv_bound": int((~rows.kv_fits).sum())}
     rows = rows[rows.kv_fits]
