@@ -54,8 +54,10 @@ class DecodeCohort:
         if steps == 1:
             return self.crossings[self.step % bt]
         cycles, rest = divmod(steps, bt)
-        phase = self.step % bt
-        return cycles * len(self.members) + sum(self.crossings[(phase + j) % bt] for j in range(rest))
+        phase, crossings = self.step % bt, self.crossings
+        end = phase + rest  # the window of `rest` phases from `phase`, wrapping around the block
+        window = sum(crossings[phase:end]) if end <= bt else sum(crossings[phase:]) + sum(crossings[: end - bt])
+        return cycles * len(self.members) + window
 
     def steps_within(self, free_blocks: int, limit: int) -> int:
         """The most iterations (up to `limit`) whose block allocations fit in `free_blocks`."""

@@ -176,12 +176,12 @@ class PrefixCache:
             self.held += need
             self.unpinned += need
             for h in hashes:
-                if h in entries:
-                    if entries[h] == 0:
-                        free.move_to_end(h)
-                else:
+                pins = entries.get(h)
+                if pins is None:
                     entries[h] = 0
                     free[h] = None
+                elif not pins:
+                    free.move_to_end(h)
             return
         for h in hashes:
             if h in entries:
