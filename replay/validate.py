@@ -642,10 +642,17 @@ def _errors(table: pd.DataFrame, prefix: str = "predicted") -> dict:
     return out
 
 
+def unexplained_ttft_intervals(table: pd.DataFrame) -> pd.Series:
+    """Per row, the measured TTFT the prediction leaves unexplained, in completion intervals: (osl x measured TPOT)
+    / clients, the time between two of a closed loop's requests finishing. NaN where that interval is 0."""
+    interval = table.osl * table.measured_tpot_ms / table.concurrency
+    return ((table.measured_ttft_ms - table.predicted_ttft_ms) / interval).where(interval > 0)
+
+
 def by_campaign(table: pd.DataFrame) -> list[dict]:
     """Per measurement campaign (aggregated rows): the held-out errors, and the TTFT the simulation leaves
-    unexplained at the campaign's lowest concurrency, counted in completion intervals ((osl x measured TPOT) / C,
-    the time between two of its requests finishing; median over those rows). In a closed loop a server running
+    unexplained at the campaign's lowest concurrency, counted in completion intervals (unexplained_ttft_intervals;
+    median over those rows). In a closed loop a server running
     every client's request starts each next one at once; one running a sequence fewer makes every request wait
     for the next completion, about one interval. At SHORT_SERVER_INTERVALS or more the campaign is named as a
     server short of its clients: its TTFT says more about how it was measured than about the cost models
@@ -653,9 +660,8 @@ def by_campaign(table: pd.DataFrame) -> list[dict]:
     out = []
     agg = table[table["mode"] == "agg"]
     for name, g in agg.groupby("campaign", sort=True):
-        low = g[g.concurrency == g.concurrency.min()]
-        interval = low.osl * low.measured_tpot_ms / low.concurrency
-        excess = ((low.measured_ttft_ms - low.predicted_ttft_ms) / interval)[interval > 0]
+        clients = int(g.concurrency.min())
+        excess = unexplained_ttft_intervals(g[g.concurrency == clients]).dropna()
         intervals = round(float(excess.median()), 3) if len(excess) else None
         short = intervals is not None and intervals >= SHORT_SERVER_INTERVALS
         held = g[g.held_out]
@@ -666,7 +672,7 @@ def by_campaign(table: pd.DataFrame) -> list[dict]:
                 "rows": len(g),
                 "held_out_rows": len(held),
                 **_errors(held),
-                "lowest_concurrency": int(low.concurrency.iloc[0]),
+                "lowest_concurrency": clients,
                 "ttft_unexplained_completion_intervals": intervals,
                 "server_short_of_clients": short,
             }
@@ -676,7 +682,7 @@ def by_campaign(table: pd.DataFrame) -> list[dict]:
                 "campaign %s: at %d clients its TTFT exceeds the simulation's by %.2f completion intervals; its "
                 "server seems to run fewer sequences than its clients send",
                 name,
-                int(low.concurrency.iloc[0]),
+                clients,
                 intervals,
             )
     return out
