@@ -257,11 +257,16 @@ def estimate_cmd(
     framework: Annotated[
         str | None, typer.Option(help="Serving framework whose models and overhead price it: sglang, trtllm or vllm.")
     ] = None,
+    prefill_chunk_tokens: Annotated[
+        int | None,
+        typer.Option(help="Prefill each prompt this many tokens per iteration (llama.cpp's prompt batch).", min=1),
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
     warehouse: WarehouseOpt = None,
 ) -> None:
-    """The cost of one static batch: prefill of the B prompts as one batch, the mean decode iteration over the
-    O steps (KV growing from I to I+O), end to end; with the tiers that priced them and the step overhead."""
+    """The cost of one static batch: prefill of the B prompts as one batch (or chunk by chunk), the mean decode
+    iteration over the O steps (KV growing from I to I+O), end to end; with the tiers that priced them and the
+    step overhead."""
     from ..replay.estimate import estimate
 
     check_format(fmt)
@@ -278,13 +283,15 @@ def estimate_cmd(
             dtype,
             framework,
             ep,
+            prefill_chunk_tokens,
         )
     if fmt == "json":
         write_json(est)
         return
     out.print(
         f"{model} on {tp * pp}x {device} (TP {tp}, PP {pp}, {dtype}, KV cache {est['kv_cache_dtype']}), batch "
-        f"{batch} x {input_tokens} in / {output_tokens} out: prefill {est['prefill_ms']} ms, decode step "
+        f"{batch} x {input_tokens} in / {output_tokens} out: prefill {est['prefill_ms']} ms "
+        f"({est['prefill_iterations']} iteration(s) of {est['prefill_chunk_tokens']} tokens a prompt), decode step "
         f"{est['decode_step_ms']} ms, end to end {est['e2e_ms']} ms"
     )
     out.print(f"priced from: {', '.join(f'{k} {v} ops' for k, v in est['cost_tiers'].items())}")

@@ -1,11 +1,13 @@
 """One static batch, priced (AIConfigurator's `estimate`): B requests of I prompt tokens and O output tokens on
-one replica. The B prompts are prefilled as one batch; then O - 1 decode iterations of the B sequences, their
-KV growing from I to I + O (priced at 16 KV lengths and integrated: a decode step's time is smooth in its KV
-length). Ops are priced by the device's cost models exactly as the engine prices an iteration (every stage of
-a PP replica in turn, the LM head once, CUDA-graph variants for small decode batches on NVIDIA GPUs), each
-carrying its tier; the step overhead (the serving framework's CPU time per iteration, launch gaps and the
-scheduler pass, plus its time per sequence: scheduling, sampling, streaming) is included and named. A
-step-level figure separates cost-model error from scheduling and client effects."""
+one replica. The B prompts are prefilled as one batch (or, with a prefill chunk of c tokens, c tokens of each
+prompt per iteration, each chunk attending to the ones before it: llama.cpp's prompt batch); then O - 1 decode
+iterations of the B sequences, their KV growing from I to I + O (priced at 16 KV lengths and integrated: a decode
+step's time is smooth in its KV length; a long run of equal chunks is integrated the same way). Ops are priced by
+the device's cost models exactly as the engine prices an iteration (every stage of a PP replica in turn, the LM
+head once, CUDA-graph variants for small decode batches on NVIDIA GPUs), each carrying its tier; the step
+overhead (the serving framework's CPU time per iteration, launch gaps and the scheduler pass, plus its time per
+sequence: scheduling, sampling, streaming) is included and named. A step-level figure separates cost-model
+error from scheduling and client effects."""
 
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ def estimate(
     dtype: str = "bfloat16",
     framework: str | None = None,
     ep: int = 1,
+    prefill_chunk_tokens: int | None = None,
 ) -> dict:
     dev, mdl = catalog_device(device), catalog_model(model)
     spec = LLMPoolSpec(
@@ -76,7 +79,15 @@ def estimate(
     graphs = dev.vendor == "nvidia"
     steps = max(output_tokens - 1, 0)
     kv = np.unique(np.round(np.linspace(input_tokens + 1, input_tokens + max(steps, 1), KV_POINTS))).astype(int)
-    frames = [layer_ops(mdl, Batch(prefill=((input_tokens, 0),) * batch), par).assign(point=-1, cuda_graph=False)]
+    chunk = min(prefill_chunk_tokens or input_tokens, input_tokens)
+    full, rest = divmod(input_tokens, chunk)  # full chunks, then a shorter last one
+    # the full chunks' positions priced (every one where few), the rest interpolated; the shorter one exactly
+    at_chunk = np.unique(np.round(np.linspace(0, full - 1, min(full, KV_POINTS)))).astype(int)
+    chunks = [(chunk, int(j) * chunk) for j in at_chunk] + ([(rest, full * chunk)] if rest else [])
+    frames = [
+        layer_ops(mdl, Batch(prefill=(c,) * batch), par).assign(point=-1 - i, cuda_graph=False)
+        for i, c in enumerate(chunks)
+    ]
     if steps:
         for i, length in enumerate(kv):
             ops = layer_ops(mdl, Batch(decode=(int(length),) * batch), par)
@@ -85,10 +96,14 @@ def estimate(
     pred = cm.predict(ops)
     per_stage = np.where(ops["name"] == "lm_head", 1.0, float(pp))  # each PP stage in turn; the head once
     us = pred["latency_us"].to_numpy() * ops["count"].to_numpy() * per_stage
-    # the prefill runs outside a CUDA graph: no faster than the host launches its layers' kernels
-    prefill_kernels_us = float(us[ops["point"].to_numpy() == -1].sum())
-    floor_us = max(mdl.layers * overhead.eager_layer_us - prefill_kernels_us, 0.0)  # what the floor adds
-    prefill_us = prefill_kernels_us + floor_us + overhead.us(batch)
+    # a prefill iteration runs outside a CUDA graph: no faster than the host launches its layers' kernels
+    kernels = np.array([us[ops["point"].to_numpy() == -1 - i].sum() for i in range(len(chunks))])
+    floors = np.maximum(mdl.layers * overhead.eager_layer_us - kernels, 0.0)  # what the floor adds
+    per_iteration = kernels + floors + overhead.us(batch)
+    prefill_us = float(np.interp(np.arange(full), at_chunk, per_iteration[: len(at_chunk)]).sum())
+    floor_us = float(np.interp(np.arange(full), at_chunk, floors[: len(at_chunk)]).sum())
+    if rest:
+        prefill_us, floor_us = prefill_us + float(per_iteration[-1]), floor_us + float(floors[-1])
     decode_s = 0.0
     if steps:
         at = np.array([us[ops["point"].to_numpy() == i].sum() for i in range(len(kv))]) + overhead.us(batch)
@@ -115,6 +130,8 @@ def estimate(
         "batch": batch,
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
+        "prefill_chunk_tokens": chunk,
+        "prefill_iterations": full + (rest > 0),
         "prefill_ms": round(prefill_us / 1e3, 4),
         "decode_step_ms": round(decode_s * 1e3 / steps, 4) if steps else None,
         "e2e_ms": round(prefill_us / 1e3 + decode_s * 1e3, 4),

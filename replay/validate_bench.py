@@ -18,7 +18,15 @@ minus the kernels' time, over its I iterations), per framework whose kernels thi
 TensorRT-LLM), over rows of devices priced measured-calibrated only: elsewhere the gap also holds the
 transferred kernels' error, which is not CPU time. A part the data would make negative is dropped. Frameworks
 without measured kernels (llama.cpp, DeepSpeed-MII) keep the default step overhead, and their errors say how
-far a vLLM-kernel estimate is from them."""
+far a vLLM-kernel estimate is from them.
+
+What a row ran is read from the row itself where the column names deceive. A row's throughput times its latency
+over its prompt and output tokens is the number of sequences it served: B for vLLM, TensorRT-LLM and DeepSpeed,
+but 1 for every one of the 1,570 llama.cpp rows whatever its Batch Size. llama-bench's batch size is the prompt batch
+(`-b`, n_batch: prompt tokens per iteration), so such a framework's row is one sequence whose prompt is prefilled
+Batch Size tokens an iteration (at 1, token by token: the A100's Llama-2-7B row of 128 in and out takes 4.34 s at
+batch 1 and 2.33 s at 16). Its GPUs split the layers, not the tensors (LAYER_SPLIT): one sequence takes about as
+long per token on 4 GPUs as on 1 (Llama-2-7B on A100: 17.5, 18.4, 20.6 ms per token on 1, 2 and 4)."""
 
 from __future__ import annotations
 
@@ -54,6 +62,20 @@ MODELS = {
 }
 FRAMEWORKS = {"vLLM": "vllm", "TensorRT-LLM": "trtllm"}  # the benchmark's frameworks whose kernels were measured
 MIN_FIT_ROWS = 8
+# Frameworks that split a model over GPUs by layers, one after another for a lone sequence (pipeline stages):
+# llama.cpp's default `--split-mode layer` (its README and `llama-cli --help`)
+LAYER_SPLIT = ("llama.cpp",)
+SERVED_TOLERANCE = 0.02  # throughput x latency / tokens gives the sequences served within 2e-6 in this benchmark
+
+
+def prompt_batch_frameworks(df: pd.DataFrame) -> set[str]:
+    """Frameworks whose every row of Batch Size > 1 served one sequence (throughput x latency / tokens = 1): their
+    Batch Size is the prompt batch, tokens prefilled per iteration (llama-bench's `-b`), not sequences."""
+    if "Throughput" not in df.columns:
+        return set()
+    served = df["Throughput"] * df["Latency"] / (df["input"] + df["Input Output Length"])
+    batched = df[df["Batch Size"] > 1].assign(single=(served - 1).abs() <= SERVED_TOLERANCE)
+    return {str(fw) for fw, single in batched.groupby("Framework")["single"] if single.all()}
 
 
 def _why_not(hw: str, model: str) -> str | None:
@@ -68,6 +90,7 @@ def _why_not(hw: str, model: str) -> str | None:
 
 def _predict(rows: pd.DataFrame, warehouse_root: Path, measured: str, output: pd.Series, file: str):
     done, skipped = [], []
+    prompt_batch = prompt_batch_frameworks(rows)
     with tempfile.TemporaryDirectory() as empty:
         for i, r in rows.iterrows():
             line = int(i) + 2
@@ -77,14 +100,17 @@ def _predict(rows: pd.DataFrame, warehouse_root: Path, measured: str, output: pd
                 skipped.append({**base, "reason": reason})
                 continue
             dev, _ = HARDWARE[r["Hardware"]]
+            gpus, one = int(r["Num of Hardware"]), r["Framework"] in prompt_batch
             args = dict(
                 device=dev,
                 model=MODELS[r["Model"]],
-                batch=int(r["Batch Size"]),
+                batch=1 if one else int(r["Batch Size"]),
                 input_tokens=int(r["input"]),
                 output_tokens=int(output[i]),
-                tp=int(r["Num of Hardware"]),
+                tp=1 if r["Framework"] in LAYER_SPLIT else gpus,
+                pp=gpus if r["Framework"] in LAYER_SPLIT else 1,
                 framework=FRAMEWORKS.get(r["Framework"]),
+                prefill_chunk_tokens=int(r["Batch Size"]) if one else None,
             )
             try:
                 est = estimate(warehouse_root=warehouse_root, **args)
@@ -102,8 +128,8 @@ def _predict(rows: pd.DataFrame, warehouse_root: Path, measured: str, output: pd
                 )
                 continue
             ttft = measured == "TTFT Latency"
-            # iterations the figure spans: the prefill, then output - 1 decode steps
-            steps = 1 if ttft else args["output_tokens"]
+            # iterations the figure spans: the prefill's, then output - 1 decode steps
+            steps = est["prefill_iterations"] + (0 if ttft else args["output_tokens"] - 1)
             used_us = est["step_overhead_us"] + est["sequence_overhead_us"] * args["batch"]
             predicted = est["prefill_ms"] if ttft else est["e2e_ms"]
             tiers = est["cost_tiers"]
@@ -112,7 +138,9 @@ def _predict(rows: pd.DataFrame, warehouse_root: Path, measured: str, output: pd
                     **base,
                     "device": dev,
                     "tp": args["tp"],
+                    "pp": args["pp"],
                     "batch": args["batch"],
+                    "prefill_chunk_tokens": est["prefill_chunk_tokens"],
                     "input_tokens": args["input_tokens"],
                     "output_tokens": args["output_tokens"],
                     "steps": steps,

@@ -66,6 +66,29 @@ def test_estimate_streams_the_kv_cache_its_framework_keeps_under_fp8_weights(wh:
     assert est["vllm"]["decode_step_ms"] == pytest.approx(engine_step_ms, rel=0.03)
 
 
+def test_estimate_prefills_chunk_by_chunk_as_the_engine_prices_each_chunk(wh: Path):
+    """llama.cpp prefills a prompt n_batch tokens an iteration (token by token at 1): each chunk is an iteration
+    attending to the chunks before it, with its own step overhead; a chunk as long as the prompt is the plain
+    estimate, to the bit."""
+    whole = estimate("h100_sxm", "llama-3.1-8b", 1, 512, 8, wh, framework="vllm")
+    assert estimate("h100_sxm", "llama-3.1-8b", 1, 512, 8, wh, framework="vllm", prefill_chunk_tokens=512) == whole
+    assert (whole["prefill_chunk_tokens"], whole["prefill_iterations"]) == (512, 1)
+    chunked = estimate("h100_sxm", "llama-3.1-8b", 1, 512, 8, wh, framework="vllm", prefill_chunk_tokens=96)
+    assert (chunked["prefill_chunk_tokens"], chunked["prefill_iterations"]) == (96, 6)  # 5 x 96, then 32
+    cost = engine_cost(wh, 1, 521)
+    chunks = [(96, 96 * j) for j in range(5)] + [(32, 480)]
+    engine_ms = sum(cost.iteration_us([c], 0, 0) for c in chunks) / 1e3
+    assert chunked["prefill_ms"] == pytest.approx(engine_ms, rel=0.03)
+    assert chunked["prefill_ms"] > whole["prefill_ms"]  # six passes over the weights, not one
+    assert chunked["decode_step_ms"] == whole["decode_step_ms"]
+    assert chunked["e2e_ms"] == pytest.approx(chunked["prefill_ms"] + 7 * chunked["decode_step_ms"], rel=1e-3)
+    # token by token over many chunks: the positions between the priced ones are integrated, not dropped
+    tokens = estimate("h100_sxm", "llama-3.1-8b", 1, 200, 8, wh, framework="vllm", prefill_chunk_tokens=1)
+    assert tokens["prefill_iterations"] == 200
+    first, last = (cost.iteration_us([(1, p)], 0, 0) / 1e3 for p in (0, 199))
+    assert 200 * first <= tokens["prefill_ms"] * (1 + 1e-9) and tokens["prefill_ms"] <= 200 * last * (1 + 1e-9)
+
+
 def test_estimate_names_the_op_families_it_priced_past_the_measured_shapes(wh: Path):
     """A prefill of 64 x 8192 tokens runs GEMMs larger than any in the bundled tables: the estimate says which
     families were priced by a rule there (and how), per call, not per process."""
@@ -182,6 +205,39 @@ def test_bench_serving_overhead_fit_recovers_its_parts_and_drops_one_the_data_ma
     # transferred-tier rows hold the borrowed kernels' error, not CPU time: they fit nothing
     table = _bench_table({"step": 1500.0, "sequence": 60.0, "broadcast": 800.0}).assign(tier="transferred")
     assert fit_serving_overheads(table) == {}
+
+
+def test_validate_bench_reads_the_sequences_a_row_served_from_its_throughput(wh: Path, tmp_path: Path):
+    """Every llama.cpp row of the benchmark served one sequence whatever its Batch Size (throughput x latency =
+    its prompt and output tokens): llama-bench's batch size is the prompt batch. Such a row is one sequence whose
+    prompt is prefilled Batch Size tokens an iteration, on GPUs that split the layers; a vLLM row of the same
+    Batch Size is that many sequences, tensor-parallel. Priced as B sequences, the llama.cpp row was B times the
+    work it measured."""
+    header = "Hardware,Num of Hardware,Framework,Model,Input Output Length,Batch Size,Latency,Throughput\n"
+    rows = [  # (framework, GPUs, batch, latency s, sequences its throughput says it served)
+        ("llama.cpp", 1, 1, 2.17, 1),
+        ("llama.cpp", 2, 16, 1.23, 1),
+        ("vLLM", 2, 16, 2.60, 16),
+        ("llama.cpp", 1, 16, 1.22, 1),
+    ]
+    text = header + "".join(
+        f"Nvidia H100 GPU,{g},{fw},meta-llama/Llama-2-7b-hf,128,{b},{lat},{served * 256 / lat}\n"
+        for fw, g, b, lat, served in rows
+    )
+    (tmp_path / "All_results.csv").write_text(text)
+    from hermes_sim.replay.validate_bench import prompt_batch_frameworks
+
+    frame = pd.read_csv(tmp_path / "All_results.csv").assign(input=128)
+    assert prompt_batch_frameworks(frame) == {"llama.cpp"}
+    got = {(r["framework"], r["line"]): r for r in validate_bench(tmp_path, wh)["rows"]}
+    one, layered, tensor = got["llama.cpp", 2], got["llama.cpp", 3], got["vLLM", 4]
+    assert (one["batch"], one["prefill_chunk_tokens"], one["steps"]) == (1, 1, 128 + 127)  # token by token
+    assert (layered["batch"], layered["prefill_chunk_tokens"], layered["steps"]) == (1, 16, 8 + 127)
+    assert (layered["tp"], layered["pp"]) == (1, 2)
+    assert (tensor["batch"], tensor["prefill_chunk_tokens"], tensor["tp"], tensor["pp"]) == (16, 128, 2, 1)
+    # one sequence a token at a time, whatever the batch size; its layers on two GPUs in turn take as long
+    assert one["kernels_ms"] > layered["kernels_ms"] > 0.5 * one["kernels_ms"]
+    assert layered["kernels_ms"] == pytest.approx(got["llama.cpp", 5]["kernels_ms"], rel=0.02)
 
 
 def test_validate_bench_refuses_a_file_or_folder_that_is_not_the_benchmark(tmp_path: Path):
