@@ -26,18 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .catalog import Device
-from .roofline import (
-    COLLECTIVES,
-    DECODE,
-    ELEMENTWISE,
-    GEMM,
-    MOE_COMM,
-    PREFILL,
-    VECTOR_SEARCH,
-    causal_mean_keys,
-    roofline,
-    skipped_window,
-)
+from .roofline import COLLECTIVES, DECODE, ELEMENTWISE, GEMM, MOE_COMM, PREFILL, VECTOR_SEARCH, roofline, skipped_window
 from .surface import ResidualSurface
 from .surface import log_dim as _log_dim
 
@@ -338,15 +327,12 @@ def attention_schedule(df: pd.DataFrame, units: int) -> tuple[np.ndarray, np.nda
         return np.nan_to_num(pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float), nan=default)
 
     seq = np.maximum(col("seq_len", 1.0), 1.0)
-    kv = np.maximum(col("kv_len", 1.0), seq)
-    tiles, _, longest = attention_blocks(seq, kv)
+    tiles, mean, longest = attention_blocks(seq, np.maximum(col("kv_len", 1.0), seq))
     window = skipped_window(df)
-    cap = np.where(window > 0, np.ceil(np.maximum(window, 1.0) / ATTENTION_TILE) + 1, 0.0)  # 0: no window
-    blocks = tiles * causal_mean_keys((kv - seq) // ATTENTION_TILE, tiles, cap)  # tile j reads prior + j blocks
+    cap = np.where(window > 0, np.ceil(np.maximum(window, 1.0) / ATTENTION_TILE) + 1, np.inf)
+    blocks = tiles * np.minimum(mean, cap)
     total = np.maximum(col("batch_size", 1.0) * col("num_heads", 1.0) * blocks, 1.0)
-    return np.log1p(np.where(cap > 0, np.minimum(longest, cap), longest) * units / total), tiles / np.maximum(
-        blocks, tiles
-    )
+    return np.log1p(np.minimum(longest, cap) * units / total), tiles / np.maximum(blocks, tiles)
 
 
 def attention_blocks(seq, kv):

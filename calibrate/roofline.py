@@ -80,17 +80,6 @@ def skipped_window(df: pd.DataFrame) -> np.ndarray:
     return np.where(np.isin(_kernel_sources(df), WINDOW_MASKED_ONLY), 0.0, w)
 
 
-def causal_mean_keys(prior, q, w):
-    """The mean number of keys a query of a causal chunk attends to: query i of q (1-based) follows `prior` cached
-    tokens and sees prior + i keys, at most w (a sliding window; none where w <= 0). Exact: min(mean, w) over-counts
-    a chunk that crosses the window's edge (by a third for q = 2w from an empty cache). Arrays or numbers."""
-
-    def upto(n):  # the sum over positions 1..n of min(p, w)
-        return np.where(n > w, w * (w + 1) / 2 + (n - w) * w, n * (n + 1) / 2)
-
-    return np.where(w > 0, (upto(prior + q) - upto(prior)) / np.maximum(q, 1), prior + (q + 1) / 2)
-
-
 def attention_terms(df: pd.DataFrame, prefill: bool) -> tuple[np.ndarray, np.ndarray]:
     """Causal attention over `kv_len` keys; a prefill chunk of `seq_len` queries follows kv_len - seq_len
     cached tokens. A sliding window (`window_size` > 0) caps the keys each query sees, where the kernel skips
@@ -101,7 +90,8 @@ def attention_terms(df: pd.DataFrame, prefill: bool) -> tuple[np.ndarray, np.nda
     q = _col(df, "seq_len", 1) if prefill else np.ones(len(df))
     w = skipped_window(df) if prefill else np.nan_to_num(_col(df, "window_size", 0))
     prior = np.maximum(L - q, 0)
-    keys_per_query = causal_mean_keys(prior, q, w) if prefill else np.where(w > 0, np.minimum(L, w), L)
+    keys_per_query = prior + (q + 1) / 2 if prefill else L
+    keys_per_query = np.where(w > 0, np.minimum(keys_per_query, w), keys_per_query)
     keys_read = np.where(w > 0, np.minimum(L, w + q), L)
     a_b = dtype_bytes(df["dtype"])
     kv_b = dtype_bytes(df["kv_cache_dtype"]) if "kv_cache_dtype" in df.columns else a_b

@@ -22,7 +22,7 @@ from hermes_sim.calibrate.fit import TooFewSamples, ape, attention_schedule, fit
 from hermes_sim.calibrate.model import CALIBRATED, ROOFLINE, TRANSFERRED, CostModel
 from hermes_sim.calibrate.ops import Batch, Parallelism, expected_max_active, layer_ops
 from hermes_sim.calibrate.pipeline import calibrate_device
-from hermes_sim.calibrate.roofline import causal_mean_keys, roofline
+from hermes_sim.calibrate.roofline import roofline
 from hermes_sim.calibrate.splits import split_masks
 from hermes_sim.ingest.runner import ingest
 from hermes_sim.warehouse.store import Warehouse
@@ -116,36 +116,6 @@ def test_prefill_attention_flops_are_causal():
     assert attn.kv_len == 1024 and attn.num_kv_heads == 8
 
 
-def test_a_sliding_window_caps_each_query_s_keys_not_the_chunk_s_mean():
-    """Query i of a chunk sees min(prior + i, w) keys: the mean of the minimum, not the minimum of the mean (which
-    over-counted a chunk crossing the window's edge: 8192 keys a query for 16384 tokens in a window of 8192, against
-    6144.25). Without a window the mean is the old prior + (q + 1) / 2, to the bit."""
-    rng = np.random.default_rng(0)
-    for prior, q, w in zip(
-        rng.integers(0, 3000, 50), rng.integers(1, 3000, 50), rng.integers(1, 4000, 50), strict=True
-    ):
-        brute = np.mean(np.minimum(np.arange(prior + 1, prior + q + 1), w))
-        assert causal_mean_keys(prior, q, w) == pytest.approx(brute, rel=1e-12)
-    prior, q = np.array([0.0, 100.0, 7.0]), np.array([1024.0, 10.0, 3.0])
-    assert (causal_mean_keys(prior, q, np.zeros(3)) == prior + (q + 1) / 2).all()
-    row = pd.DataFrame(
-        {
-            "op_family": "attention_prefill",
-            "dtype": "bfloat16",
-            "batch_size": 1,
-            "num_heads": 8,
-            "num_kv_heads": 8,
-            "head_dim": 128,
-            "seq_len": 16384,
-            "kv_len": 16384,
-            "window_size": 8192,
-        },
-        index=[0],
-    )
-    flops = roofline(row, catalog.device("h100_sxm"))["flops"].iloc[0]
-    assert flops == pytest.approx(4 * 8 * 128 * 16384 * 6144.25)
-
-
 def test_a_triton_prefill_kernel_that_only_masks_its_window_is_priced_for_the_whole_triangle():
     """SGLang's Triton prefill kernel masks a sliding window without skipping the KV tiles outside it: its measured
     time grows with seq^2 (x3.0 and x3.3 per doubling at 4k-16k tokens, window 1024), so its roofline and its tile
@@ -163,9 +133,9 @@ def test_a_triton_prefill_kernel_that_only_masks_its_window_is_priced_for_the_wh
     rows = pd.DataFrame(
         [base | {"kernel_source": k, "window_size": w} for k, w in (("triton", 1024), ("triton", 0), ("fa3", 1024))]
     )
-    terms = roofline(rows, catalog.device("h100_sxm"))
-    masked, whole, skipped = terms["flops"]
-    assert masked == whole and skipped == pytest.approx(whole * (1024 - 1023 * 1024 / 2 / 16384) / 8192.5)
+    masked, whole, skipped = roofline(rows, catalog.device("h100_sxm"))["flops"]
+    assert masked == whole == 4 * 4 * 8 * 256 * 16384 * (16384 + 1) / 2
+    assert skipped == 4 * 4 * 8 * 256 * 16384 * 1024
     tail, fixed = attention_schedule(rows, 132)
     assert tail[0] == tail[1] and fixed[0] == fixed[1] and fixed[2] > fixed[0]
 
@@ -658,8 +628,7 @@ def test_the_attention_schedule_counts_the_kernel_s_blocks_and_its_last_wave():
     assert per_block[0] == pytest.approx(1 / 8.5)
     assert tail[1] < 0.01  # 256 sequences: many waves, the total work sets the time
     assert per_block[2] == pytest.approx(1 / 9)  # a 128-token chunk after 1024 cached tokens reads 8 + 1 blocks
-    # a 1024-token window caps a block at 8 + 1 blocks; the first 9 of the 64 read 1 to 9: 64 / (45 + 55 x 9)
-    assert per_block[3] == pytest.approx(64 / 540)
+    assert per_block[3] == pytest.approx(1 / 9)  # a 1024-token window caps every block at 8 + 1 blocks
     assert tail[2] == pytest.approx(math.log1p(9 * 132 / (8 * 9)))
 
 
