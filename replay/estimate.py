@@ -96,8 +96,9 @@ def estimate(
     pred = cm.predict(ops)
     per_stage = np.where(ops["name"] == "lm_head", 1.0, float(pp))  # each PP stage in turn; the head once
     us = pred["latency_us"].to_numpy() * ops["count"].to_numpy() * per_stage
+    point = ops["point"].to_numpy()
     # a prefill iteration runs outside a CUDA graph: no faster than the host launches its layers' kernels
-    kernels = np.array([us[ops["point"].to_numpy() == -1 - i].sum() for i in range(len(chunks))])
+    kernels = np.array([us[point == -1 - i].sum() for i in range(len(chunks))])
     floors = np.maximum(mdl.layers * overhead.eager_layer_us - kernels, 0.0)  # what the floor adds
     per_iteration = kernels + floors + overhead.us(batch)
     prefill_us = float(np.interp(np.arange(full), at_chunk, per_iteration[: len(at_chunk)]).sum())
@@ -106,7 +107,7 @@ def estimate(
         prefill_us, floor_us = prefill_us + float(per_iteration[-1]), floor_us + float(floors[-1])
     decode_s = 0.0
     if steps:
-        at = np.array([us[ops["point"].to_numpy() == i].sum() for i in range(len(kv))]) + overhead.us(batch)
+        at = np.array([us[point == i].sum() for i in range(len(kv))]) + overhead.us(batch)
         decode_s = float(np.interp(np.arange(input_tokens + 1, input_tokens + steps + 1), kv, at).sum()) / 1e6
     tiers = Counter(pred["tier"])
     past = pred["past_measured"].to_numpy()
