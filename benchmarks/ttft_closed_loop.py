@@ -9,7 +9,9 @@ the row's deployment, priced by the calibrated cost models with the framework's 
 the measured TTFT / p1, the number of prompts' worth of prefill a request waits for, its own included. Printed:
 its median per framework, deployment, isl and concurrency C; then, per framework, the line TTFT / p1 = a + b C
 fitted on the calibration half (median regression) and scored on the held-out half, beside the simulator's and
-the plain roofline's errors on the same held-out rows (from rows.csv). Written to
+the plain roofline's errors on the same held-out rows (from rows.csv); and per measurement campaign (a grouping
+of the report, never a parameter) and concurrency, the measured and the simulated TTFT in units of p1's kernels
+alone (no eager floor, no step overhead) over the deployment and isl cells. Written to
 benchmarks/results/ttft_closed_loop.json.
 
 A diagnostic, not a model the replay uses: a line fitted to TTFT is a residual, not a mechanism. What it
@@ -51,7 +53,15 @@ def single_prompt(row: pd.Series, warehouse: Path) -> dict:
         framework=v._framework(row) or None,
     )
     fits = v.concurrency(row) * one["kv_blocks_needed"] <= one["kv_blocks_per_replica"]
-    return {"p1_ms": one["prefill_ms"], "kv_fits": fits}
+    # the kernels alone: without the eager floor and the step overhead the warehouse's fit adds
+    overhead_ms = (one["step_overhead_us"] + one["sequence_overhead_us"]) / 1e3
+    kernels_ms = one["prefill_ms"] - one["prefill_eager_floor_ms"] - overhead_ms
+    return {"p1_ms": one["prefill_ms"], "p1_kernels_ms": kernels_ms, "kv_fits": fits}
+
+
+def _spread(cells: pd.Series) -> list[float]:
+    """[lowest, median, highest] of per-cell medians."""
+    return [round(float(cells.min()), 2), round(float(cells.median()), 2), round(float(cells.max()), 2)]
 
 
 def main() -> None:
@@ -87,6 +97,19 @@ def main() -> None:
                 str(c): round(float(x), 3) for c, x in g.groupby("concurrency").prefills.median().items()
             },
         }
+    # per measurement campaign and concurrency, TTFT in prompts' kernels (p1 without the floor or overhead), measured
+    # and simulated: [lowest, median, highest] over the (TP, isl) cells' medians. A measured spread that stays narrow
+    # across TP and isl where the simulated one does not says the simulation's queue, not its kernels, differs
+    out["kernel_prefills_by_campaign"] = {
+        str(campaign): {
+            str(c): {
+                side: _spread(cg.assign(x=cg[col] / cg.p1_kernels_ms).groupby(["tp", "isl"]).x.median())
+                for side, col in (("measured", "measured_ttft_ms"), ("simulated", "predicted_ttft_ms"))
+            }
+            for c, cg in g.groupby("concurrency")
+        }
+        for campaign, g in rows.groupby("campaign")
+    }
     print(json.dumps(out, indent=1))
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {RESULTS} ({len(rows)} rows)")
