@@ -52,3 +52,26 @@ def validate_run(description: str) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     silicon = pd.read_csv(args.silicon).set_index("id", drop=False)
     rows = pd.read_csv(args.rows)
     return silicon, rows[rows["id"].isin(silicon.index)], args.warehouse
+
+
+def resimulated(row: pd.Series, fitted, warehouse: Path, eager_us: float | None = None, short: int = 0):
+    """(mean TTFT ms, mean TPOT ms) of a silicon row's benchmark simulated again with the parameters validate fitted
+    for it (`fitted`: its rows.csv record), the eager floor at eager_us where given, and the replica's sequence
+    limit at clients - short. With neither, it gives back rows.csv's predictions."""
+    from hermes_sim.replay import validate as v
+    from hermes_sim.replay.run import simulate
+
+    overhead = (fitted.step_overhead_us, fitted.sequence_overhead_us, fitted.broadcast_overhead_us)
+    eager = fitted.eager_layer_us if eager_us is None else eager_us
+    scenario = v.scenario_for(row, overhead, fitted.client_length_spread, fitted.frontend_latency_us, eager)
+    if short:
+        scenario.pools[0].batching.max_num_seqs = v.concurrency(row) - short
+    req = simulate(scenario, warehouse)["requests"]
+    req = req[req.status == "completed"]
+    return float(req.ttft_ms.mean()), float(req.tpot_ms.mean())
+
+
+def median_p90_ape(pred: pd.Series, meas: pd.Series) -> list[float]:
+    """[median, p90] absolute percentage error (%), 2 decimals."""
+    e = (pred / meas - 1).abs() * 100
+    return [round(float(e.median()), 2), round(float(e.quantile(0.9)), 2)]

@@ -20,28 +20,18 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from _common import validate_run
+from _common import median_p90_ape, resimulated, validate_run
 from hermes_sim.replay import validate as v
-from hermes_sim.replay.run import simulate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "eager_floor.json"
 FRAMEWORK = "trtllm"
 
 
-def simulated(row: pd.Series, fitted: pd.Series, warehouse: Path, eager_us: float) -> tuple[float, float]:
-    """(mean TTFT ms, mean TPOT ms) of the row's benchmark with the eager floor at eager_us."""
-    overhead = (fitted.step_overhead_us, fitted.sequence_overhead_us, fitted.broadcast_overhead_us)
-    scenario = v.scenario_for(row, overhead, fitted.client_length_spread, fitted.frontend_latency_us, eager_us)
-    req = simulate(scenario, warehouse)["requests"]
-    req = req[req.status == "completed"]
-    return float(req.ttft_ms.mean()), float(req.tpot_ms.mean())
-
-
 def _errors(pred_ttft: pd.Series, pred_tpot: pd.Series, rows: pd.DataFrame) -> dict:
-    out = {}
-    for metric, pred in (("ttft", pred_ttft), ("tpot", pred_tpot)):
-        e = (pred / rows[f"measured_{metric}_ms"] - 1).abs() * 100
-        out[metric] = [round(float(e.median()), 2), round(float(e.quantile(0.9)), 2)]
+    out = {
+        metric: median_p90_ape(pred, rows[f"measured_{metric}_ms"])
+        for metric, pred in (("ttft", pred_ttft), ("tpot", pred_tpot))
+    }
     out["tpot_rows_over_15pct"] = int(((pred_tpot / rows.measured_tpot_ms - 1).abs() > 0.15).sum())
     return out
 
@@ -53,7 +43,7 @@ def main() -> None:
     out: dict = {"framework": FRAMEWORK, "fitted_eager_layer_us": sorted(mine.eager_layer_us.unique().tolist())}
     by_floor = {}
     for us in v.EAGER_LAYERS_US:
-        found = [simulated(silicon.loc[r.id], r, warehouse, us) for r in mine.itertuples()]
+        found = [resimulated(silicon.loc[r.id], r, warehouse, eager_us=us) for r in mine.itertuples()]
         by_floor[us] = pd.DataFrame(found, index=mine.index, columns=["ttft", "tpot"])
         print(f"eager floor {us:g} us a layer: {len(found)} rows simulated", flush=True)
     # each row at its own fitted floor gives back its rows.csv prediction

@@ -23,38 +23,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
-from _common import validate_run
+from _common import median_p90_ape, resimulated, validate_run
 from hermes_sim.replay import validate as v
-from hermes_sim.replay.run import simulate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ttft_admission.json"
 SLOTS_SHORT = (0, 1)
-
-
-def simulated(row: pd.Series, fitted: pd.Series, warehouse: Path, short: int) -> tuple[float, float]:
-    """(mean TTFT ms, mean TPOT ms) of the row's benchmark with the replica's sequence limit at C - short."""
-    overhead = (fitted.step_overhead_us, fitted.sequence_overhead_us, fitted.broadcast_overhead_us)
-    scenario = v.scenario_for(
-        row, overhead, fitted.client_length_spread, fitted.frontend_latency_us, fitted.eager_layer_us
-    )
-    if short:
-        scenario.pools[0].batching.max_num_seqs = v.concurrency(row) - short
-    req = simulate(scenario, warehouse)["requests"]
-    req = req[req.status == "completed"]
-    return float(req.ttft_ms.mean()), float(req.tpot_ms.mean())
-
-
-def _ape(pred: pd.Series, meas: pd.Series) -> list[float]:
-    e = (pred / meas - 1).abs() * 100
-    return [round(float(e.median()), 2), round(float(e.quantile(0.9)), 2)]
 
 
 def main() -> None:
     silicon, rows, warehouse = validate_run(__doc__.splitlines()[0])
     rows = rows[rows.held_out & (rows["mode"] == "agg")].copy()
     for short in SLOTS_SHORT:
-        found = [simulated(silicon.loc[r.id], r, warehouse, short) for r in rows.itertuples()]
+        found = [resimulated(silicon.loc[r.id], r, warehouse, short=short) for r in rows.itertuples()]
         rows[f"ttft_k{short}"], rows[f"tpot_k{short}"] = zip(*found, strict=True)
     drift = (rows.ttft_k0 - rows.predicted_ttft_ms).abs().max()
     rows["excess_intervals"] = v.unexplained_ttft_intervals(rows)  # what validate's by_campaign counts
@@ -63,8 +43,8 @@ def main() -> None:
         entry = {"rows": len(g)}
         for short in SLOTS_SHORT:
             entry[f"k{short}"] = {
-                "ttft_median_p90_ape": _ape(g[f"ttft_k{short}"], g.measured_ttft_ms),
-                "tpot_median_p90_ape": _ape(g[f"tpot_k{short}"], g.measured_tpot_ms),
+                "ttft_median_p90_ape": median_p90_ape(g[f"ttft_k{short}"], g.measured_ttft_ms),
+                "tpot_median_p90_ape": median_p90_ape(g[f"tpot_k{short}"], g.measured_tpot_ms),
             }
         if name != "all":
             entry["excess_completion_intervals_by_concurrency"] = {
