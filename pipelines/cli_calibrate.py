@@ -261,4 +261,9 @@ def validate_bench(
             f"per iteration + {f['sequence_overhead_us']} us per sequence + {f['broadcast_overhead_us']} us per "
             "doubling of TP"
         )
+    for file, frameworks in result["summary"].get("batch_size_read_as_prompt_batch", {}).items():
+        out.print(
+            f"{file}: {', '.join(frameworks)} served one sequence a row whatever its Batch Size (throughput x latency "
+            "= its tokens): Batch Size read as the prompt batch, tokens prefilled an iteration"
+        )
     out.print(f"{result['summary']['not_expressed']} rows not expressed (--out lists them with the reason)")

@@ -88,9 +88,8 @@ def _why_not(hw: str, model: str) -> str | None:
     return None
 
 
-def _predict(rows: pd.DataFrame, warehouse_root: Path, measured: str, output: pd.Series, file: str):
+def _predict(rows: pd.DataFrame, warehouse_root: Path, measured: str, output: pd.Series, file: str, prompt_batch):
     done, skipped = [], []
-    prompt_batch = prompt_batch_frameworks(rows)
     with tempfile.TemporaryDirectory() as empty:
         for i, r in rows.iterrows():
             line = int(i) + 2
@@ -231,7 +230,10 @@ def validate_bench(path: Path, warehouse_root: Path, limit: int | None = None) -
             output = df["Output Length"]
         if limit:
             df = df.head(limit)
-        rows, skipped = _predict(df, warehouse_root, measured, output, name)
+        found = prompt_batch_frameworks(df)
+        if found:
+            out["summary"].setdefault("batch_size_read_as_prompt_batch", {})[name] = sorted(found)
+        rows, skipped = _predict(df, warehouse_root, measured, output, name, found)
         metric = "batch_latency" if measured == "Latency" else "ttft"
         done += [{**r, "file": name, "metric": metric} for r in rows]
         out["not_expressed"] += [{**s, "file": name} for s in skipped]
@@ -254,4 +256,5 @@ def validate_bench(path: Path, warehouse_root: Path, limit: int | None = None) -
     out["summary"]["serving_overheads"] = fitted
     out["summary"]["not_expressed"] = len(out["not_expressed"])
     out["summary"]["part_assumed"] = {hw: note for hw, (_, note) in HARDWARE.items()}
+    out["summary"]["layers_split_over_gpus"] = list(LAYER_SPLIT)
     return out

@@ -229,7 +229,9 @@ def test_validate_bench_reads_the_sequences_a_row_served_from_its_throughput(wh:
 
     frame = pd.read_csv(tmp_path / "All_results.csv").assign(input=128)
     assert prompt_batch_frameworks(frame) == {"llama.cpp"}
-    got = {(r["framework"], r["line"]): r for r in validate_bench(tmp_path, wh)["rows"]}
+    result = validate_bench(tmp_path, wh)
+    assert result["summary"]["batch_size_read_as_prompt_batch"] == {"All_results.csv": ["llama.cpp"]}
+    got = {(r["framework"], r["line"]): r for r in result["rows"]}
     one, layered, tensor = got["llama.cpp", 2], got["llama.cpp", 3], got["vLLM", 4]
     assert (one["batch"], one["prefill_chunk_tokens"], one["steps"]) == (1, 1, 128 + 127)  # token by token
     assert (layered["batch"], layered["prefill_chunk_tokens"], layered["steps"]) == (1, 16, 8 + 127)
