@@ -88,7 +88,9 @@ def _why_not(hw: str, model: str) -> str | None:
     return None
 
 
-def _predict(rows: pd.DataFrame, warehouse_root: Path, measured: str, output: pd.Series, file: str, prompt_batch):
+def _predict(
+    rows: pd.DataFrame, warehouse_root: Path, measured: str, output: pd.Series, file: str, prompt_batch: set[str]
+):
     done, skipped = [], []
     with tempfile.TemporaryDirectory() as empty:
         for i, r in rows.iterrows():
