@@ -6,7 +6,7 @@
 validate fits, per framework version, the host's time to launch one layer's kernels in an iteration run outside a
 CUDA graph (eager_layer_us, one of validate.EAGER_LAYERS_US; an iteration with prompt tokens takes at least
 layers x that), chosen by the calibration half's TPOT. This diagnostic asks where that choice comes from: every
-aggregated row of the framework (default trtllm) is simulated again at each candidate, everything else as
+aggregated row of FRAMEWORK (TensorRT-LLM) is simulated again at each candidate, everything else as
 validate fitted it for the row (its rows.csv columns; the overhead plane is not refitted per candidate, so the
 figures approximate what a calibration at that floor would give). At the fitted floor the simulation gives back
 rows.csv's predictions to the bit. Printed and written to benchmarks/results/eager_floor.json: per measurement
