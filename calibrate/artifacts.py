@@ -130,33 +130,92 @@ def measured_local_cpu(wh: Warehouse, base: Device) -> Device:
     return base.model_copy(update=update)
 
 
-def device_samples(wh: Warehouse, device: str, family: str | None = None) -> pd.DataFrame:
-    """The device's kernel samples, newest measured version of each (family, framework) only: versions
-    measure the same shapes again, and mixing them would count one shape several times. The local CPU's
-    samples come from its profile traces."""
-    if device == LOCAL_CPU:
-        return profile_samples(wh, family)
+# A table whose fastest measurement is this many times the fastest of another framework's table of the same op
+# family and dtype on the device did not time the kernel at small shapes: it timed a host path around it (Python
+# dispatch and an eager activation-quantization launch outside a CUDA graph), which a served step, captured in a
+# graph, does not pay. AIConfigurator's H100 vLLM 0.24.0 block-FP8 GEMM table: 55 us at its fastest (FlashInfer,
+# 15 x 64 x 768; its CUTLASS kernel 151 us at 32 x 32 x 32), where SGLang 0.5.14's is 3.4 us and vLLM 0.19.0's 6.0
+# us; priced from it, a vLLM decode step of Qwen3-32B in block FP8 took 3.5x SGLang's. The next-largest ratio in
+# the ../shared tables is 6.1 (vLLM 0.14.0, block FP8).
+HOST_BOUND_FLOOR_RATIO = 10.0
+
+
+def choose_tables(floors: list[tuple]) -> tuple[list[tuple], list[dict]]:
+    """Of the device's tables, given as (family, framework, dtype, version, fastest latency us) rows: the (family,
+    framework, dtype, version) a fit reads, and the newer ones set aside. For each (family, framework, dtype), its
+    newest measured version whose floor is not host-bound (HOST_BOUND_FLOOR_RATIO times another framework's
+    fastest of the same family and dtype), the newest version when every one is; older versions measure the same
+    shapes again, and mixing them would count one shape several times."""
+    by_group: dict[tuple, list[tuple]] = {}
+    for fam, fw, dtype, ver, floor in floors:
+        by_group.setdefault((fam, fw, dtype), []).append((ver, floor))
+    chosen, set_aside = [], []
+    for (fam, fw, dtype), versions in sorted(by_group.items(), key=str):
+        reference = min(
+            (
+                f
+                for (o_fam, o_fw, o_dtype), vs in by_group.items()
+                if (o_fam, o_dtype) == (fam, dtype) and o_fw != fw
+                for _, f in vs
+            ),
+            default=None,
+        )
+        versions.sort(key=lambda vf: _version_key(vf[0]), reverse=True)
+        kept = next((v for v, f in versions if reference is None or f <= HOST_BOUND_FLOOR_RATIO * reference), None)
+        if kept is None:  # no version measured the kernel: the newest is still the best there is
+            kept = versions[0][0]
+        for ver, floor in versions:
+            if _version_key(ver) <= _version_key(kept):
+                break
+            set_aside.append(
+                {
+                    "op_family": fam,
+                    "framework": fw,
+                    "dtype": dtype,
+                    "framework_version": ver,
+                    "floor_us": round(floor, 3),
+                    "other_frameworks_floor_us": round(reference, 3),
+                    "used_instead": kept,
+                }
+            )
+        chosen.append((fam, fw, dtype, kept))
+    return chosen, set_aside
+
+
+def _tables(wh: Warehouse, device: str, family: str | None) -> tuple[list[tuple], list[dict]]:
+    """choose_tables over the device's tables in the warehouse."""
     where, params = "device = ?", [device]
     if family:
         where += " AND op_family = ?"
         params.append(family)
-    versions = wh.query(
-        f"SELECT DISTINCT op_family, framework, framework_version FROM kernel_samples WHERE {where}", params
-    )[1]
-    newest: dict[tuple, str | None] = {}
-    for fam, fw, ver in versions:
-        if (fam, fw) not in newest or _version_key(ver) > _version_key(newest[(fam, fw)]):
-            newest[(fam, fw)] = ver
-    frames = []
-    for (fam, fw), ver in sorted(newest.items(), key=str):
-        frames.append(
-            wh.arrow(  # a filtered scan keeps the tables' order; a join's order varies run to run with its threads,
-                # and a least-squares fit's last bits with the order of its rows
-                "SELECT * FROM kernel_samples WHERE device = ? AND op_family = ? AND framework IS NOT DISTINCT "
-                "FROM ? AND framework_version IS NOT DISTINCT FROM ?",
-                [device, fam, fw, ver],
-            ).to_pandas()
-        )
+    return choose_tables(
+        wh.query(
+            f"SELECT op_family, framework, dtype, framework_version, min(latency_us) FROM kernel_samples WHERE {where} "
+            "GROUP BY ALL",
+            params,
+        )[1]
+    )
+
+
+def set_aside_tables(wh: Warehouse, device: str, family: str | None = None) -> list[dict]:
+    """The newer tables a fit does not read because their floor is host-bound (HOST_BOUND_FLOOR_RATIO)."""
+    return [] if device == LOCAL_CPU else _tables(wh, device, family)[1]
+
+
+def device_samples(wh: Warehouse, device: str, family: str | None = None) -> pd.DataFrame:
+    """The device's kernel samples, one measured version of each (family, framework, dtype) (_tables). The local
+    CPU's samples come from its profile traces."""
+    if device == LOCAL_CPU:
+        return profile_samples(wh, family)
+    frames = [
+        wh.arrow(  # a filtered scan keeps the tables' order; a join's order varies run to run with its threads, and
+            # a least-squares fit's last bits with the order of its rows
+            "SELECT * FROM kernel_samples WHERE device = ? AND op_family = ? AND framework IS NOT DISTINCT FROM ? "
+            "AND dtype IS NOT DISTINCT FROM ? AND framework_version IS NOT DISTINCT FROM ?",
+            [device, fam, fw, dtype, ver],
+        ).to_pandas()
+        for fam, fw, dtype, ver in _tables(wh, device, family)[0]
+    ]
     if not frames:
         return pd.DataFrame()
     out = pd.concat(frames, ignore_index=True)
@@ -250,7 +309,22 @@ def fit_device(
         "fitted_at": ingest_time().isoformat(timespec="seconds"),  # $SOURCE_DATE_EPOCH when reproducing
         "models": [],
         "skipped": [],
+        # newer tables not fitted: their floor timed a host path, not the kernel (HOST_BOUND_FLOOR_RATIO)
+        "set_aside": set_aside_tables(wh, device.id, family),
     }
+    for t in doc["set_aside"]:
+        log.warning(
+            "%s/%s/%s %s: fastest measurement %.1f us, %.0fx another framework's %.1f us: host-bound, not a kernel "
+            "time; fitted on %s instead",
+            t["op_family"],
+            t["dtype"],
+            t["framework"],
+            t["framework_version"],
+            t["floor_us"],
+            t["floor_us"] / t["other_frameworks_floor_us"],
+            t["other_frameworks_floor_us"],
+            t["used_instead"],
+        )
     if df.empty:
         return doc
     df["framework"] = df["framework"].fillna("unknown")

@@ -27,12 +27,19 @@ class CalibrationResult:
     rows: list[dict]
     fitted: int
     skipped: int
+    set_aside: list[dict]  # newer tables not fitted: host-bound floors (artifacts.HOST_BOUND_FLOOR_RATIO)
 
     @property
     def summary(self) -> str:
         return (
             f"fitted {self.fitted} model(s), {self.skipped} group(s) left to the next tier, in "
-            f"{self.fit_seconds:.1f} s -> {self.models_path}\n" + markdown(self.rows)
+            f"{self.fit_seconds:.1f} s -> {self.models_path}\n"
+            + "".join(
+                f"set aside {t['op_family']}/{t['dtype']}/{t['framework']} {t['framework_version']}: its fastest "
+                f"measurement ({t['floor_us']} us) is host-bound; fitted on {t['used_instead']}\n"
+                for t in self.set_aside
+            )
+            + markdown(self.rows)
         )
 
 
@@ -102,8 +109,9 @@ def calibrate_device(
             raise ValueError(f"no {what}kernel samples for device {device_name!r} in {warehouse_root}")
         previous = artifacts.load(warehouse_root, device_name)
         if family and previous:  # one family refitted: keep the others
-            for key in ("models", "skipped"):
-                doc[key] = [e for e in previous[key] if e.get("family", e.get("op_family")) != family] + doc[key]
+            for key in ("models", "skipped", "set_aside"):
+                kept = [e for e in previous.get(key, []) if e.get("family", e.get("op_family")) != family]
+                doc[key] = kept + doc[key]
         path = artifacts.save(doc, warehouse_root)
         plots: dict = {}
         bar.update(fit_task, visible=False)
@@ -119,4 +127,6 @@ def calibrate_device(
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
         Path(metrics_path).write_text(json.dumps(metrics(rows), indent=1, sort_keys=True))
     log.info("fitted %d models for %s in %.1f s", len(doc["models"]), device_name, fit_seconds)
-    return CalibrationResult(path, report_path, fit_seconds, rows, len(doc["models"]), len(doc["skipped"]))
+    return CalibrationResult(
+        path, report_path, fit_seconds, rows, len(doc["models"]), len(doc["skipped"]), doc["set_aside"]
+    )

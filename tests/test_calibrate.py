@@ -392,7 +392,7 @@ def test_a_device_s_samples_come_in_the_order_the_warehouse_stores_them(sample_w
         got = artifacts.device_samples(w, "h100_sxm")
         _, parts = w.query("SELECT relpath FROM parts WHERE table_name = 'kernel_samples' ORDER BY relpath")
     stored = pd.concat([pq.read_table(sample_warehouse / rel).to_pandas() for (rel,) in parts], ignore_index=True)
-    keys = ["op_family", "framework", "framework_version"]
+    keys = ["op_family", "framework", "framework_version", "dtype"]
     stored = stored[stored.device == "h100_sxm"]
     stored_groups = dict(list(stored.fillna({k: "" for k in keys}).groupby(keys, sort=False)))
     groups = got.fillna({k: "" for k in keys}).groupby(keys, sort=False)
@@ -400,6 +400,48 @@ def test_a_device_s_samples_come_in_the_order_the_warehouse_stores_them(sample_w
     for key, rows in groups:
         assert rows.latency_us.tolist() == stored_groups[key].latency_us.tolist(), key
     assert got["sha256"].notna().all()
+
+
+def test_a_newer_table_whose_floor_timed_the_host_is_set_aside_for_the_last_kernel_bound_one():
+    """AIConfigurator's H100 vLLM 0.24.0 block-FP8 GEMM table is 55 us at its fastest, where SGLang's and TRT-LLM's
+    are 3.4 and 4.3 us and vLLM 0.19.0's 6.0 us: it timed a host path, and priced from it a vLLM decode step took
+    3.5x SGLang's. The fit reads 0.19.0 and the artifact says why."""
+    floors = [
+        ("gemm", "vllm", "fp8_block", "0.24.0", 55.088),
+        ("gemm", "vllm", "fp8_block", "0.19.0", 6.030),
+        ("gemm", "vllm", "fp8_block", "0.14.0", 20.512),
+        ("gemm", "sglang", "fp8_block", "0.5.14", 3.381),
+        ("gemm", "sglang", "fp8_block", "0.5.9", 3.835),
+        ("gemm", "trtllm", "fp8_block", "1.3.0rc20", 4.298),
+        ("gemm", "vllm", "bfloat16", "0.24.0", 2.452),  # another dtype: no reference for block FP8
+        ("gemm", "vllm", "int8_wo", "0.30.0", 90.0),  # the only int8 table: nothing to compare it with
+        ("attention_decode", "vllm", "bfloat16", "0.24.0", 99.0),  # every version far above another framework's
+        ("attention_decode", "vllm", "bfloat16", "0.19.0", 98.0),
+        ("attention_decode", "trtllm", "bfloat16", "1.3.0rc20", 5.47),
+    ]
+    chosen, set_aside = artifacts.choose_tables(floors)
+    assert sorted(chosen) == sorted(
+        [
+            ("gemm", "vllm", "fp8_block", "0.19.0"),
+            ("gemm", "sglang", "fp8_block", "0.5.14"),
+            ("gemm", "trtllm", "fp8_block", "1.3.0rc20"),
+            ("gemm", "vllm", "bfloat16", "0.24.0"),
+            ("gemm", "vllm", "int8_wo", "0.30.0"),
+            ("attention_decode", "vllm", "bfloat16", "0.24.0"),  # no better one: the newest stays
+            ("attention_decode", "trtllm", "bfloat16", "1.3.0rc20"),
+        ]
+    )
+    assert set_aside == [
+        {
+            "op_family": "gemm",
+            "framework": "vllm",
+            "dtype": "fp8_block",
+            "framework_version": "0.24.0",
+            "floor_us": 55.088,
+            "other_frameworks_floor_us": 3.381,
+            "used_instead": "0.19.0",
+        }
+    ]
 
 
 @pytest.fixture(scope="module")
