@@ -934,6 +934,28 @@ def test_refitting_one_family_keeps_the_others(calibrated: Path, sample_warehous
     assert {"gemm", "attention_decode"} <= {r["family"] for r in load_rows(root, "h100_sxm")}
 
 
+def test_a_set_aside_table_is_logged_named_in_the_summary_and_kept_through_a_refit(
+    sample_warehouse: Path, tmp_path: Path, monkeypatch, caplog
+):
+    """The bundled A100 GEMM tables hold no host-bound one; with the ratio at 0.999, SGLang 0.5.10's floor (2.477
+    us) counts as above vLLM's (2.454 us) and 0.5.9's (2.418 us) does not: the fit reads 0.5.9 and says so."""
+    root = tmp_path / "wh"
+    shutil.copytree(sample_warehouse, root)
+    monkeypatch.setattr(artifacts, "HOST_BOUND_FLOOR_RATIO", 0.999)
+    with caplog.at_level(logging.WARNING, logger="hermes_sim.calibrate.artifacts"):
+        result = calibrate_device(root, "a100_sxm", family="gemm", splits=("shape_block",), random_forest=False)
+    assert [(t["framework"], t["framework_version"], t["used_instead"]) for t in result.set_aside] == [
+        ("sglang", "0.5.10", "0.5.9")
+    ]
+    assert "gemm/bfloat16/sglang 0.5.10: fastest measurement 2.5 us" in caplog.text
+    assert "set aside gemm/bfloat16/sglang 0.5.10" in result.summary
+    doc = artifacts.load(root, "a100_sxm")
+    sglang = [m for m in doc["models"] if m["framework"] == "sglang" and m["family"] == "gemm"]
+    assert [m["framework_version"] for m in sglang] == ["0.5.9"]
+    calibrate_device(root, "a100_sxm", family="attention_decode", splits=("shape_block",), random_forest=False)
+    assert artifacts.load(root, "a100_sxm")["set_aside"] == doc["set_aside"]  # another family refitted
+
+
 # ---- the measured residual surface ---------------------------------------------------------------
 def test_residual_surface_returns_measured_points_interpolates_between_and_fades_outside():
     from hermes_sim.calibrate.surface import ResidualSurface
