@@ -197,16 +197,13 @@ def _tables(wh: Warehouse, device: str, family: str | None) -> tuple[list[tuple]
     )
 
 
-def set_aside_tables(wh: Warehouse, device: str, family: str | None = None) -> list[dict]:
-    """The newer tables a fit does not read because their floor is host-bound (HOST_BOUND_FLOOR_RATIO)."""
-    return [] if device == LOCAL_CPU else _tables(wh, device, family)[1]
-
-
 def device_samples(wh: Warehouse, device: str, family: str | None = None) -> pd.DataFrame:
-    """The device's kernel samples, one measured version of each (family, framework, dtype) (_tables). The local
-    CPU's samples come from its profile traces."""
+    """The device's kernel samples, one measured version of each (family, framework, dtype) (_tables); the newer
+    tables set aside are listed in the frame's attrs["set_aside"]. The local CPU's samples come from its profile
+    traces."""
     if device == LOCAL_CPU:
         return profile_samples(wh, family)
+    chosen, set_aside = _tables(wh, device, family)
     frames = [
         wh.arrow(  # a filtered scan keeps the tables' order; a join's order varies run to run with its threads, and
             # a least-squares fit's last bits with the order of its rows
@@ -214,13 +211,13 @@ def device_samples(wh: Warehouse, device: str, family: str | None = None) -> pd.
             "AND dtype IS NOT DISTINCT FROM ? AND framework_version IS NOT DISTINCT FROM ?",
             [device, fam, fw, dtype, ver],
         ).to_pandas()
-        for fam, fw, dtype, ver in _tables(wh, device, family)[0]
+        for fam, fw, dtype, ver in chosen
     ]
-    if not frames:
-        return pd.DataFrame()
-    out = pd.concat(frames, ignore_index=True)
-    sha = dict(wh.query("SELECT source_id, sha256 FROM sources")[1])
-    out["sha256"] = out["source_id"].map(sha)
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if frames:
+        sha = dict(wh.query("SELECT source_id, sha256 FROM sources")[1])
+        out["sha256"] = out["source_id"].map(sha)
+    out.attrs["set_aside"] = set_aside
     return out
 
 
@@ -310,7 +307,7 @@ def fit_device(
         "models": [],
         "skipped": [],
         # newer tables not fitted: their floor timed a host path, not the kernel (HOST_BOUND_FLOOR_RATIO)
-        "set_aside": set_aside_tables(wh, device.id, family),
+        "set_aside": df.attrs.get("set_aside", []),
     }
     for t in doc["set_aside"]:
         log.warning(
