@@ -109,7 +109,7 @@ def calibrate_device(
             raise ValueError(f"no {what}kernel samples for device {device_name!r} in {warehouse_root}")
         previous = artifacts.load(warehouse_root, device_name)
         if family and previous:  # one family refitted: keep the others
-            for key in ("models", "skipped", "set_aside"):
+            for key in ("models", "skipped", "set_aside", "served"):
                 kept = [e for e in previous.get(key, []) if e.get("family", e.get("op_family")) != family]
                 doc[key] = kept + doc[key]
         path = artifacts.save(doc, warehouse_root)

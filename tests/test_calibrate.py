@@ -934,6 +934,40 @@ def test_refitting_one_family_keeps_the_others(calibrated: Path, sample_warehous
     assert {"gemm", "attention_decode"} <= {r["family"] for r in load_rows(root, "h100_sxm")}
 
 
+def test_a_gemm_table_timed_with_a_dynamic_fp8_input_scale_is_fitted_as_the_served_static_scale_op():
+    """AIConfigurator's TRT-LLM FP8 GEMMs were timed computing the input scale on the fly; a served checkpoint has a
+    static one. H100 rows at m = 1, n = 5120, k = 1024: TRT-LLM FP8 13.3 us, vLLM FP8 6.1 us, TRT-LLM bf16 6.8 us,
+    and the device's fastest GEMM 2.45 us (its launch floor)."""
+    h100 = catalog.device("h100_sxm")
+    rows = pd.DataFrame(
+        {
+            "op_family": "gemm",
+            "framework": ["trtllm", "vllm", "trtllm", "vllm", "trtllm", "trtllm"],
+            "dtype": ["fp8", "fp8", "bfloat16", "bfloat16", "fp8", "fp8"],
+            "m": [1, 1, 1, 1, 1, 8192],
+            "n": [5120, 5120, 5120, 128, 128, 5120],
+            "k": [1024, 1024, 1024, 128, 128, 5120],
+            "latency_us": [13.3, 6.1, 6.8, 2.45, 6.0, 300.0],
+        }
+    )
+    got, notes = artifacts.served_latency(rows, h100)
+    extra = 2 * 2.45 + 2 * np.array([1 * 1024, 8192 * 5120]) / h100.memory_bandwidth * 1e6  # two ops + one read
+    assert got[[1, 2, 3]].tolist() == [6.1, 6.8, 2.45]  # other tables as measured
+    assert got[[0, 5]] == pytest.approx([13.3, 300.0] - extra)
+    assert got[4] == 2.45  # never under the launch floor
+    assert notes == [
+        {
+            "op_family": "gemm",
+            "framework": "trtllm",
+            "dtype": "fp8",
+            "less": "the dynamic FP8 input-scale computation its collector timed (artifacts.DYNAMIC_SCALE_TABLES)",
+            "launch_floor_us": 2.45,
+            "less_us": [round(2 * 2.45 + 2 * 128 / h100.memory_bandwidth * 1e6, 3), round(extra[1], 3)],
+        }
+    ]
+    assert artifacts.served_latency(rows[rows.framework == "vllm"], h100)[1] == []
+
+
 def test_a_set_aside_table_is_logged_named_in_the_summary_and_kept_through_a_refit(
     sample_warehouse: Path, tmp_path: Path, monkeypatch, caplog
 ):
