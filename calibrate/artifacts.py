@@ -266,14 +266,16 @@ def device_samples(wh: Warehouse, device: str, family: str | None = None) -> pd.
         ).to_pandas()
         for fam, fw, dtype, ver in chosen
     ]
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if frames:
-        sha = dict(wh.query("SELECT source_id, sha256 FROM sources")[1])
-        out["sha256"] = out["source_id"].map(sha)
-    out.attrs["set_aside"], out.attrs["served"] = set_aside, []
-    if frames:
-        out["measured_latency_us"] = out["latency_us"]
-        out["latency_us"], out.attrs["served"] = served_latency(out, catalog_device(device))
+    if not frames:
+        out = pd.DataFrame()
+        out.attrs.update(set_aside=set_aside, served=[])
+        return out
+    out = pd.concat(frames, ignore_index=True)
+    sha = dict(wh.query("SELECT source_id, sha256 FROM sources")[1])
+    out["sha256"] = out["source_id"].map(sha)
+    out["measured_latency_us"] = out["latency_us"]
+    out["latency_us"], served = served_latency(out, catalog_device(device))
+    out.attrs.update(set_aside=set_aside, served=served)
     return out
 
 
