@@ -28,6 +28,7 @@ class CalibrationResult:
     fitted: int
     skipped: int
     set_aside: list[dict]  # newer tables not fitted: host-bound floors (artifacts.HOST_BOUND_FLOOR_RATIO)
+    served: list[dict]  # tables fitted as the served op (artifacts.served_latency)
 
     @property
     def summary(self) -> str:
@@ -38,6 +39,11 @@ class CalibrationResult:
                 f"set aside {t['op_family']}/{t['dtype']}/{t['framework']} {t['framework_version']}: its fastest "
                 f"measurement ({t['floor_us']} us) is host-bound; fitted on {t['used_instead']}\n"
                 for t in self.set_aside
+            )
+            + "".join(
+                f"fitted {t['op_family']}/{t['dtype']}/{t['framework']} as served: less {t['less']}, "
+                f"{t['less_us'][0]}-{t['less_us'][1]} us (launch floor {t['launch_floor_us']} us)\n"
+                for t in self.served
             )
             + markdown(self.rows)
         )
@@ -128,5 +134,5 @@ def calibrate_device(
         Path(metrics_path).write_text(json.dumps(metrics(rows), indent=1, sort_keys=True))
     log.info("fitted %d models for %s in %.1f s", len(doc["models"]), device_name, fit_seconds)
     return CalibrationResult(
-        path, report_path, fit_seconds, rows, len(doc["models"]), len(doc["skipped"]), doc["set_aside"]
+        path, report_path, fit_seconds, rows, len(doc["models"]), len(doc["skipped"]), doc["set_aside"], doc["served"]
     )

@@ -966,6 +966,10 @@ def test_a_gemm_table_timed_with_a_dynamic_fp8_input_scale_is_fitted_as_the_serv
         }
     ]
     assert artifacts.served_latency(rows[rows.framework == "vllm"], h100)[1] == []
+    from hermes_sim.calibrate.pipeline import CalibrationResult
+
+    summary = CalibrationResult(Path("m.json"), Path("r"), 1.0, [], 1, 0, [], notes).summary
+    assert "fitted gemm/fp8/trtllm as served: less the dynamic FP8 input-scale computation" in summary
 
 
 def test_a_set_aside_table_is_logged_named_in_the_summary_and_kept_through_a_refit(
