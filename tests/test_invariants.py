@@ -207,7 +207,9 @@ def test_a_pause_hands_what_it_allocated_to_the_oldest_generation_and_its_cycles
         before = gc.get_freeze_count()
         with gc_paused():
             pass
-        assert gc.get_freeze_count() == before > 0
+        # still frozen (an unfreeze would leave 0) and nothing newly frozen; a frozen object that dies in the
+        # meantime (another thread's garbage) leaves the count, so it may only fall, and by a few
+        assert before - 100 < gc.get_freeze_count() <= before
     finally:
         gc.unfreeze()
         del frozen
