@@ -171,7 +171,7 @@ def validate_silicon(
     JSON rows carry id, model, device, tp, isl, osl, concurrency, measured/predicted/roofline ttft and tpot (ms),
     held_out and the serving loop's step_overhead_us, sequence_overhead_us and broadcast_overhead_us (per hop of
     the TP broadcast) and eager_layer_us (the least host time per layer of an iteration with prompt tokens); the
-    summary the held-out median / p90 absolute percentage errors."""
+    summary the held-out median / p90 absolute percentage errors of TTFT, TPOT and the closed loop's throughput."""
     from ..replay.outputs.jsonout import dumps
     from ..replay.validate import validate, write_report
 
@@ -187,9 +187,8 @@ def validate_silicon(
         held, roof = s.get("held_out") or {}, s.get("held_out_roofline") or {}
         head = {
             "held_out_rows": s.get("held_out_rows", 0),
-            **{k: held.get(k) for k in ("ttft_median_ape", "tpot_median_ape")},
-            "roofline_ttft_median_ape": roof.get("ttft_median_ape"),
-            "roofline_tpot_median_ape": roof.get("tpot_median_ape"),
+            **{k: held.get(k) for k in ("ttft_median_ape", "tpot_median_ape", "throughput_median_ape")},
+            **{f"roofline_{m}_median_ape": roof.get(f"{m}_median_ape") for m in ("ttft", "tpot", "throughput")},
         }
         coverage = s.get("held_out_interval_90_coverage") or {}
         head |= {f"interval_90_{k}": coverage[k] for k in ("ttft_coverage", "tpot_coverage") if k in coverage}

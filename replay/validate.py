@@ -97,6 +97,10 @@ FRONTENDS_US = (0.0, 10000.0, 20000.0, 40000.0)
 # a campaign whose TTFT at its lowest concurrency exceeds the simulation's by this many completion intervals or
 # more is named as a server short of its clients (by_campaign): one sequence short gives about 1, none about 0
 SHORT_SERVER_INTERVALS = 0.5
+# by_campaign's check at a campaign's highest concurrency: its throughput within this APE of the simulation's
+# while the measured share of a request's lifetime before its first token is this many times the simulated one
+QUEUED_THROUGHPUT_APE = 0.1
+QUEUED_SHARE_RATIO = 2.0
 UNNAMED_CAMPAIGN = "(rows naming no source_file)"
 # how much worse (relative) a frontend latency may leave the calibration rows' TPOT p90 APE: a latency ahead of
 # the engine shifts a closed loop's arrivals across iteration boundaries, which moves the p90 by a few tenths
@@ -633,10 +637,35 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
     return chosen, kept
 
 
+def closed_loop_throughput(table: pd.DataFrame, prefix: str = "measured") -> pd.Series:
+    """Requests per second of each row's closed loop, by Little's law: its clients each keep one request in flight
+    for TTFT + (osl - 1) x TPOT, so the loop completes concurrency / that many a second. Derived alike from the
+    measured and the predicted TTFT and TPOT, it compares the serving capacity apart from where a request waits
+    (before its first token, or in the batch)."""
+    life_s = (table[f"{prefix}_ttft_ms"] + (table.osl - 1) * table[f"{prefix}_tpot_ms"]) / 1000
+    return table.concurrency / life_s
+
+
+def ttft_share(table: pd.DataFrame, prefix: str = "measured") -> pd.Series:
+    """The share of each row's request lifetime spent before its first token (TTFT / (TTFT + (osl - 1) x TPOT))."""
+    ttft = table[f"{prefix}_ttft_ms"]
+    return ttft / (ttft + (table.osl - 1) * table[f"{prefix}_tpot_ms"])
+
+
+def _rounded(value: float) -> float | None:
+    """4 decimals, None for NaN (the summary is strict JSON)."""
+    return round(value, 4) if math.isfinite(value) else None
+
+
 def _errors(table: pd.DataFrame, prefix: str = "predicted") -> dict:
+    """Median and p90 APE of TTFT, TPOT and the closed loop's throughput (closed_loop_throughput)."""
     out = {}
-    for metric in ("ttft", "tpot"):
-        ape = (table[f"{prefix}_{metric}_ms"] - table[f"measured_{metric}_ms"]).abs() / table[f"measured_{metric}_ms"]
+    for metric in ("ttft", "tpot", "throughput"):
+        if metric == "throughput":
+            measured, got = closed_loop_throughput(table), closed_loop_throughput(table, prefix)
+        else:
+            measured, got = table[f"measured_{metric}_ms"], table[f"{prefix}_{metric}_ms"]
+        ape = (got - measured).abs() / measured
         out[f"{metric}_median_ape"] = round(float(np.median(ape)), 4) if len(ape) else None
         out[f"{metric}_p90_ape"] = round(float(np.percentile(ape, 90)), 4) if len(ape) else None
     return out
@@ -650,13 +679,22 @@ def unexplained_ttft_intervals(table: pd.DataFrame) -> pd.Series:
 
 
 def by_campaign(table: pd.DataFrame) -> list[dict]:
-    """Per measurement campaign (aggregated rows): the held-out errors, and the TTFT the simulation leaves
-    unexplained at the campaign's lowest concurrency, counted in completion intervals (unexplained_ttft_intervals;
-    median over those rows). In a closed loop a server running
-    every client's request starts each next one at once; one running a sequence fewer makes every request wait
-    for the next completion, about one interval. At SHORT_SERVER_INTERVALS or more the campaign is named as a
-    server short of its clients: its TTFT says more about how it was measured than about the cost models
-    (benchmarks/ttft_admission.py simulates that server)."""
+    """Per measurement campaign (aggregated rows): the held-out errors, and two checks of how it was measured.
+
+    At the campaign's lowest concurrency, the TTFT the simulation leaves unexplained, counted in completion
+    intervals (unexplained_ttft_intervals; median over those rows). In a closed loop a server running every
+    client's request starts each next one at once; one running a sequence fewer makes every request wait for the
+    next completion, about one interval. At SHORT_SERVER_INTERVALS or more the campaign is named as a server short
+    of its clients: its TTFT says more about how it was measured than about the cost models
+    (benchmarks/ttft_admission.py simulates that server).
+
+    At its highest concurrency, the closed loop's throughput error (closed_loop_throughput) beside the share of a
+    request's lifetime spent before its first token, measured and simulated (ttft_share; medians over those
+    rows). Where the throughput is within QUEUED_THROUGHPUT_APE but the measured share is QUEUED_SHARE_RATIO times
+    the simulated one or more, the campaign's server served as fast as simulated but kept requests waiting before
+    their prefill that the simulation ran in its batch (a cap on running requests, or an admission path outside
+    the engine): named as queueing before the first token, its TTFT and TPOT at that load trade against each
+    other, not against the cost models."""
     out = []
     agg = table[table["mode"] == "agg"]
     for name, g in agg.groupby("campaign", sort=True):
@@ -664,6 +702,14 @@ def by_campaign(table: pd.DataFrame) -> list[dict]:
         excess = unexplained_ttft_intervals(g[g.concurrency == clients]).dropna()
         intervals = round(float(excess.median()), 3) if len(excess) else None
         short = intervals is not None and intervals >= SHORT_SERVER_INTERVALS
+        busiest = g[g.concurrency == g.concurrency.max()]
+        throughput = _errors(busiest)["throughput_median_ape"]
+        measured_share, predicted_share = (float(ttft_share(busiest, p).median()) for p in ("measured", "predicted"))
+        queued = (
+            throughput is not None
+            and throughput <= QUEUED_THROUGHPUT_APE
+            and measured_share >= QUEUED_SHARE_RATIO * predicted_share
+        )
         held = g[g.held_out]
         name = name or UNNAMED_CAMPAIGN
         out.append(
@@ -675,6 +721,10 @@ def by_campaign(table: pd.DataFrame) -> list[dict]:
                 "lowest_concurrency": clients,
                 "ttft_unexplained_completion_intervals": intervals,
                 "server_short_of_clients": short,
+                "highest_concurrency": int(busiest.concurrency.iloc[0]),
+                "throughput_median_ape_at_highest": throughput,
+                "ttft_share_at_highest": {"measured": _rounded(measured_share), "simulated": _rounded(predicted_share)},
+                "server_queues_before_first_token": queued,
             }
         )
         if short:
@@ -684,6 +734,17 @@ def by_campaign(table: pd.DataFrame) -> list[dict]:
                 name,
                 clients,
                 intervals,
+            )
+        if queued:
+            log.warning(
+                "campaign %s: at %d clients its throughput is within %.0f%% of the simulation's, but its requests "
+                "spend %.2f of their lifetime before the first token against the simulation's %.2f: its server "
+                "held requests back that the simulation ran in its batch",
+                name,
+                int(busiest.concurrency.iloc[0]),
+                100 * throughput,
+                measured_share,
+                predicted_share,
             )
     return out
 

@@ -455,6 +455,59 @@ def test_a_campaign_whose_server_runs_one_sequence_fewer_than_its_clients_is_nam
     json.dumps(list(found.values()), allow_nan=False)  # the summary is strict JSON
 
 
+def test_a_campaign_whose_server_queues_before_the_first_token_what_the_simulation_batches_is_named(caplog):
+    """At a campaign's highest concurrency, a server as fast as simulated (the same closed-loop throughput) whose
+    requests spend far more of their lifetime before their first token kept them out of its batch: the TRT-LLM
+    Llama-3.1-8B campaign at 128 clients. validate names it, with the throughput error and both shares, and not a
+    campaign whose split the simulation reproduces nor one whose throughput it misses."""
+    import json
+
+    from hermes_sim.replay.validate import QUEUED_SHARE_RATIO, _errors, by_campaign, closed_loop_throughput
+
+    osl, clients = 257, 128
+    predicted_ttft, predicted_tpot = 100.0, 10.0
+    life_ms = predicted_ttft + (osl - 1) * predicted_tpot
+    queued_ttft = 760.0  # the same lifetime: 160 ms of it moved out of the batch into the wait for a prefill
+    queued_tpot = (life_ms - queued_ttft) / (osl - 1)
+    rows = []
+    for name, ttft, tpot in (
+        ("queued.csv", queued_ttft, queued_tpot),
+        ("batched.csv", predicted_ttft, predicted_tpot),
+        ("slower.csv", queued_ttft, predicted_tpot),  # waits as long, but the loop is slower than simulated
+    ):
+        for c in (8, clients):
+            rows.append(
+                {
+                    "campaign": name,
+                    "mode": "agg",
+                    "held_out": True,
+                    "concurrency": c,
+                    "osl": osl,
+                    "measured_ttft_ms": ttft if c == clients else predicted_ttft,
+                    "predicted_ttft_ms": predicted_ttft,
+                    "measured_tpot_ms": tpot if c == clients else predicted_tpot,
+                    "predicted_tpot_ms": predicted_tpot,
+                }
+            )
+    table = pd.DataFrame(rows)
+    assert closed_loop_throughput(table.iloc[[1]]).iloc[0] == pytest.approx(clients / (life_ms / 1000))
+    with caplog.at_level("WARNING"):
+        found = {c["campaign"]: c for c in by_campaign(table)}
+    queued = found["queued.csv"]
+    assert queued["server_queues_before_first_token"] and queued["highest_concurrency"] == clients
+    assert queued["throughput_median_ape_at_highest"] == pytest.approx(0.0, abs=1e-9)
+    share = queued["ttft_share_at_highest"]
+    assert share["measured"] == pytest.approx(queued_ttft / life_ms, abs=1e-4)
+    assert share["simulated"] == pytest.approx(predicted_ttft / life_ms, abs=1e-4)
+    assert share["measured"] >= QUEUED_SHARE_RATIO * share["simulated"]
+    assert not found["batched.csv"]["server_queues_before_first_token"]
+    assert not found["slower.csv"]["server_queues_before_first_token"]  # its throughput is 22% below
+    assert found["slower.csv"]["throughput_median_ape_at_highest"] > 0.2
+    assert "queued.csv" in caplog.text and "batched.csv" not in caplog.text and "slower.csv" not in caplog.text
+    assert _errors(table[table.campaign == "batched.csv"])["throughput_p90_ape"] == 0.0
+    json.dumps(list(found.values()), allow_nan=False)
+
+
 def test_serving_overhead_is_a_fixed_part_per_iteration_plus_a_part_per_sequence():
     from hermes_sim.replay.validate import _fit_step_overheads
 
