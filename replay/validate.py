@@ -637,19 +637,22 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
     return chosen, kept
 
 
+def _lifetime_ms(table: pd.DataFrame, prefix: str) -> pd.Series:
+    """Each row's request lifetime: TTFT + (osl - 1) x TPOT."""
+    return table[f"{prefix}_ttft_ms"] + (table.osl - 1) * table[f"{prefix}_tpot_ms"]
+
+
 def closed_loop_throughput(table: pd.DataFrame, prefix: str = "measured") -> pd.Series:
     """Requests per second of each row's closed loop, by Little's law: its clients each keep one request in flight
-    for TTFT + (osl - 1) x TPOT, so the loop completes concurrency / that many a second. Derived alike from the
-    measured and the predicted TTFT and TPOT, it compares the serving capacity apart from where a request waits
-    (before its first token, or in the batch)."""
-    life_s = (table[f"{prefix}_ttft_ms"] + (table.osl - 1) * table[f"{prefix}_tpot_ms"]) / 1000
-    return table.concurrency / life_s
+    for its lifetime, so the loop completes concurrency / lifetime a second. Derived alike from the measured and
+    the predicted TTFT and TPOT, it compares the serving capacity apart from where a request waits (before its
+    first token, or in the batch)."""
+    return table.concurrency / (_lifetime_ms(table, prefix) / 1000)
 
 
 def ttft_share(table: pd.DataFrame, prefix: str = "measured") -> pd.Series:
-    """The share of each row's request lifetime spent before its first token (TTFT / (TTFT + (osl - 1) x TPOT))."""
-    ttft = table[f"{prefix}_ttft_ms"]
-    return ttft / (ttft + (table.osl - 1) * table[f"{prefix}_tpot_ms"])
+    """The share of each row's request lifetime spent before its first token."""
+    return table[f"{prefix}_ttft_ms"] / _lifetime_ms(table, prefix)
 
 
 def _rounded(value: float) -> float | None:
@@ -702,7 +705,8 @@ def by_campaign(table: pd.DataFrame) -> list[dict]:
         excess = unexplained_ttft_intervals(g[g.concurrency == clients]).dropna()
         intervals = round(float(excess.median()), 3) if len(excess) else None
         short = intervals is not None and intervals >= SHORT_SERVER_INTERVALS
-        busiest = g[g.concurrency == g.concurrency.max()]
+        peak = int(g.concurrency.max())
+        busiest = g[g.concurrency == peak]
         throughput = _errors(busiest)["throughput_median_ape"]
         measured_share, predicted_share = (float(ttft_share(busiest, p).median()) for p in ("measured", "predicted"))
         queued = (
@@ -721,7 +725,7 @@ def by_campaign(table: pd.DataFrame) -> list[dict]:
                 "lowest_concurrency": clients,
                 "ttft_unexplained_completion_intervals": intervals,
                 "server_short_of_clients": short,
-                "highest_concurrency": int(busiest.concurrency.iloc[0]),
+                "highest_concurrency": peak,
                 "throughput_median_ape_at_highest": throughput,
                 "ttft_share_at_highest": {"measured": _rounded(measured_share), "simulated": _rounded(predicted_share)},
                 "server_queues_before_first_token": queued,
@@ -741,7 +745,7 @@ def by_campaign(table: pd.DataFrame) -> list[dict]:
                 "spend %.2f of their lifetime before the first token against the simulation's %.2f: its server "
                 "held requests back that the simulation ran in its batch",
                 name,
-                int(busiest.concurrency.iloc[0]),
+                peak,
                 100 * throughput,
                 measured_share,
                 predicted_share,
