@@ -16,6 +16,12 @@ benchmarks/results/ttft_admission.json, per campaign (the measurement file): TTF
 k = 0 and k = 1, and per concurrency the median measured TTFT excess over the prediction (= k = 0) in completion
 intervals (about 1 at C = 8 for a server one slot short, about 0 for one that is not). The campaign is this
 script's grouping only: it names which measurements behave how, it is never a parameter of a prediction.
+
+At each campaign's highest concurrency it asks the question validate's by_campaign raises there
+(server_queues_before_first_token): would a limit on running sequences below the clients explain requests that
+wait before their first token? Those held-out rows are simulated again with the limit at each share of
+RUNNING_LIMIT_SHARES of the clients (1.0 gives back the predictions); per campaign, TTFT, TPOT and closed-loop
+throughput (validate.closed_loop_throughput) median / p90 APE at each share.
 """
 
 from __future__ import annotations
@@ -28,6 +34,39 @@ from hermes_sim.replay import validate as v
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ttft_admission.json"
 SLOTS_SHORT = (0, 1)
+RUNNING_LIMIT_SHARES = (1.0, 0.85, 0.7)
+
+
+def running_limits(silicon, rows, warehouse: Path) -> dict:
+    """Per campaign, its held-out rows at its highest concurrency simulated with the running-sequence limit at each
+    share of RUNNING_LIMIT_SHARES of the clients: TTFT, TPOT and throughput median / p90 APE (%)."""
+    busy = rows[rows.concurrency == rows.groupby("campaign").concurrency.transform("max")].copy()
+    out: dict = {}
+    for share in RUNNING_LIMIT_SHARES:
+        tag = f"limit{share:g}"
+        if share == 1.0:
+            busy[f"{tag}_ttft_ms"], busy[f"{tag}_tpot_ms"] = busy.predicted_ttft_ms, busy.predicted_tpot_ms
+        else:
+            found = [
+                resimulated(silicon.loc[r.id], r, warehouse, short=r.concurrency - round(share * r.concurrency))
+                for r in busy.itertuples()
+            ]
+            busy[f"{tag}_ttft_ms"], busy[f"{tag}_tpot_ms"] = zip(*found, strict=True)
+        busy[f"{tag}_throughput"] = v.closed_loop_throughput(busy, tag)
+    busy["measured_throughput"] = v.closed_loop_throughput(busy)
+    for name, g in busy.groupby("campaign"):
+        out[name] = {"highest_concurrency": int(g.concurrency.iloc[0]), "rows": len(g)}
+        for share in RUNNING_LIMIT_SHARES:
+            tag = f"limit{share:g}"
+            out[name][f"{share:g}"] = {
+                f"{m}_median_p90_ape": median_p90_ape(g[f"{tag}_{m}" + ("" if m == "throughput" else "_ms")], g[col])
+                for m, col in (
+                    ("ttft", "measured_ttft_ms"),
+                    ("tpot", "measured_tpot_ms"),
+                    ("throughput", "measured_throughput"),
+                )
+            }
+    return out
 
 
 def main() -> None:
@@ -51,6 +90,7 @@ def main() -> None:
                 str(c): round(float(x), 2) for c, x in g.groupby("concurrency").excess_intervals.median().items()
             }
         out[name] = entry
+    out["running_limit_at_highest_concurrency"] = running_limits(silicon, rows, warehouse)
     print(json.dumps(out, indent=1))
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {RESULTS}")
