@@ -41,30 +41,25 @@ def running_limits(silicon, rows, warehouse: Path) -> dict:
     """Per campaign, its held-out rows at its highest concurrency simulated with the running-sequence limit at each
     share of RUNNING_LIMIT_SHARES of the clients: TTFT, TPOT and throughput median / p90 APE (%)."""
     busy = rows[rows.concurrency == rows.groupby("campaign").concurrency.transform("max")].copy()
-    out: dict = {}
+    prefixes = {}  # share -> the columns' prefix: the predictions at no limit, a re-simulation below it
     for share in RUNNING_LIMIT_SHARES:
-        tag = f"limit{share:g}"
-        if share == 1.0:
-            busy[f"{tag}_ttft_ms"], busy[f"{tag}_tpot_ms"] = busy.predicted_ttft_ms, busy.predicted_tpot_ms
-        else:
+        prefixes[share] = "predicted" if share == 1.0 else f"limit{share:g}"
+        if share < 1.0:
             found = [
                 resimulated(silicon.loc[r.id], r, warehouse, short=r.concurrency - round(share * r.concurrency))
                 for r in busy.itertuples()
             ]
-            busy[f"{tag}_ttft_ms"], busy[f"{tag}_tpot_ms"] = zip(*found, strict=True)
-        busy[f"{tag}_throughput"] = v.closed_loop_throughput(busy, tag)
-    busy["measured_throughput"] = v.closed_loop_throughput(busy)
+            busy[f"{prefixes[share]}_ttft_ms"], busy[f"{prefixes[share]}_tpot_ms"] = zip(*found, strict=True)
+    out: dict = {}
     for name, g in busy.groupby("campaign"):
         out[name] = {"highest_concurrency": int(g.concurrency.iloc[0]), "rows": len(g)}
-        for share in RUNNING_LIMIT_SHARES:
-            tag = f"limit{share:g}"
+        for share, p in prefixes.items():
             out[name][f"{share:g}"] = {
-                f"{m}_median_p90_ape": median_p90_ape(g[f"{tag}_{m}" + ("" if m == "throughput" else "_ms")], g[col])
-                for m, col in (
-                    ("ttft", "measured_ttft_ms"),
-                    ("tpot", "measured_tpot_ms"),
-                    ("throughput", "measured_throughput"),
-                )
+                "ttft_median_p90_ape": median_p90_ape(g[f"{p}_ttft_ms"], g.measured_ttft_ms),
+                "tpot_median_p90_ape": median_p90_ape(g[f"{p}_tpot_ms"], g.measured_tpot_ms),
+                "throughput_median_p90_ape": median_p90_ape(
+                    v.closed_loop_throughput(g, p), v.closed_loop_throughput(g)
+                ),
             }
     return out
 
