@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from packaging.version import InvalidVersion, Version
 
 from .. import __version__
+from ..warehouse.parquet import write_parquet
 from ..warehouse.store import Warehouse, ingest_time
 from .catalog import LOCAL_CPU, Device
 from .catalog import device as catalog_device
@@ -487,7 +488,7 @@ def save(doc: dict, warehouse_root: Path) -> Path:
     table = residuals_path(warehouse_root, doc["device"])
     if frames:
         tmp = table.with_suffix(".tmp")
-        pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
+        write_parquet(pd.concat(frames, ignore_index=True), tmp)
         tmp.replace(table)
     else:
         table.unlink(missing_ok=True)

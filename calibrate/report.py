@@ -129,7 +129,7 @@ def plot(
         ax2.set_ylim(0, max(30, float(np.percentile(100 * np.abs(calibrated - measured) / measured, 99))))
         fig.tight_layout()
         path = out_dir / f"{family}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, metadata={"Software": None})
         plt.close(fig)
         written.append(path)
     return written

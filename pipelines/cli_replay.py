@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..warehouse.parquet import write_parquet
 from ..warehouse.store import default_location
 from .cli import app
 from .common import WarehouseOpt, check_format, errors, out, print_table, write_json
@@ -80,7 +81,7 @@ def replay(
                 table = run_sweep(points, root, client)
             if out_dir:
                 out_dir.mkdir(parents=True, exist_ok=True)
-                table.to_parquet(out_dir / "sweep.parquet", index=False)
+                write_parquet(table, out_dir / "sweep.parquet")
             if fmt == "json":
                 write_json(table.to_dict(orient="records"))
             else:

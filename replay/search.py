@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 from .. import __version__
 from ..calibrate.artifacts import MODELS_DIR
 from ..calibrate.catalog import device as catalog_device
+from ..warehouse.parquet import write_parquet
 from .errors import ScenarioError
 from .outputs.jsonout import dumps
 from .parallel import point_summary, prepare_logs, summary_row
@@ -363,7 +364,7 @@ def plot_frontier(table: pd.DataFrame, path: Path, title: str) -> Path:
         ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)
     return path
 
@@ -371,7 +372,7 @@ def plot_frontier(table: pd.DataFrame, path: Path, title: str) -> Path:
 def write(search: Search, table: pd.DataFrame, out_dir: Path, seconds: float) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out_dir / "points.parquet", index=False)
+    write_parquet(table, out_dir / "points.parquet")
     params = list(search.space.parameters)
     report = {
         "scenario": search.scenario.name,

@@ -949,6 +949,6 @@ def write_report(result: dict, out_dir: Path) -> list[Path]:
     )
     fig.tight_layout()
     plot = out_dir / "predicted_vs_measured.png"
-    fig.savefig(plot, dpi=100)
+    fig.savefig(plot, dpi=100, metadata={"Software": None})
     plt.close(fig)
     return [*paths, plot]

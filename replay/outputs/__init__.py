@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...warehouse.parquet import write_parquet
 from .jsonout import dumps
 from .perfetto import perfetto
 from .plots import plots
@@ -17,7 +18,7 @@ def write(result: dict, out_dir: Path) -> list[Path]:
         frame = result.get(name)
         if frame is not None and (name in ("requests", "timeline") or len(frame)):
             path = out_dir / f"{name}.parquet"
-            frame.to_parquet(path, index=False)
+            write_parquet(frame, path)
             paths.append(path)
     summary = out_dir / "summary.json"
     summary.write_text(dumps(result["summary"]) + "\n")

@@ -42,7 +42,7 @@ def plots(result: dict, out_dir: Path) -> list[Path]:
     fig.suptitle(f"{name}: latency CDFs ({len(req):,} completed requests)")
     fig.tight_layout()
     paths = [out_dir / "latency_cdf.png"]
-    fig.savefig(paths[0], dpi=100)
+    fig.savefig(paths[0], dpi=100, metadata={"Software": None})
     plt.close(fig)
 
     tl = result["timeline"]
@@ -66,7 +66,7 @@ def plots(result: dict, out_dir: Path) -> list[Path]:
         a2.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     paths.append(out_dir / "timeline.png")
-    fig.savefig(paths[-1], dpi=100)
+    fig.savefig(paths[-1], dpi=100, metadata={"Software": None})
     plt.close(fig)
 
     stages = summary.get("stages")
@@ -85,6 +85,6 @@ def plots(result: dict, out_dir: Path) -> list[Path]:
         ax.grid(axis="x", alpha=0.3)
         fig.tight_layout()
         paths.append(out_dir / "stages.png")
-        fig.savefig(paths[-1], dpi=100)
+        fig.savefig(paths[-1], dpi=100, metadata={"Software": None})
         plt.close(fig)
     return paths
