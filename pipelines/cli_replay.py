@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from ..warehouse.parquet import write_parquet
 from ..warehouse.store import default_location
 from .cli import app
 from .common import WarehouseOpt, check_format, errors, out, print_table, write_json
@@ -75,6 +74,7 @@ def replay(
         scenario = load_scenario(config, sets, log_path)
         if sweep:
             from ..replay.parallel import dask_client, run_sweep, sweep_points
+            from ..warehouse.parquet import write_parquet
 
             points = sweep_points(scenario, sweep)
             with dask_client(workers, scheduler) as client:
