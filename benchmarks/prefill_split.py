@@ -13,12 +13,12 @@ such as launching its kernels outside a CUDA graph):
     1 = T_decode / TPOT + X x P,   so   TPOT = T_decode + (X x TPOT) x P.
 
 That is linear in (T_decode, P). The rows of one campaign, deployment, prompt length and concurrency measured at
-several output lengths fit both (statsmodels OLS, no intercept), alike from the measured TTFT and TPOT and from
-validate's predictions, so a TTFT or TPOT error splits into a prefill cost and a decode cost the simulation got
-wrong. The fit assumes T_decode and P do not move with the output length (the running batch's KV grows a little
-with it), and P is determined only where prompts take a fair share of the iterations (X x TPOT, the share of
-iterations that carry one if each carries one): the per-campaign summary keeps groups where that share, at the
-group's shortest output, is at least MIN_PROMPT_SHARE.
+several output lengths fit both (statsmodels OLS: T_decode the intercept, P the slope), alike from the measured
+TTFT and TPOT and from validate's predictions, so a TTFT or TPOT error splits into a prefill cost and a decode
+cost the simulation got wrong. The fit assumes T_decode and P do not move with the output length (the running
+batch's KV grows a little with it), and P is determined only where prompts take a fair share of the iterations
+(X x TPOT, the share of iterations that carry one if each carries one): the per-campaign summary keeps groups
+where that share, at the group's shortest output, is at least MIN_PROMPT_SHARE.
 
 Printed and written to benchmarks/results/prefill_split.json: per group, both fits; per campaign and deployment,
 the median ratio measured / simulated of P and of T_decode over its groups (1.0: the simulation prices it right).
