@@ -46,9 +46,10 @@ Rows are split in two by a stable hash of their id. The calibration half fits, p
   those that leave their TPOT p90 no worse (within TPOT_P90_TOLERANCE).
 The other half is held out: its errors are the ones reported as the result, beside a plain roofline (the same
 simulation with speed-of-light op times and no overhead), and per measurement campaign (by_campaign, with a
-check of whether the campaign's server ran every request its clients sent). The fitted overheads and frontend
-latency are written next to the device's cost models and used by every replay of that device and framework whose
-pool does not set them."""
+check of whether the campaign's server ran every request its clients sent), and per configuration the cost of a
+prompt and of a decode iteration the rows imply beside the simulation's (closed_loop.prompt_and_decode_costs). The
+fitted overheads and frontend latency are written next to the device's cost models and used by every replay of
+that device and framework whose pool does not set them."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ from rich.progress import Progress
 from ..calibrate.artifacts import MODELS_DIR, beats_roofline
 from ..calibrate.catalog import DTYPE_BYTES, devices, models
 from ..ingest.text import read_csv
+from .closed_loop import closed_loop_throughput, prompt_and_decode_costs, ttft_share
 from .pools.llm.build import OVERHEADS_FILE, fixed_overhead_us, read_overheads
 from .pools.llm.kv import kv_blocks
 from .run import simulate
@@ -637,24 +639,6 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
     return chosen, kept
 
 
-def _lifetime_ms(table: pd.DataFrame, prefix: str) -> pd.Series:
-    """Each row's request lifetime: TTFT + (osl - 1) x TPOT."""
-    return table[f"{prefix}_ttft_ms"] + (table.osl - 1) * table[f"{prefix}_tpot_ms"]
-
-
-def closed_loop_throughput(table: pd.DataFrame, prefix: str = "measured") -> pd.Series:
-    """Requests per second of each row's closed loop, by Little's law: its clients each keep one request in flight
-    for its lifetime, so the loop completes concurrency / lifetime a second. Derived alike from the measured and
-    the predicted TTFT and TPOT, it compares the serving capacity apart from where a request waits (before its
-    first token, or in the batch)."""
-    return table.concurrency / (_lifetime_ms(table, prefix) / 1000)
-
-
-def ttft_share(table: pd.DataFrame, prefix: str = "measured") -> pd.Series:
-    """The share of each row's request lifetime spent before its first token."""
-    return table[f"{prefix}_ttft_ms"] / _lifetime_ms(table, prefix)
-
-
 def _rounded(value: float) -> float | None:
     """4 decimals, None for NaN (the summary is strict JSON)."""
     return round(value, 4) if math.isfinite(value) else None
@@ -874,6 +858,7 @@ def validate(
                     ],
                     "held_out_by_mode": [{"mode": m, "rows": len(g), **_errors(g)} for m, g in held.groupby("mode")],
                     "by_campaign": by_campaign(table),
+                    "prompt_and_decode_costs": prompt_and_decode_costs(table),
                     "all_rows": _errors(table),
                     "serving_overheads": fitted,
                 }

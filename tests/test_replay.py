@@ -511,6 +511,67 @@ def test_a_campaign_whose_server_queues_before_the_first_token_what_the_simulati
     json.dumps(list(found.values()), allow_nan=False)
 
 
+def _closed_loop_rows(decode_ms: float, prompt_ms: float, clients: int, tpots: dict[int, float]) -> list[dict]:
+    """Rows of a closed loop that spends decode_ms an iteration and prompt_ms a prompt: at each output length its
+    TPOT, and the TTFT that makes its throughput X satisfy TPOT = decode_ms + (X x TPOT) x prompt_ms."""
+    rows = []
+    for osl, tpot in tpots.items():
+        per_ms = (tpot - decode_ms) / prompt_ms / tpot  # X, requests a ms
+        rows.append({"osl": osl, "ttft": clients / per_ms - (osl - 1) * tpot, "tpot": tpot})
+    return rows
+
+
+def test_validate_splits_a_closed_loop_into_its_prompt_and_decode_costs():
+    """A simulation that prices prompts at half their cost and decode iterations right is named so per
+    configuration (measured over simulated: prompts 2.0, decode 1.0), from the rows' TTFT and TPOT alone; a
+    configuration measured at one output length, or whose prompts take too few iterations to tell, is left out."""
+    import json
+
+    from hermes_sim.replay.closed_loop import MIN_PROMPT_SHARE, decode_and_prompt_ms, prompt_and_decode_costs
+
+    clients, decode_ms, prompt_ms = 64, 8.0, 40.0
+    measured = _closed_loop_rows(decode_ms, prompt_ms, clients, {128: 20.0, 256: 14.0, 512: 11.0})
+    simulated = _closed_loop_rows(decode_ms, prompt_ms / 2, clients, {128: 14.0, 256: 11.0, 512: 9.5})
+    config = {"device": "h100_sxm", "backend": "trtllm", "backend_version": None, "model": "m", "isl": 1024}
+    rows = []
+    for deployment, meas, sim in (("TP1", measured, simulated), ("TP2", measured[:1], simulated[:1])):
+        for m, s in zip(meas, sim, strict=True):
+            rows.append(
+                config
+                | {"mode": "agg", "deployment": deployment, "concurrency": clients, "osl": m["osl"]}
+                | {"measured_ttft_ms": m["ttft"], "measured_tpot_ms": m["tpot"]}
+                | {"predicted_ttft_ms": s["ttft"], "predicted_tpot_ms": s["tpot"]}
+            )
+    table = pd.DataFrame(rows)
+    tp1 = table[table.deployment == "TP1"]
+    assert decode_and_prompt_ms(tp1) == pytest.approx((decode_ms, prompt_ms))
+    assert decode_and_prompt_ms(tp1, "predicted") == pytest.approx((decode_ms, prompt_ms / 2))
+    found = prompt_and_decode_costs(table)
+    assert [f["deployment"] for f in found] == ["TP1"]  # TP2 has one output length
+    assert found[0]["prompt_cost_measured_over_simulated"] == pytest.approx(2.0)
+    assert found[0]["decode_iteration_measured_over_simulated"] == pytest.approx(1.0)
+    assert found[0]["backend_version"] is None and found[0]["groups"] == 1
+    json.dumps(found, allow_nan=False)
+    # prompts on under MIN_PROMPT_SHARE of the iterations: P is noise there, and the configuration is left out
+    sparse = _closed_loop_rows(decode_ms, prompt_ms, clients, {128: 8.2, 512: 8.1})
+    assert max((r["tpot"] - decode_ms) / prompt_ms for r in sparse) < MIN_PROMPT_SHARE
+    table = pd.concat(
+        [
+            table,
+            pd.DataFrame(
+                [
+                    config
+                    | {"mode": "agg", "deployment": "TP4", "concurrency": clients, "osl": r["osl"]}
+                    | {"measured_ttft_ms": r["ttft"], "measured_tpot_ms": r["tpot"]}
+                    | {"predicted_ttft_ms": r["ttft"], "predicted_tpot_ms": r["tpot"]}
+                    for r in sparse
+                ]
+            ),
+        ]
+    )
+    assert [f["deployment"] for f in prompt_and_decode_costs(table)] == ["TP1"]
+
+
 def test_serving_overhead_is_a_fixed_part_per_iteration_plus_a_part_per_sequence():
     from hermes_sim.replay.validate import _fit_step_overheads
 
