@@ -14,9 +14,10 @@ import statsmodels.api as sm
 # prompt_and_decode_costs: a group's prompt cost is determined where prompts take at least this share of the
 # iterations at its shortest output (below it, the prompt term is a small correction to TPOT and its fit is noise)
 MIN_PROMPT_SHARE = 0.2
-# ... and the rows sharing a configuration and a load, measured at several output lengths, form a group
-SPLIT_GROUP = ("device", "backend", "backend_version", "model", "deployment", "isl", "concurrency")
+# ... reported per configuration (SPLIT_SUMMARY); the rows of one configuration, prompt length and load measured at
+# several output lengths form a group (SPLIT_GROUP)
 SPLIT_SUMMARY = ("device", "backend", "backend_version", "model", "deployment")
+SPLIT_GROUP = (*SPLIT_SUMMARY, "isl", "concurrency")
 
 
 def _lifetime_ms(table: pd.DataFrame, prefix: str) -> pd.Series:
