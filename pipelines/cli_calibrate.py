@@ -10,7 +10,7 @@ import typer
 
 from ..warehouse.store import default_location
 from .cli import app
-from .common import WarehouseOpt, check_format, err, errors, log, out, write_json
+from .common import SchedulerOpt, WarehouseOpt, WorkersOpt, check_format, err, errors, log, out, write_json
 
 calibrate_app = typer.Typer(help="Fit cost models per device and report their fidelity.", rich_markup_mode=None)
 app.add_typer(calibrate_app, name="calibrate")
@@ -164,6 +164,9 @@ def validate_silicon(
             "report the share of measurements inside (the cost models' uncertainty only)."
         ),
     ] = False,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
+    serial: Annotated[bool, typer.Option(help="No Dask: run the simulations one after another here.")] = False,
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Predicted vs measured TTFT / TPOT of every dense, aggregated-serving row; the rest listed with reasons.
@@ -172,12 +175,15 @@ def validate_silicon(
     held_out and the serving loop's step_overhead_us, sequence_overhead_us and broadcast_overhead_us (per hop of
     the TP broadcast) and eager_layer_us (the least host time per layer of an iteration with prompt tokens); the
     summary the held-out median / p90 absolute percentage errors of TTFT, TPOT and the closed loop's throughput."""
+    import contextlib
+
     from ..replay.outputs.jsonout import dumps
+    from ..replay.parallel import dask_client
     from ..replay.validate import validate, write_report
 
     check_format(fmt, ("text", "markdown", "json"))
-    with errors():
-        result = validate(path, warehouse or default_location(), limit, progress=True, interval=interval)
+    with errors(), dask_client(workers, scheduler) if not serial else contextlib.nullcontext() as client:
+        result = validate(path, warehouse or default_location(), limit, progress=True, interval=interval, client=client)
     if out_dir is not None:
         for p in write_report(result, out_dir):
             log.info("wrote %s", p)

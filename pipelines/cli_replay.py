@@ -10,14 +10,12 @@ import typer
 
 from ..warehouse.store import default_location
 from .cli import app
-from .common import WarehouseOpt, check_format, errors, out, print_table, write_json
+from .common import SchedulerOpt, WarehouseOpt, WorkersOpt, check_format, errors, out, print_table, write_json
 
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a scenario field: dotted.path=value (repeatable; YAML values)."),
 ]
-WorkersOpt = Annotated[int | None, typer.Option(help="Local Dask workers (default 2).")]
-SchedulerOpt = Annotated[str | None, typer.Option(help="An existing Dask scheduler, e.g. tcp://HOST:8786.")]
 
 
 def load_scenario(config: Path, sets: list[str] | None, log_path: str | None):

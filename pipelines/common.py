@@ -35,6 +35,9 @@ WarehouseOpt = Annotated[
         file_okay=False,
     ),
 ]
+# Dask: a local cluster of this many worker processes, or an existing scheduler
+WorkersOpt = Annotated[int | None, typer.Option(help="Local Dask workers (default 2).")]
+SchedulerOpt = Annotated[str | None, typer.Option(help="An existing Dask scheduler, e.g. tcp://HOST:8786.")]
 FORMATS = ("text", "json")
 
 

@@ -450,6 +450,43 @@ def _fit_step_overheads(table: pd.DataFrame) -> dict:
     return out
 
 
+def _means_task(row: pd.Series, kwargs: dict, warehouse_root: str | None) -> dict:
+    """benchmark_means of one row, as a task (a Dask worker runs it in its own process); without a warehouse, on
+    none: every op at its roofline time."""
+    if warehouse_root is None:
+        with tempfile.TemporaryDirectory() as empty:
+            return benchmark_means(row, Path(empty), **kwargs)
+    return benchmark_means(row, Path(warehouse_root), **kwargs)
+
+
+class Runs:
+    """Runs batches of benchmark_means calls, each a (row, keyword arguments) pair: one after another here, or as
+    tasks on a Dask client. Results come back in the order of the calls and each simulation depends on its inputs
+    alone, so both give the same output to the bit. `advance` is called once per finished call."""
+
+    def __init__(self, warehouse_root: Path | None, client=None, advance=lambda: None):
+        self.root = None if warehouse_root is None else str(warehouse_root)
+        self.client, self.advance = client, advance
+
+    def means(self, calls: list[tuple[pd.Series, dict]], roofline: bool = False) -> list[dict]:
+        """The calls' results; with `roofline`, on no cost models."""
+        root = None if roofline else self.root
+        if self.client is None:
+            out = []
+            for row, kwargs in calls:
+                out.append(_means_task(row, kwargs, root))
+                self.advance()
+            return out
+        from dask.distributed import as_completed
+
+        futures = self.client.map(
+            _means_task, [row for row, _ in calls], [kw for _, kw in calls], warehouse_root=root, pure=False
+        )
+        for _ in as_completed(futures):
+            self.advance()
+        return self.client.gather(futures)
+
+
 def _version(row: pd.Series) -> str:
     return str(row.get("backend_version")) if pd.notna(row.get("backend_version")) else ""
 
@@ -485,14 +522,14 @@ def pick_guarded(objective: dict[float, float], tpot_p90: dict[float, float]) ->
     return min(allowed, key=lambda us: (objective[us], us))
 
 
-def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advance) -> tuple[dict, dict]:
+def _calibrate(expressible: list, rows: list[dict], runs: Runs) -> tuple[dict, dict]:
     """On the calibration half, for each client length spread of SPREADS: the rows simulated without the
     overhead, the overhead fitted on their TPOT gaps, the rows simulated again with it. Per (device,
     framework), and per framework version with at least MIN_VERSION_ROWS rows, the spread whose TTFT is
     closest to the measured (median APE) is kept with its overhead; then, at that spread, the eager floor of
     EAGER_LAYERS_US whose TPOT is closest (the overhead refitted with it); then, at those, the frontend latency of
-    FRONTENDS_US whose TTFT is closest. Returns the fitted {device: {framework: {..., versions: {version: ...}}}}
-    and the kept simulations {row index: benchmark_means}."""
+    FRONTENDS_US whose TTFT is closest. Each step's simulations run as one batch of `runs`. Returns the fitted
+    {device: {framework: {..., versions: {version: ...}}}} and the kept simulations {row index: benchmark_means}."""
     cal = [i for i, rec in enumerate(rows) if not rec["held_out"]]
 
     def trial(spread_of: dict[int, float], eager_us: float = 0.0) -> tuple[dict, dict]:
@@ -500,20 +537,23 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
         the overhead plane fitted on their TPOT gaps, and the rows simulated again with it: (the fit, {row:
         simulation, with the run without the overhead's TPOT and sequences per iteration})."""
         table = pd.DataFrame(rows)
-        for i in cal:
-            bare = benchmark_means(expressible[i], warehouse_root, spread=spread_of[i], eager_us=eager_us)
+        bare = runs.means([(expressible[i], {"spread": spread_of[i], "eager_us": eager_us}) for i in cal])
+        for i, sim in zip(cal, bare, strict=True):
             table.loc[i, ["tpot_no_overhead_ms", "sequences_per_iteration"]] = (
-                bare["tpot_ms"],
-                bare["sequences_per_iteration"],
+                sim["tpot_ms"],
+                sim["sequences_per_iteration"],
             )
-            advance()
         fitted = _fit_step_overheads(table)
-        sims = {}
+        calls = [
+            (
+                expressible[i],
+                {"overhead": _step_overhead(fitted, expressible[i]), "spread": spread_of[i], "eager_us": eager_us},
+            )
+            for i in cal
+        ]
+        sims = dict(zip(cal, runs.means(calls), strict=True))
         for i in cal:
-            overhead = _step_overhead(fitted, expressible[i])
-            sims[i] = benchmark_means(expressible[i], warehouse_root, overhead, spread_of[i], eager_us=eager_us)
             sims[i].update(table.loc[i, ["tpot_no_overhead_ms", "sequences_per_iteration"]].to_dict())
-            advance()
         return fitted, sims
 
     trials = {spread: trial(dict.fromkeys(cal, spread)) for spread in SPREADS}
@@ -556,11 +596,11 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
         chosen.setdefault(dev, {})[fw] = entry
 
     # the eager floor: each calibration row at its spread with each candidate (trial: the overhead plane refitted);
-    # runs[us][i]: (the fit, the simulation)
-    runs = {0.0: {i: (trials[spread_of[i]][0], trials[spread_of[i]][1][i]) for i in cal}}
+    # eager_runs[us][i]: (the fit, the simulation)
+    eager_runs = {0.0: {i: (trials[spread_of[i]][0], trials[spread_of[i]][1][i]) for i in cal}}
     for us in EAGER_LAYERS_US[1:]:
         fitted, sims = trial(spread_of, us)
-        runs[us] = {i: (fitted, sims[i]) for i in cal}
+        eager_runs[us] = {i: (fitted, sims[i]) for i in cal}
 
     def ape(sims: dict, members: list[int], metric: str) -> np.ndarray:
         return np.array([abs(sims[i][f"{metric}_ms"] / rows[i][f"measured_{metric}_ms"] - 1) for i in members])
@@ -575,7 +615,7 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
                 if target is not None:
                     yield dev, fw, ver, target, vm
 
-    by_eager = {us: {i: runs[us][i][1] for i in cal} for us in runs}
+    by_eager = {us: {i: eager_runs[us][i][1] for i in cal} for us in eager_runs}
 
     def eager(members: list[int]) -> tuple[float, dict]:
         """The candidate whose TPOT is closest to the measured (median APE) over these rows, among those that leave
@@ -583,13 +623,15 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
         iteration cost, fitted on TPOT as the overhead plane is. The smaller on a tie."""
         median = {us: float(np.median(ape(sims, members, "tpot"))) for us, sims in by_eager.items()}
         p90 = {us: float(np.percentile(ape(sims, members, "tpot"), 90)) for us, sims in by_eager.items()}
-        errors = {str(us): {"tpot_median_ape": round(median[us], 4), "tpot_p90_ape": round(p90[us], 4)} for us in runs}
+        errors = {
+            str(us): {"tpot_median_ape": round(median[us], 4), "tpot_p90_ape": round(p90[us], 4)} for us in by_eager
+        }
         return pick_guarded(median, p90), errors
 
     eager_of: dict[int, float] = {}
     for dev, fw, ver, target, vm in entries():
         us, errors = eager(vm)
-        fit = runs[us][vm[0]][0].get(dev, {}).get(fw, {}) if us else {}
+        fit = eager_runs[us][vm[0]][0].get(dev, {}).get(fw, {}) if us else {}
         if ver is not None:
             fit = fit.get("versions", {}).get(ver, {})
         target.update({part: fit[part] for part in OVERHEAD_PARTS if part in fit})  # refitted with the floor
@@ -600,15 +642,21 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
     # the frontend latency: each calibration row simulated again with each candidate, at its spread, eager floor
     # and overhead (a closed loop's TTFT does not shift by the latency added: arrivals move across iteration
     # boundaries)
-    by_frontend = {0.0: {i: runs[eager_of[i]][i][1] for i in cal}}
+    by_frontend = {0.0: {i: eager_runs[eager_of[i]][i][1] for i in cal}}
     for us in FRONTENDS_US[1:]:
-        by_frontend[us] = {}
-        for i in cal:
-            overhead = _step_overhead(runs[eager_of[i]][i][0], expressible[i])
-            by_frontend[us][i] = benchmark_means(
-                expressible[i], warehouse_root, overhead, spread_of[i], frontend_us=us, eager_us=eager_of[i]
+        calls = [
+            (
+                expressible[i],
+                {
+                    "overhead": _step_overhead(eager_runs[eager_of[i]][i][0], expressible[i]),
+                    "spread": spread_of[i],
+                    "frontend_us": us,
+                    "eager_us": eager_of[i],
+                },
             )
-            advance()
+            for i in cal
+        ]
+        by_frontend[us] = dict(zip(cal, runs.means(calls), strict=True))
 
     def frontend(members: list[int]) -> tuple[float, dict]:
         """The candidate whose simulated TTFT is closest to the measured (median APE) over the dense-model rows
@@ -634,7 +682,7 @@ def _calibrate(expressible: list, rows: list[dict], warehouse_root: Path, advanc
     kept: dict = {}
     for i in cal:
         sim = by_frontend[frontend_of[i]][i]
-        base = runs[eager_of[i]][i][1]  # the overhead plane's inputs stay those of the run without it
+        base = eager_runs[eager_of[i]][i][1]  # the overhead plane's inputs stay those of the run without it
         kept[i] = {**sim, **{k: base[k] for k in ("tpot_no_overhead_ms", "sequences_per_iteration")}}
     return chosen, kept
 
@@ -748,11 +796,17 @@ def _coverage(table: pd.DataFrame) -> dict:
 
 
 def validate(
-    path: Path, warehouse_root: Path, limit: int | None = None, progress: bool = False, interval: bool = False
+    path: Path,
+    warehouse_root: Path,
+    limit: int | None = None,
+    progress: bool = False,
+    interval: bool = False,
+    client=None,
 ) -> dict:
     """Every expressible row replayed; with interval, each held-out row also at the lower and upper ends of its
     ops' 90% prediction intervals, and the share of measurements inside reported (it covers the cost models'
-    uncertainty only: not the step overhead's, the client spread's or the scheduler's)."""
+    uncertainty only: not the step overhead's, the client spread's or the scheduler's). With a Dask client, each
+    batch of simulations (Runs) runs as its tasks; the result is the serial one to the bit."""
     df = read_csv(path)  # a malformed or non-UTF-8 file is an error naming it and the position
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
@@ -776,14 +830,14 @@ def validate(
     held_rows = len(expressible) - calibration_rows
     task = bar.add_task(
         "validate",
-        total=2 * len(expressible)
+        total=len(expressible)
         + (2 * len(SPREADS) + 2 * (len(EAGER_LAYERS_US) - 1) + len(FRONTENDS_US) - 1) * calibration_rows
-        + (held_rows if interval else 0),
+        + held_rows * (3 if interval else 1),
     )
-    with bar, tempfile.TemporaryDirectory() as empty:  # no cost models: every op at its roofline time
-        for row in expressible:
-            roof = benchmark_means(row, Path(empty))
-            bar.advance(task)
+    with bar:
+        runs = Runs(warehouse_root, client, lambda: bar.advance(task))
+        roofs = runs.means([(row, {}) for row in expressible], roofline=True)
+        for row, roof in zip(expressible, roofs, strict=True):
             rows.append(
                 {
                     "id": row["id"],
@@ -817,19 +871,37 @@ def validate(
             )
         summary: dict = {"rows": len(rows), "not_expressed": len(skipped)}
         if rows:
-            fitted, kept = _calibrate(expressible, rows, warehouse_root, lambda: bar.advance(task))
+            fitted, kept = _calibrate(expressible, rows, runs)
+            fits = [
+                {
+                    "overhead": _step_overhead(fitted, row),
+                    "spread": _spread(fitted, row),
+                    "frontend_us": _frontend(fitted, row),
+                    "eager_us": _eager(fitted, row),
+                }
+                for row in expressible
+            ]
+            held_idx = [i for i in range(len(expressible)) if i not in kept]
+            kept.update(zip(held_idx, runs.means([(expressible[i], fits[i]) for i in held_idx]), strict=True))
+            if interval:
+                bounds = {
+                    bound: dict(
+                        zip(
+                            held_idx,
+                            runs.means([(expressible[i], {**fits[i], "price_at": bound}) for i in held_idx]),
+                            strict=True,
+                        )
+                    )
+                    for bound in ("lower", "upper")
+                }
             for i, row in enumerate(expressible):
-                overhead, spread, frontend = _step_overhead(fitted, row), _spread(fitted, row), _frontend(fitted, row)
-                eager = _eager(fitted, row)
-                pred = kept.get(i) or benchmark_means(
-                    row, warehouse_root, overhead, spread, frontend_us=frontend, eager_us=eager
-                )
+                fit, pred = fits[i], kept[i]
                 rows[i].update(
                     campaign=campaign(row),
-                    **dict(zip(OVERHEAD_PARTS, overhead, strict=True)),
-                    client_length_spread=spread,
-                    eager_layer_us=eager,
-                    frontend_latency_us=frontend,
+                    **dict(zip(OVERHEAD_PARTS, fit["overhead"], strict=True)),
+                    client_length_spread=fit["spread"],
+                    eager_layer_us=fit["eager_us"],
+                    frontend_latency_us=fit["frontend_us"],
                     tpot_no_overhead_ms=pred.get("tpot_no_overhead_ms", np.nan),
                     sequences_per_iteration=pred.get("sequences_per_iteration", np.nan),
                     predicted_ttft_ms=pred["ttft_ms"],
@@ -837,13 +909,13 @@ def validate(
                     cost_tiers=pred["tiers"],
                 )
                 if interval and rows[i]["held_out"]:
-                    for bound in ("lower", "upper"):
-                        end = benchmark_means(row, warehouse_root, overhead, spread, bound, frontend, eager)
+                    for bound, ends in bounds.items():
                         rows[i].update(
-                            {f"predicted_ttft_ms_{bound}": end["ttft_ms"], f"predicted_tpot_ms_{bound}": end["tpot_ms"]}
+                            {
+                                f"predicted_ttft_ms_{bound}": ends[i]["ttft_ms"],
+                                f"predicted_tpot_ms_{bound}": ends[i]["tpot_ms"],
+                            }
                         )
-                    bar.advance(task)
-                bar.advance(task)
             table = pd.DataFrame(rows)
             held = table[table.held_out]
             summary.update(

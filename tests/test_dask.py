@@ -168,3 +168,16 @@ def test_partitioned_replay_returns_plain_data_and_equals_serial_under_load(wh: 
                 assert part["summary"]["utilization"] == serial["summary"]["utilization"]
     finally:
         burner.kill()
+
+
+def test_validate_silicon_on_dask_workers_equals_its_serial_run(wh: Path):
+    """validate runs each batch of its simulations (the rooflines, each calibration trial, the held-out rows) as
+    tasks on worker processes; rows and summary come back as the serial run gives them, to the bit."""
+    from hermes_sim.replay.validate import validate
+
+    silicon = SAMPLES / "e2e/silicon_h100.csv"
+    serial = validate(silicon, wh, limit=8)  # --limit: nothing is written to the warehouse
+    with dask_client(2) as client:
+        parallel = validate(silicon, wh, limit=8, client=client)
+    assert parallel["summary"]["held_out_rows"] > 0
+    assert json.dumps(parallel, sort_keys=True, default=str) == json.dumps(serial, sort_keys=True, default=str)
