@@ -464,9 +464,8 @@ class Runs:
     tasks on a Dask client. Results come back in the order of the calls and each simulation depends on its inputs
     alone, so both give the same output to the bit. `advance` is called once per finished call."""
 
-    def __init__(self, warehouse_root: Path | None, client=None, advance=lambda: None):
-        self.root = None if warehouse_root is None else str(warehouse_root)
-        self.client, self.advance = client, advance
+    def __init__(self, warehouse_root: Path, client=None, advance=lambda: None):
+        self.root, self.client, self.advance = str(warehouse_root), client, advance
 
     def means(self, calls: list[tuple[pd.Series, dict]], roofline: bool = False) -> list[dict]:
         """The calls' results; with `roofline`, on no cost models."""
@@ -871,7 +870,7 @@ def validate(
             )
         summary: dict = {"rows": len(rows), "not_expressed": len(skipped)}
         if rows:
-            fitted, kept = _calibrate(expressible, rows, runs)
+            fitted, predicted = _calibrate(expressible, rows, runs)  # the calibration rows' kept runs
             fits = [
                 {
                     "overhead": _step_overhead(fitted, row),
@@ -881,8 +880,8 @@ def validate(
                 }
                 for row in expressible
             ]
-            held_idx = [i for i in range(len(expressible)) if i not in kept]
-            kept.update(zip(held_idx, runs.means([(expressible[i], fits[i]) for i in held_idx]), strict=True))
+            held_idx = [i for i in range(len(expressible)) if i not in predicted]
+            predicted.update(zip(held_idx, runs.means([(expressible[i], fits[i]) for i in held_idx]), strict=True))
             if interval:
                 bounds = {
                     bound: dict(
@@ -895,7 +894,7 @@ def validate(
                     for bound in ("lower", "upper")
                 }
             for i, row in enumerate(expressible):
-                fit, pred = fits[i], kept[i]
+                fit, pred = fits[i], predicted[i]
                 rows[i].update(
                     campaign=campaign(row),
                     **dict(zip(OVERHEAD_PARTS, fit["overhead"], strict=True)),
