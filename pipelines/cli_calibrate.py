@@ -10,7 +10,19 @@ import typer
 
 from ..warehouse.store import default_location
 from .cli import app
-from .common import SchedulerOpt, WarehouseOpt, WorkersOpt, check_format, err, errors, log, out, write_json
+from .common import (
+    SchedulerOpt,
+    SerialOpt,
+    WarehouseOpt,
+    WorkersOpt,
+    check_format,
+    dask_unless_serial,
+    err,
+    errors,
+    log,
+    out,
+    write_json,
+)
 
 calibrate_app = typer.Typer(help="Fit cost models per device and report their fidelity.", rich_markup_mode=None)
 app.add_typer(calibrate_app, name="calibrate")
@@ -166,7 +178,7 @@ def validate_silicon(
     ] = False,
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
-    serial: Annotated[bool, typer.Option(help="No Dask: run the simulations one after another here.")] = False,
+    serial: SerialOpt = False,
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Predicted vs measured TTFT / TPOT of every dense, aggregated-serving row; the rest listed with reasons.
@@ -175,14 +187,11 @@ def validate_silicon(
     held_out and the serving loop's step_overhead_us, sequence_overhead_us and broadcast_overhead_us (per hop of
     the TP broadcast) and eager_layer_us (the least host time per layer of an iteration with prompt tokens); the
     summary the held-out median / p90 absolute percentage errors of TTFT, TPOT and the closed loop's throughput."""
-    import contextlib
-
     from ..replay.outputs.jsonout import dumps
-    from ..replay.parallel import dask_client
     from ..replay.validate import validate, write_report
 
     check_format(fmt, ("text", "markdown", "json"))
-    with errors(), dask_client(workers, scheduler) if not serial else contextlib.nullcontext() as client:
+    with errors(), dask_unless_serial(workers, scheduler, serial) as client:
         result = validate(path, warehouse or default_location(), limit, progress=True, interval=interval, client=client)
     if out_dir is not None:
         for p in write_report(result, out_dir):
@@ -224,6 +233,9 @@ def validate_bench(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Write rows.csv, not_expressed.csv, summary.json.", file_okay=False)
     ] = None,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
+    serial: SerialOpt = False,
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Predicted vs measured static-batch latency (and TTFT) of the Argonne LLM-Inference-Bench rows, through
@@ -234,8 +246,8 @@ def validate_bench(
     from ..replay.validate_bench import validate_bench as run
 
     check_format(fmt)
-    with errors():
-        result = run(path, warehouse or default_location(), limit)
+    with errors(), dask_unless_serial(workers, scheduler, serial) as client:
+        result = run(path, warehouse or default_location(), limit, client)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(result["rows"]).to_csv(out_dir / "rows.csv", index=False)

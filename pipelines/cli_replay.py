@@ -10,7 +10,18 @@ import typer
 
 from ..warehouse.store import default_location
 from .cli import app
-from .common import SchedulerOpt, WarehouseOpt, WorkersOpt, check_format, errors, out, print_table, write_json
+from .common import (
+    SchedulerOpt,
+    SerialOpt,
+    WarehouseOpt,
+    WorkersOpt,
+    check_format,
+    dask_unless_serial,
+    errors,
+    out,
+    print_table,
+    write_json,
+)
 
 SetOpt = Annotated[
     list[str] | None,
@@ -180,7 +191,7 @@ def search(
     sets: SetOpt = None,
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
-    serial: Annotated[bool, typer.Option(help="No Dask: run the points one after another here.")] = False,
+    serial: SerialOpt = False,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="points.parquet, search.json, pareto.png.", file_okay=False)
     ] = None,
@@ -189,10 +200,8 @@ def search(
 ) -> None:
     """Search deployments: every point a full replay (Dask tasks, cached by content); the Pareto frontiers and
     the best point that meets the constraints."""
-    import contextlib
     import tempfile
 
-    from ..replay.parallel import dask_client
     from ..replay.search import load_space, run_search, write
 
     check_format(fmt)
@@ -200,7 +209,7 @@ def search(
     with errors(config):
         scenario = load_scenario(config, sets, None)
         space = load_space(space_path)
-        with dask_client(workers, scheduler) if not serial else contextlib.nullcontext() as client:
+        with dask_unless_serial(workers, scheduler, serial) as client:
             found, table, seconds = run_search(scenario, space, root, client, where=str(space_path))
         with tempfile.TemporaryDirectory() as tmp:
             report = write(found, table, out_dir or Path(tmp), seconds)

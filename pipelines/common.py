@@ -35,10 +35,23 @@ WarehouseOpt = Annotated[
         file_okay=False,
     ),
 ]
-# Dask: a local cluster of this many worker processes, or an existing scheduler
+# Dask: a local cluster of this many worker processes, or an existing scheduler, or none
 WorkersOpt = Annotated[int | None, typer.Option(help="Local Dask workers (default 2).")]
 SchedulerOpt = Annotated[str | None, typer.Option(help="An existing Dask scheduler, e.g. tcp://HOST:8786.")]
+SerialOpt = Annotated[bool, typer.Option(help="No Dask: run the tasks one after another here.")]
 FORMATS = ("text", "json")
+
+
+@contextmanager
+def dask_unless_serial(workers: int | None, scheduler: str | None, serial: bool) -> Iterator:
+    """A Dask client (a local cluster of `workers`, or the scheduler at `scheduler`), or None with `serial`."""
+    if serial:
+        yield None
+        return
+    from ..replay.parallel import dask_client
+
+    with dask_client(workers, scheduler) as client:
+        yield client
 
 
 def check_format(fmt: str, allowed: tuple[str, ...] = FORMATS) -> str:

@@ -138,28 +138,33 @@ def run_sweep(points: list[tuple[dict, Scenario]], warehouse_root: Path, client=
     return pd.DataFrame([summary_row(p, s) for (p, _), s in zip(points, results, strict=True)])
 
 
+def map_ordered(fn, items: list, client=None, advance=lambda: None, **kwargs) -> list:
+    """fn(item, **kwargs) for every item: here one after another (client None), or as Dask tasks, each retried on
+    another worker if its worker dies. Results in the order of the items; advance() once per finished item."""
+    if client is None:
+        out = []
+        for item in items:
+            out.append(fn(item, **kwargs))
+            advance()
+        return out
+    from dask.distributed import as_completed
+
+    futures = client.map(fn, items, pure=False, retries=2, **kwargs)
+    for _ in as_completed(futures):
+        advance()
+    return client.gather(futures)
+
+
 def run_summaries(points: list[tuple[dict, Scenario]], warehouse_root: Path, client=None, progress: bool = True):
     """Every point's whole summary, in point order."""
-    results: list[dict | None] = [None] * len(points)
     if points:
         prepare_logs(points[0][1], warehouse_root)
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("sweep", total=len(points))
-        if client is None:
-            for i, (_, sc) in enumerate(points):
-                results[i] = point_summary(sc, str(warehouse_root))
-                bar.advance(task)
-        else:
-            from dask.distributed import as_completed
-
-            futures = {
-                client.submit(point_summary, sc, str(warehouse_root), pure=False, retries=2): i
-                for i, (_, sc) in enumerate(points)
-            }
-            for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
-                bar.advance(task)
-    return results
+        scenarios = [sc for _, sc in points]
+        return map_ordered(
+            point_summary, scenarios, client, lambda: bar.advance(task), warehouse_root=str(warehouse_root)
+        )
 
 
 def _one_replica(scenario: Scenario, warehouse_root: str, specs: list, index: int) -> tuple:

@@ -71,6 +71,7 @@ from ..calibrate.artifacts import MODELS_DIR, beats_roofline
 from ..calibrate.catalog import DTYPE_BYTES, devices, models
 from ..ingest.text import read_csv
 from .closed_loop import closed_loop_throughput, prompt_and_decode_costs, ttft_share
+from .parallel import map_ordered
 from .pools.llm.build import OVERHEADS_FILE, fixed_overhead_us, read_overheads
 from .pools.llm.kv import kv_blocks
 from .run import simulate
@@ -450,9 +451,10 @@ def _fit_step_overheads(table: pd.DataFrame) -> dict:
     return out
 
 
-def _means_task(row: pd.Series, kwargs: dict, warehouse_root: str | None) -> dict:
-    """benchmark_means of one row, as a task (a Dask worker runs it in its own process); without a warehouse, on
-    none: every op at its roofline time."""
+def _means_task(call: tuple[pd.Series, dict], warehouse_root: str | None) -> dict:
+    """benchmark_means of one (row, keyword arguments) call, as a task (a Dask worker runs it in its own process);
+    without a warehouse, on none: every op at its roofline time."""
+    row, kwargs = call
     if warehouse_root is None:
         with tempfile.TemporaryDirectory() as empty:
             return benchmark_means(row, Path(empty), **kwargs)
@@ -461,8 +463,9 @@ def _means_task(row: pd.Series, kwargs: dict, warehouse_root: str | None) -> dic
 
 class Runs:
     """Runs batches of benchmark_means calls, each a (row, keyword arguments) pair: one after another here, or as
-    tasks on a Dask client. Results come back in the order of the calls and each simulation depends on its inputs
-    alone, so both give the same output to the bit. `advance` is called once per finished call."""
+    tasks on a Dask client (parallel.map_ordered). Results come back in the order of the calls and each simulation
+    depends on its inputs alone, so both give the same output to the bit. `advance` is called once per finished
+    call."""
 
     def __init__(self, warehouse_root: Path, client=None, advance=lambda: None):
         self.root, self.client, self.advance = str(warehouse_root), client, advance
@@ -470,20 +473,7 @@ class Runs:
     def means(self, calls: list[tuple[pd.Series, dict]], roofline: bool = False) -> list[dict]:
         """The calls' results; with `roofline`, on no cost models."""
         root = None if roofline else self.root
-        if self.client is None:
-            out = []
-            for row, kwargs in calls:
-                out.append(_means_task(row, kwargs, root))
-                self.advance()
-            return out
-        from dask.distributed import as_completed
-
-        futures = self.client.map(
-            _means_task, [row for row, _ in calls], [kw for _, kw in calls], warehouse_root=root, pure=False
-        )
-        for _ in as_completed(futures):
-            self.advance()
-        return self.client.gather(futures)
+        return map_ordered(_means_task, calls, self.client, self.advance, warehouse_root=root)
 
 
 def _version(row: pd.Series) -> str:

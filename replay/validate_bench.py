@@ -40,6 +40,7 @@ from ..calibrate.catalog import devices, models
 from ..calibrate.model import CALIBRATED
 from ..ingest.text import read_csv
 from .estimate import estimate
+from .parallel import map_ordered
 from .validate import OVERHEAD_PARTS, fit_overhead_parts, is_held_out, overhead_terms
 
 # The benchmark's hardware names, and the catalog part each was measured on (by Argonne's documentation)
@@ -88,74 +89,97 @@ def _why_not(hw: str, model: str) -> str | None:
     return None
 
 
+def _estimates(args: dict, warehouse_root: str) -> tuple[dict, dict] | str:
+    """One row's static batch estimated on the calibrated models and at the roofline (on no models), or why it
+    cannot be priced; a task (parallel.map_ordered)."""
+    try:
+        with tempfile.TemporaryDirectory() as empty:
+            return estimate(warehouse_root=Path(warehouse_root), **args), estimate(warehouse_root=Path(empty), **args)
+    except ValueError as e:
+        return str(e)
+
+
 def _predict(
-    rows: pd.DataFrame, warehouse_root: Path, measured: str, output: pd.Series, file: str, prompt_batch: set[str]
+    rows: pd.DataFrame,
+    warehouse_root: Path,
+    measured: str,
+    output: pd.Series,
+    file: str,
+    prompt_batch: set[str],
+    client=None,
 ):
-    done, skipped = [], []
-    with tempfile.TemporaryDirectory() as empty:
-        for i, r in rows.iterrows():
-            line = int(i) + 2
-            reason = _why_not(r["Hardware"], r["Model"])
-            base = {"line": line, "hardware": r["Hardware"], "model": r["Model"], "framework": r["Framework"]}
-            if reason:
-                skipped.append({**base, "reason": reason})
-                continue
-            dev, _ = HARDWARE[r["Hardware"]]
-            gpus, one = int(r["Num of Hardware"]), r["Framework"] in prompt_batch
-            args = dict(
-                device=dev,
-                model=MODELS[r["Model"]],
-                batch=1 if one else int(r["Batch Size"]),
-                input_tokens=int(r["input"]),
-                output_tokens=int(output[i]),
-                tp=1 if r["Framework"] in LAYER_SPLIT else gpus,
-                pp=gpus if r["Framework"] in LAYER_SPLIT else 1,
-                framework=FRAMEWORKS.get(r["Framework"]),
-                prefill_chunk_tokens=int(r["Batch Size"]) if one else None,
+    plan = []  # per row, in order: (its identity, the estimate's arguments or why it is not expressed, its figure)
+    for i, r in rows.iterrows():
+        base = {"line": int(i) + 2, "hardware": r["Hardware"], "model": r["Model"], "framework": r["Framework"]}
+        reason = _why_not(r["Hardware"], r["Model"])
+        if reason:
+            plan.append((base, reason, None))
+            continue
+        dev, _ = HARDWARE[r["Hardware"]]
+        gpus, one = int(r["Num of Hardware"]), r["Framework"] in prompt_batch
+        plan.append(
+            (
+                base,
+                dict(
+                    device=dev,
+                    model=MODELS[r["Model"]],
+                    batch=1 if one else int(r["Batch Size"]),
+                    input_tokens=int(r["input"]),
+                    output_tokens=int(output[i]),
+                    tp=1 if r["Framework"] in LAYER_SPLIT else gpus,
+                    pp=gpus if r["Framework"] in LAYER_SPLIT else 1,
+                    framework=FRAMEWORKS.get(r["Framework"]),
+                    prefill_chunk_tokens=int(r["Batch Size"]) if one else None,
+                ),
+                r[measured],
             )
-            try:
-                est = estimate(warehouse_root=warehouse_root, **args)
-                roof = estimate(warehouse_root=Path(empty), **args)
-            except ValueError as e:
-                skipped.append({**base, "reason": str(e)})
-                continue
-            if not est["kv_fits"]:
-                skipped.append(
-                    {
-                        **base,
-                        "reason": f"the batch needs {est['kv_blocks_needed']} KV blocks, a replica "
-                        f"has {est['kv_blocks_per_replica']}",
-                    }
-                )
-                continue
-            ttft = measured == "TTFT Latency"
-            # iterations the figure spans: the prefill's, then output - 1 decode steps
-            steps = est["prefill_iterations"] + (0 if ttft else args["output_tokens"] - 1)
-            used_us = est["step_overhead_us"] + est["sequence_overhead_us"] * args["batch"]
-            predicted = est["prefill_ms"] if ttft else est["e2e_ms"]
-            tiers = est["cost_tiers"]
-            done.append(
+        )
+    todo = [args for _, args, _ in plan if isinstance(args, dict)]
+    results = iter(map_ordered(_estimates, todo, client, warehouse_root=str(warehouse_root)))
+    done, skipped = [], []
+    for base, args, figure in plan:
+        result = next(results) if isinstance(args, dict) else args
+        if isinstance(result, str):
+            skipped.append({**base, "reason": result})
+            continue
+        est, roof = result
+        if not est["kv_fits"]:
+            skipped.append(
                 {
                     **base,
-                    "device": dev,
-                    "tp": args["tp"],
-                    "pp": args["pp"],
-                    "batch": args["batch"],
-                    "prefill_chunk_tokens": est["prefill_chunk_tokens"],
-                    "input_tokens": args["input_tokens"],
-                    "output_tokens": args["output_tokens"],
-                    "steps": steps,
-                    "held_out": is_held_out(f"{file}:{line}"),  # the split validate silicon uses
-                    "measured_ms": float(r[measured]) * 1e3,
-                    # the kernels alone: neither the serving loop nor the eager floor `validate silicon` fitted
-                    # on 2025 releases (this benchmark fits its own overhead below)
-                    "kernels_ms": predicted - steps * used_us / 1e3 - est["prefill_eager_floor_ms"],
-                    "predicted_ms": predicted,
-                    "roofline_ms": roof["prefill_ms"] if ttft else roof["e2e_ms"],
-                    "tier": max(tiers, key=tiers.get) if tiers else "roofline",
-                    "overhead_source": est["step_overhead_source"],
+                    "reason": f"the batch needs {est['kv_blocks_needed']} KV blocks, a replica "
+                    f"has {est['kv_blocks_per_replica']}",
                 }
             )
+            continue
+        ttft = measured == "TTFT Latency"
+        # iterations the figure spans: the prefill's, then output - 1 decode steps
+        steps = est["prefill_iterations"] + (0 if ttft else args["output_tokens"] - 1)
+        used_us = est["step_overhead_us"] + est["sequence_overhead_us"] * args["batch"]
+        predicted = est["prefill_ms"] if ttft else est["e2e_ms"]
+        tiers = est["cost_tiers"]
+        done.append(
+            {
+                **base,
+                "device": args["device"],
+                "tp": args["tp"],
+                "pp": args["pp"],
+                "batch": args["batch"],
+                "prefill_chunk_tokens": est["prefill_chunk_tokens"],
+                "input_tokens": args["input_tokens"],
+                "output_tokens": args["output_tokens"],
+                "steps": steps,
+                "held_out": is_held_out(f"{file}:{base['line']}"),  # the split validate silicon uses
+                "measured_ms": float(figure) * 1e3,
+                # the kernels alone: neither the serving loop nor the eager floor `validate silicon` fitted
+                # on 2025 releases (this benchmark fits its own overhead below)
+                "kernels_ms": predicted - steps * used_us / 1e3 - est["prefill_eager_floor_ms"],
+                "predicted_ms": predicted,
+                "roofline_ms": roof["prefill_ms"] if ttft else roof["e2e_ms"],
+                "tier": max(tiers, key=tiers.get) if tiers else "roofline",
+                "overhead_source": est["step_overhead_source"],
+            }
+        )
     return done, skipped
 
 
@@ -207,8 +231,9 @@ def _scores(g: pd.DataFrame) -> dict:
     }
 
 
-def validate_bench(path: Path, warehouse_root: Path, limit: int | None = None) -> dict:
-    """Every row of All_results.csv (and all_results_TTFT_ITL.csv) in `path` (a folder or one of them)."""
+def validate_bench(path: Path, warehouse_root: Path, limit: int | None = None, client=None) -> dict:
+    """Every row of All_results.csv (and all_results_TTFT_ITL.csv) in `path` (a folder or one of them); with a Dask
+    client, each row's estimates run as a task (the result is the serial one)."""
     files = (("All_results.csv", "Latency"), ("all_results_TTFT_ITL.csv", "TTFT Latency"))
     names = [name for name, _ in files]
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
@@ -235,7 +260,7 @@ def validate_bench(path: Path, warehouse_root: Path, limit: int | None = None) -
         found = prompt_batch_frameworks(df)
         if found:
             out["summary"].setdefault("batch_size_read_as_prompt_batch", {})[name] = sorted(found)
-        rows, skipped = _predict(df, warehouse_root, measured, output, name, found)
+        rows, skipped = _predict(df, warehouse_root, measured, output, name, found, client)
         metric = "batch_latency" if measured == "Latency" else "ttft"
         done += [{**r, "file": name, "metric": metric} for r in rows]
         out["not_expressed"] += [{**s, "file": name} for s in skipped]

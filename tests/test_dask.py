@@ -170,14 +170,21 @@ def test_partitioned_replay_returns_plain_data_and_equals_serial_under_load(wh: 
         burner.kill()
 
 
-def test_validate_silicon_on_dask_workers_equals_its_serial_run(wh: Path):
-    """validate runs each batch of its simulations (the rooflines, each calibration trial, the held-out rows) as
-    tasks on worker processes; rows and summary come back as the serial run gives them, to the bit."""
+def test_validate_silicon_and_bench_on_dask_workers_equal_their_serial_runs(wh: Path):
+    """validate silicon runs each batch of its simulations (the rooflines, each calibration trial, the held-out rows)
+    and validate bench each row's estimates as tasks on worker processes; rows, what was not expressed (in file
+    order) and summary come back as the serial runs give them, to the bit."""
     from hermes_sim.replay.validate import validate
+    from hermes_sim.replay.validate_bench import validate_bench
 
-    silicon = SAMPLES / "e2e/silicon_h100.csv"
-    serial = validate(silicon, wh, limit=8)  # --limit: nothing is written to the warehouse
+    def runs(client=None) -> list[str]:
+        silicon = validate(SAMPLES / "e2e/silicon_h100.csv", wh, limit=8, client=client)  # --limit: writes nothing
+        bench = validate_bench(SAMPLES / "e2e/llm_inference_bench", wh, limit=60, client=client)
+        return [json.dumps(r, sort_keys=True, default=str) for r in (silicon, bench)]
+
+    serial = runs()
     with dask_client(2) as client:
-        parallel = validate(silicon, wh, limit=8, client=client)
-    assert parallel["summary"]["held_out_rows"] > 0
-    assert json.dumps(parallel, sort_keys=True, default=str) == json.dumps(serial, sort_keys=True, default=str)
+        parallel = runs(client)
+    silicon, bench = (json.loads(r) for r in serial)
+    assert silicon["summary"]["held_out_rows"] > 0 and bench["rows"] and bench["not_expressed"]
+    assert parallel == serial
