@@ -215,6 +215,34 @@ def test_a_pause_hands_what_it_allocated_to_the_oldest_generation_and_its_cycles
         del frozen
 
 
+def test_a_pause_after_others_collects_their_dead_cycles_once_they_outnumber_the_live_heap(monkeypatch):
+    """What the pauses move to the oldest generation counts towards no full collection of CPython's: a process
+    running simulation after simulation (validate, a sweep, a Dask worker) kept every dead cycle (3 million objects
+    and 1 GB per worker after 120 silicon rows). A pause starting after earlier ones moved more objects than the
+    last full collection left alive collects them first; below that, it leaves them to CPython."""
+    import weakref
+
+    from hermes_sim.replay import loop
+
+    class Node:
+        pass
+
+    monkeypatch.setattr(loop, "_moved_unscanned", 0)
+    monkeypatch.setattr(loop, "_live_after_full", 10**9)  # a live heap far larger than what a pause moves
+    with gc_paused():
+        cycle = Node()
+        cycle.me = cycle
+        dead = weakref.ref(cycle)
+        del cycle
+    assert loop._moved_unscanned > 0
+    with gc_paused():
+        assert dead() is not None  # below the rule: no collection on the way in
+    monkeypatch.setattr(loop, "_live_after_full", 0)  # fewer alive after the last full collection than moved since
+    with gc_paused():
+        assert dead() is None  # collected on the way in, before this pause allocates
+    assert 0 < loop._live_after_full < 10**9
+
+
 def test_a_request_that_never_ends_is_caught(wh: Path, monkeypatch):
     from hermes_sim.replay.pools.llm.engine import LLMPool
 
