@@ -247,7 +247,7 @@ def validate_bench(
 
     check_format(fmt)
     with errors(), dask_unless_serial(workers, scheduler, serial) as client:
-        result = run(path, warehouse or default_location(), limit, client)
+        result = run(path, warehouse or default_location(), limit, client, progress=True)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(result["rows"]).to_csv(out_dir / "rows.csv", index=False)

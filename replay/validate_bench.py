@@ -31,10 +31,13 @@ long per token on 4 GPUs as on 1 (Llama-2-7B on A100: 17.5, 18.4, 20.6 ms per to
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
+from rich.progress import Progress
 
 from ..calibrate.catalog import devices, models
 from ..calibrate.model import CALIBRATED
@@ -107,6 +110,7 @@ def _predict(
     file: str,
     prompt_batch: set[str],
     client=None,
+    advance=lambda: None,
 ):
     plan = []  # per row, in order: (its identity, the estimate's arguments or why it is not expressed, its figure)
     for i, r in rows.iterrows():
@@ -135,7 +139,7 @@ def _predict(
             )
         )
     todo = [args for _, args, _ in plan if isinstance(args, dict)]
-    results = iter(map_ordered(_estimates, todo, client, warehouse_root=str(warehouse_root)))
+    results = iter(map_ordered(_estimates, todo, client, advance, warehouse_root=str(warehouse_root)))
     done, skipped = [], []
     for base, args, figure in plan:
         result = next(results) if isinstance(args, dict) else args
@@ -231,9 +235,12 @@ def _scores(g: pd.DataFrame) -> dict:
     }
 
 
-def validate_bench(path: Path, warehouse_root: Path, limit: int | None = None, client=None) -> dict:
+def validate_bench(
+    path: Path, warehouse_root: Path, limit: int | None = None, client=None, progress: bool = False
+) -> dict:
     """Every row of All_results.csv (and all_results_TTFT_ITL.csv) in `path` (a folder or one of them); with a Dask
-    client, each row's estimates run as a task (the result is the serial one)."""
+    client, each row's estimates run as a task (the result is the serial one); with progress, a bar on stderr per
+    file counts the rows estimated."""
     files = (("All_results.csv", "Latency"), ("all_results_TTFT_ITL.csv", "TTFT Latency"))
     names = [name for name, _ in files]
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
@@ -260,7 +267,11 @@ def validate_bench(path: Path, warehouse_root: Path, limit: int | None = None, c
         found = prompt_batch_frameworks(df)
         if found:
             out["summary"].setdefault("batch_size_read_as_prompt_batch", {})[name] = sorted(found)
-        rows, skipped = _predict(df, warehouse_root, measured, output, name, found, client)
+        with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
+            task = bar.add_task(name, total=len(df))
+            rows, skipped = _predict(
+                df, warehouse_root, measured, output, name, found, client, partial(bar.advance, task)
+            )
         metric = "batch_latency" if measured == "Latency" else "ttft"
         done += [{**r, "file": name, "metric": metric} for r in rows]
         out["not_expressed"] += [{**s, "file": name} for s in skipped]
