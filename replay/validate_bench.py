@@ -118,6 +118,7 @@ def _predict(
         reason = _why_not(r["Hardware"], r["Model"])
         if reason:
             plan.append((base, reason, None))
+            advance()  # the bar counts every row of the file
             continue
         dev, _ = HARDWARE[r["Hardware"]]
         gpus, one = int(r["Num of Hardware"]), r["Framework"] in prompt_batch
