@@ -54,18 +54,31 @@ def validate_run(description: str) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     return silicon, rows[rows["id"].isin(silicon.index)], args.warehouse
 
 
-def resimulated(row: pd.Series, fitted, warehouse: Path, eager_us: float | None = None, short: int = 0):
+def resimulated(
+    row: pd.Series,
+    fitted,
+    warehouse: Path,
+    eager_us: float | None = None,
+    short: int = 0,
+    rounds: int | None = None,
+    token_budget: int | None = None,
+):
     """(mean TTFT ms, mean TPOT ms) of a silicon row's benchmark simulated again with the parameters validate fitted
-    for it (`fitted`: its rows.csv record), the eager floor at eager_us where given, and the replica's sequence
-    limit at clients - short. With neither, it gives back rows.csv's predictions."""
+    for it (`fitted`: its rows.csv record), the eager floor at eager_us where given, the replica's sequence limit
+    at clients - short, each client sending `rounds` requests and the replica's token budget per iteration at
+    `token_budget` where given. With none of them, it gives back rows.csv's predictions."""
     from hermes_sim.replay import validate as v
     from hermes_sim.replay.run import simulate
 
     overhead = (fitted.step_overhead_us, fitted.sequence_overhead_us, fitted.broadcast_overhead_us)
     eager = fitted.eager_layer_us if eager_us is None else eager_us
-    scenario = v.scenario_for(row, overhead, fitted.client_length_spread, fitted.frontend_latency_us, eager)
+    scenario = v.scenario_for(
+        row, overhead, fitted.client_length_spread, fitted.frontend_latency_us, eager, rounds or v.ROUNDS
+    )
     if short:
         scenario.pools[0].batching.max_num_seqs = v.concurrency(row) - short
+    if token_budget:
+        scenario.pools[0].batching.max_batched_tokens = token_budget
     req = simulate(scenario, warehouse)["requests"]
     req = req[req.status == "completed"]
     return float(req.ttft_ms.mean()), float(req.tpot_ms.mean())

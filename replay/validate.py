@@ -244,12 +244,14 @@ def scenario_for(
     spread: float = 0.0,
     frontend_us: float = 0.0,
     eager_us: float = 0.0,
+    rounds: int = ROUNDS,
 ) -> Scenario:
+    """The row's benchmark as a scenario: its clients each sending `rounds` requests (module docstring)."""
     clients = concurrency(row)
     source = {
         "kind": "closed_loop",
         "concurrency": clients,
-        "requests": clients * ROUNDS,
+        "requests": clients * rounds,
         "input_tokens": _int(row, "isl"),
         "output_tokens": _int(row, "osl"),
         "input_tokens_stddev": spread * _int(row, "isl"),

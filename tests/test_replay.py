@@ -328,6 +328,19 @@ def test_validate_silicon_counts_the_opening_burst_as_aiperf_does(wh: Path):
     assert got["ttft_ms"] == pytest.approx(req.ttft_ms.mean()) and got["tpot_ms"] == pytest.approx(req.tpot_ms.mean())
 
 
+def test_validate_silicon_clients_send_the_requests_asked_for_each(wh: Path):
+    """The requests per client (ROUNDS by default, the benchmark's own count being unrecorded) set the burst's
+    weight in the means: with 2 a client the burst is half of them."""
+    from hermes_sim.replay.validate import ROUNDS, concurrency, scenario_for
+
+    rows = pd.read_csv(SAMPLES / "e2e/silicon_h100.csv")
+    row = rows[(rows["mode"] == "agg") & (rows.backend == "vllm")].iloc[0]
+    assert scenario_for(row).source.requests == ROUNDS * concurrency(row)
+    req = simulate(scenario_for(row, rounds=2), wh)["requests"]
+    assert len(req) == 2 * concurrency(row) and (req.status == "completed").all()
+    assert (req.request_id < concurrency(row)).mean() == 0.5  # the burst: every client's first request
+
+
 def test_validate_silicon_expresses_a_moe_row_with_its_expert_parallelism(wh: Path):
     from hermes_sim.replay.validate import scenario_for, why_not
 
