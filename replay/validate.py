@@ -92,6 +92,22 @@ REQUIRED = (
     "silicon_tpot_ms",
 )
 ROUNDS = 8  # each client sends this many requests, the opening burst the first of them
+# The settings of a row's benchmark the CSV does not record, the values validate takes for them and why: its
+# summary's `assumptions`, as a replay's summary names the defaults standing in for a measurement.
+ASSUMPTIONS = {
+    "requests_per_client": {
+        "value": ROUNDS,
+        "why": "not recorded (AIConfigurator's benchmark template sends 50 a client, Dynamo's perf script 10): 8 fits "
+        "vLLM's and TRT-LLM's calibration halves best of 4, 8, 16 and 50, and 50 fits far worse (TTFT median "
+        "15% -> 38% for vLLM, 21% -> 34% for TRT-LLM, held out: benchmarks/ttft_client_settings.py); the burst's "
+        "1 / 8 weight stands in for waiting before the first token that the simulated steady state lacks",
+    },
+    "trtllm_max_num_tokens": {
+        "value": "isl + 1500 + max batch (aggregated), isl + 1500 (prefill workers), max batch (decode workers)",
+        "why": "not recorded: AIConfigurator's generator rule (trtllm.rule) for the engines it deploys; TRT-LLM's "
+        "default 8192 fits worse (TTFT median 21% -> 35% held out: benchmarks/ttft_client_settings.py)",
+    },
+}
 # the client's length spread (stddev / mean of isl and osl, aiperf's --isl-stddev / --osl-stddev) values tried
 SPREADS = (0.0, 0.05, 0.1, 0.2)
 # the frontend latencies (us) tried on the calibration half: the request path outside the engine, from none to
@@ -860,7 +876,7 @@ def validate(
                     ),
                 }
             )
-        summary: dict = {"rows": len(rows), "not_expressed": len(skipped)}
+        summary: dict = {"rows": len(rows), "not_expressed": len(skipped), "assumptions": ASSUMPTIONS}
         if rows:
             fitted, predicted = _calibrate(expressible, rows, runs)  # the calibration rows' kept runs
             fits = [

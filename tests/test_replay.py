@@ -264,6 +264,12 @@ def test_validate_silicon_lists_what_it_cannot_express(wh: Path, tmp_path: Path)
         fit = {**fit, **fit.get("versions", {}).get(row["backend_version"], {})}
         assert row["frontend_latency_us"] == fit.get("frontend_latency_us", 0.0) >= 0.0
     assert {"held_out", "held_out_roofline", "serving_overheads"} <= set(result["summary"])
+    # the benchmark settings the CSV does not record are named with the value taken and why
+    from hermes_sim.replay.validate import ROUNDS
+
+    assumed = result["summary"]["assumptions"]
+    assert assumed["requests_per_client"]["value"] == ROUNDS and "not recorded" in assumed["requests_per_client"]["why"]
+    assert "trtllm.rule" in assumed["trtllm_max_num_tokens"]["why"]
     assert not (wh / "models/serving_overheads.json").exists()  # a partial (--limit) run calibrates nothing
     reasons = {r["reason"] for r in result["not_expressed"]}
     assert any("not in the model catalog" in r for r in reasons)
