@@ -16,7 +16,7 @@ Every aggregated row of rows.csv is simulated again with the parameters validate
 spread, eager floor and frontend columns, fitted at validate's values: at those values this gives back its
 predictions to the bit), with each value of REQUESTS_PER_CLIENT in turn and, for TRT-LLM rows, with TRT-LLM's
 default budget. Per framework and half (calibration / held out): TTFT and TPOT median / p90 APE (%). Written to
-benchmarks/results/ttft_client_settings.json. The simulations run as tasks on a local Dask cluster (--workers).
+benchmarks/results/ttft_client_settings.json. The simulations run as tasks on a local Dask cluster of WORKERS processes.
 
 A setting that fits one framework's rows better on its calibration half and not on the other half says that
 the benchmark's real value differs between campaigns; only a value better on both halves would be a finding.
@@ -61,8 +61,8 @@ def main() -> None:
     rows = rows[rows["mode"] == "agg"].reset_index(drop=True)
     variants = [(f"requests_per_client={n}", rows, n, None) for n in REQUESTS_PER_CLIENT]
     trtllm = rows[rows.backend == "trtllm"].reset_index(drop=True)
-    budget = TRTLLM_DEFAULT_MAX_NUM_TOKENS
-    variants.append((f"trtllm_max_num_tokens={budget}", trtllm, None, budget))
+    default = TRTLLM_DEFAULT_MAX_NUM_TOKENS
+    variants.append((f"trtllm_max_num_tokens={default}", trtllm, None, default))
     items = [
         (silicon.loc[r.id], r, rounds, budget) for _, subset, rounds, budget in variants for _, r in subset.iterrows()
     ]

@@ -17,7 +17,7 @@ from hermes_sim.calibrate.catalog import device, model
 from hermes_sim.replay.pools.llm.kv import kv_blocks
 from hermes_sim.replay.run import simulate
 from hermes_sim.replay.scenario import Scenario
-from hermes_sim.replay.validate import benchmark_means, validate
+from hermes_sim.replay.validate import ROUNDS, benchmark_means, validate
 
 EXE = Path(sys.executable).with_name("hermes-sim")
 
@@ -265,8 +265,6 @@ def test_validate_silicon_lists_what_it_cannot_express(wh: Path, tmp_path: Path)
         assert row["frontend_latency_us"] == fit.get("frontend_latency_us", 0.0) >= 0.0
     assert {"held_out", "held_out_roofline", "serving_overheads"} <= set(result["summary"])
     # the benchmark settings the CSV does not record are named with the value taken and why
-    from hermes_sim.replay.validate import ROUNDS
-
     assumed = result["summary"]["assumptions"]
     assert assumed["requests_per_client"]["value"] == ROUNDS and "not recorded" in assumed["requests_per_client"]["why"]
     assert "trtllm.rule" in assumed["trtllm_max_num_tokens"]["why"]
@@ -337,7 +335,7 @@ def test_validate_silicon_counts_the_opening_burst_as_aiperf_does(wh: Path):
 def test_validate_silicon_clients_send_the_requests_asked_for_each(wh: Path):
     """The requests per client (ROUNDS by default, the benchmark's own count being unrecorded) set the burst's
     weight in the means: with 2 a client the burst is half of them."""
-    from hermes_sim.replay.validate import ROUNDS, concurrency, scenario_for
+    from hermes_sim.replay.validate import concurrency, scenario_for
 
     rows = pd.read_csv(SAMPLES / "e2e/silicon_h100.csv")
     row = rows[(rows["mode"] == "agg") & (rows.backend == "vllm")].iloc[0]
