@@ -53,6 +53,7 @@ that device and framework whose pool does not set them."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -876,7 +877,8 @@ def validate(
                     ),
                 }
             )
-        summary: dict = {"rows": len(rows), "not_expressed": len(skipped), "assumptions": ASSUMPTIONS}
+        # a copy: a caller editing its result must not edit the next run's
+        summary: dict = {"rows": len(rows), "not_expressed": len(skipped), "assumptions": copy.deepcopy(ASSUMPTIONS)}
         if rows:
             fitted, predicted = _calibrate(expressible, rows, runs)  # the calibration rows' kept runs
             fits = [
